@@ -1,0 +1,24 @@
+"""Batched matrix multiply with broadcast batch dims: [..., M, K] @ [..., K, N] -> [..., M, N]."""
+
+from __future__ import annotations
+
+import torch
+
+from ..registry import OpDef, register
+from ..types import TensorType, broadcast_shapes, is_float
+
+
+def _matmul_infer(types: list[TensorType]) -> TensorType:
+    a, b = types
+    if a.rank < 2 or b.rank < 2:
+        raise ValueError(f"matmul: inputs need rank >= 2 (frontend reshapes vectors), got {a} and {b}")
+    if a.dtype != b.dtype or not is_float(a.dtype):
+        raise TypeError(f"matmul: needs two floating-point inputs of one dtype, got {a.dtype} and {b.dtype}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: contraction sizes differ: {a} @ {b}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType(batch + (a.shape[-2], b.shape[-1]), a.dtype)
+
+
+register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul,
+               doc="fp32 accumulation; float32 inputs honour torch.get_float32_matmul_precision()"))

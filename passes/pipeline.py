@@ -1,0 +1,34 @@
+"""The ordered pass pipeline. Each pass is `Graph -> Graph`; the verifier runs after each and a
+snapshot of the printed IR is kept, so `ember.explain` can show the graph after every pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..ir import Graph, verify
+from .dce import dce
+from .decompose import decompose
+
+Pass = Callable[[Graph], Graph]
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("decompose", decompose),
+    ("dce", dce),
+]
+
+
+@dataclass
+class PipelineResult:
+    graph: Graph
+    snapshots: list[tuple[str, str]] = field(default_factory=list)  # (pass name, printed IR after it)
+
+
+def run_pipeline(graph: Graph, passes: list[tuple[str, Pass]] | None = None) -> PipelineResult:
+    verify(graph)
+    result = PipelineResult(graph, [("input", str(graph))])
+    for name, fn in passes if passes is not None else PIPELINE:
+        graph = verify(fn(graph))
+        result.snapshots.append((name, str(graph)))
+    result.graph = graph
+    return result
