@@ -126,9 +126,8 @@ def _float_reduce_infer(name):
 register(OpDef("mean", "composite", _float_reduce_infer("mean"),
                lambda x, dims=(), keepdim=False: torch.mean(x, dim=tuple(dims), keepdim=keepdim) if dims else x.clone(),
                decompose=_mean_decompose))
-register(OpDef("var", "composite", _float_reduce_infer("var"),
-               lambda x, dims=(), correction=1, keepdim=False: torch.var(x, dim=tuple(dims), correction=correction, keepdim=keepdim),
-               decompose=_var_decompose))
-register(OpDef("std", "composite", _float_reduce_infer("std"),
-               lambda x, dims=(), correction=1, keepdim=False: torch.std(x, dim=tuple(dims), correction=correction, keepdim=keepdim),
-               decompose=_std_decompose))
+for _name, _fn, _rule in [("var", torch.var, _var_decompose), ("std", torch.std, _std_decompose)]:
+    register(OpDef(_name, "composite", _float_reduce_infer(_name),
+                   (lambda fn: lambda x, dims=(), correction=1, keepdim=False:
+                    fn(x, dim=tuple(dims), correction=correction, keepdim=keepdim))(_fn),
+                   decompose=_rule))
