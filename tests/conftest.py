@@ -10,7 +10,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed():
-    # Fresh random inputs every run, but reproducible within a run when a failure is reported.
+    # Fresh random inputs every run; the seed is printed so a failure can be replayed.
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
+    print(f"torch seed: {seed}")
     yield seed
