@@ -7,14 +7,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ir import Graph, verify
+from .constant_fold import constant_fold
+from .cse import cse
 from .dce import dce
 from .decompose import decompose
+from .materialize_outputs import materialize_outputs
+from .simplify import simplify
 
 Pass = Callable[[Graph], Graph]
 
 PIPELINE: list[tuple[str, Pass]] = [
     ("decompose", decompose),
+    ("constant_fold", constant_fold),
+    ("simplify", simplify),
+    ("cse", cse),
     ("dce", dce),
+    ("materialize_outputs", materialize_outputs),
 ]
 
 

@@ -1,0 +1,32 @@
+"""Give every graph output its own storage.
+
+After simplification an output can be a graph input itself (`x * 1`) or a layout view of one
+(`x.t()` folds to a strided view). Eager PyTorch would return a fresh tensor for most of these, and
+a caller that mutates the result must never change its own input, so such outputs get a `copy`.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, get_op
+from .rewrite import GraphRewriter
+
+
+def _aliases_input(graph: Graph, v) -> bool:
+    inputs = set(graph.inputs)
+    while v not in inputs:
+        p = v.producer
+        if p is None or get_op(p.op).kind != "layout" or p.op in ("cat", "flip"):
+            return False
+        v = p.inputs[0]
+    return True
+
+
+def materialize_outputs(graph: Graph) -> Graph:
+    if not any(_aliases_input(graph, v) for v in graph.outputs):
+        return graph
+    rw = GraphRewriter(graph)
+    for node in graph.nodes:
+        rw.copy(node)
+    outs = [rw.out.add("copy", [rw.map[v]]) if _aliases_input(graph, v) else rw.map[v] for v in graph.outputs]
+    rw.out.set_outputs(outs)
+    return rw.out
