@@ -1,20 +1,21 @@
-"""Runtime: executes a compiled plan. PLACEHOLDER until the codegen/runtime work lands:
-`compile_graph` currently runs the reference interpreter."""
+"""Runtime: plans buffers and launches for an IR graph and runs them (GPU, or Triton's interpreter
+on CPU tensors, chosen per launch)."""
 
 from __future__ import annotations
 
-from ..ir import Graph, evaluate
+import torch
+
+from ..ir import Graph
+from .executor import CompiledGraph
+from .plan import Plan, build_plan
 
 
-class _InterpretedGraph:
-    def __init__(self, graph: Graph):
-        self.graph = graph
-        self.kernels: list = []
-        self.num_kernels = 0
+def compile_graph(graph: Graph, device: torch.device | str | None = None) -> CompiledGraph:
+    """Compile `graph` (after ember.passes.run_pipeline: no composite ops) into a callable.
 
-    def __call__(self, inputs):
-        return evaluate(self.graph, *inputs)
+    `device` only matters for graphs without inputs; otherwise the inputs' device decides.
+    """
+    return CompiledGraph(graph, device)
 
 
-def compile_graph(graph: Graph):
-    return _InterpretedGraph(graph)
+__all__ = ["compile_graph", "CompiledGraph", "Plan", "build_plan"]

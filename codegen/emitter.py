@@ -1,0 +1,102 @@
+"""Text building shared by the kernel emitters: an indented line buffer with fresh temporaries,
+dtype spellings, literals, and the block of index math that turns linear indices into offsets."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ir.types import TRITON_NAMES, compute_dtype
+
+# Signature spellings of pointer element types (triton.compile / ASTSource).
+SIG_NAMES: dict[torch.dtype, str] = {
+    torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+    torch.bool: "i1",
+}
+
+# Index math switches to int64 when a linear index or an element offset could pass this bound.
+INT32_LIMIT = 2**31 - 1
+
+
+def tl_dtype(dtype: torch.dtype) -> str:
+    return TRITON_NAMES[dtype]
+
+
+def tl_compute(dtype: torch.dtype) -> str:
+    return TRITON_NAMES[compute_dtype(dtype)]
+
+
+def ptr_sig(dtype: torch.dtype) -> str:
+    return "*" + SIG_NAMES[dtype]
+
+
+def int_sig(value: int) -> str:
+    """The type Triton's JIT specializes an int argument to (i32 when it fits)."""
+    return "i32" if -(2**31) <= value < 2**31 else "i64"
+
+
+def py_literal(value, dtype: torch.dtype) -> str:
+    """Python text for `value` as a number of `dtype` (inf/nan spelled so the parser accepts them)."""
+    if dtype == torch.bool:
+        return "1" if value else "0"
+    if dtype.is_floating_point:
+        v = float(value)
+        if math.isnan(v):
+            return "float('nan')"
+        if math.isinf(v):
+            return "float('inf')" if v > 0 else "float('-inf')"
+        return repr(v)
+    return repr(int(value))
+
+
+def literal(value, dtype: torch.dtype) -> str:
+    """A 0-dim Triton constant of the compute dtype of `dtype`, so it never promotes an expression."""
+    return f"tl.full([], {py_literal(value, dtype)}, {tl_compute(dtype)})"
+
+
+class Emitter:
+    """Collects kernel body lines. `tmp(expr)` binds a fresh temporary (the op rules rely on it)."""
+
+    def __init__(self, indent: int = 1) -> None:
+        self.lines: list[str] = []
+        self.indent = indent
+        self._count = 0
+
+    def fresh(self, prefix: str = "t") -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.indent + text)
+
+    def tmp(self, expr: str, prefix: str = "t") -> str:
+        name = self.fresh(prefix)
+        self.line(f"{name} = {expr}")
+        return name
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def unravel(e: Emitter, lin: str, sizes: list[str], prefix: str) -> list[str]:
+    """Emit per-dim indices of row-major linear index `lin` over `sizes` (runtime args); returns names.
+
+    The outermost dim needs no modulo: `lin` is masked to the valid range by the caller.
+    """
+    idx: list[str] = [""] * len(sizes)
+    rest = lin
+    for d in range(len(sizes) - 1, -1, -1):
+        if d == 0:
+            idx[d] = rest
+        else:
+            idx[d] = e.tmp(f"{rest} % {sizes[d]}", prefix)
+            rest = e.tmp(f"{rest} // {sizes[d]}", prefix)
+    return idx
+
+
+def offset_expr(base: str, idx: list[str], strides: list[str], zero: str) -> str:
+    """`base + sum(idx[d] * strides[d])`; `zero` (a block of zeros) keeps 0-dim offsets block-shaped."""
+    terms = [f"{i} * {s}" for i, s in zip(idx, strides)]
+    return f"{base} + " + (" + ".join(terms) if terms else zero)

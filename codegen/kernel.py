@@ -1,0 +1,105 @@
+"""A generated kernel: its source, its parameters, and launching on CPU (interpreter) or GPU (JIT).
+
+Every kernel launch the planner prepares is recorded with its concrete signature and constexprs in
+`generated_kernels()`, so tests can compile each one for sm_90 without a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .emitter import int_sig
+from .source_cache import load_module, source_hash
+
+_kernels: dict[str, Kernel] = {}
+
+
+@dataclass(eq=False)
+class Kernel:
+    name: str
+    source: str
+    kind: str                      # pointwise | reduction | matmul
+    ops: list[str]
+    # (param name, signature type): "*fp32"-style pointers, "int" (typed per launch value) or "constexpr".
+    params: list[tuple[str, str]]
+    _interp: Any = field(default=None, repr=False)
+
+    @property
+    def jit(self):
+        """The `triton.JITFunction` (module imported from the source cache on first use)."""
+        return getattr(load_module(self.source), self.name)
+
+    def signature(self, args: list, constexprs: dict[str, Any]) -> dict[str, str]:
+        sig = {}
+        runtime = [p for p in self.params if p[1] != "constexpr"]
+        if len(runtime) != len(args):
+            raise TypeError(f"{self.name}: {len(runtime)} runtime params, got {len(args)} args")
+        for (name, kind), value in zip(runtime, args):
+            sig[name] = int_sig(value) if kind == "int" else kind
+        for name, kind in self.params:
+            if kind == "constexpr":
+                sig[name] = "constexpr"
+        return sig
+
+    def launch(self, grid: tuple[int, ...], args: list, constexprs: dict[str, Any], device: torch.device) -> None:
+        # Per launch, never process-wide: CPU tensors go through Triton's interpreter.
+        if device.type == "cpu":
+            if self._interp is None:
+                from triton.runtime.interpreter import InterpretedFunction
+
+                self._interp = InterpretedFunction(self.jit.fn)
+            self._interp[grid](*args, **constexprs)
+        else:
+            self.jit[grid](*args, **constexprs)
+
+
+def make_kernel(prefix: str, body_source: str, kind: str, ops: list[str], params: list[tuple[str, str]]) -> Kernel:
+    """Name the kernel by the hash of its text (placeholder `KERNEL`) and dedupe identical kernels."""
+    key = source_hash(body_source)
+    kernel = _kernels.get(key)
+    if kernel is None:
+        name = f"{prefix}_{key[:10]}"
+        kernel = Kernel(name, body_source.replace("def KERNEL(", f"def {name}("), kind, list(ops), params)
+        _kernels[key] = kernel
+    return kernel
+
+
+def render(params: list[tuple[str, str]], body: str) -> str:
+    """Full module text for a kernel named KERNEL with `params` and an indented `body`."""
+    sig = ", ".join(f"{n}: tl.constexpr" if k == "constexpr" else n for n, k in params)
+    return f"import triton\nimport triton.language as tl\n\n\n@triton.jit\ndef KERNEL({sig}):\n{body}\n"
+
+
+@dataclass
+class KernelSpec:
+    """One generated (kernel, signature, constexprs) combination, compilable with triton.compile."""
+
+    name: str
+    source: str
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    kernel: Kernel
+
+    @property
+    def jit(self):
+        return self.kernel.jit
+
+
+_specs: dict[tuple, KernelSpec] = {}
+
+
+def record_spec(kernel: Kernel, args: list, constexprs: dict[str, Any]) -> KernelSpec:
+    sig = kernel.signature(args, constexprs)
+    key = (kernel.name, tuple(sorted(sig.items())), tuple(sorted((k, repr(v)) for k, v in constexprs.items())))
+    spec = _specs.get(key)
+    if spec is None:
+        spec = _specs[key] = KernelSpec(kernel.name, kernel.source, sig, dict(constexprs), kernel)
+    return spec
+
+
+def generated_kernels() -> list[KernelSpec]:
+    """Every kernel launch configuration prepared in this process so far."""
+    return list(_specs.values())

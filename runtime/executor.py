@@ -1,0 +1,102 @@
+"""Executing a plan: allocate buffers, fill launch args with tensors, launch, call externs.
+
+`CompiledGraph` keeps one plan per (device, input strides, fp32 matmul precision): strides decide
+which reshapes are views, and the precision picks the tl.dot mode; sizes are static in the IR.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph
+from ..ir.ops.extern import call_extern
+from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
+from .views import View, contiguous_strides
+
+
+def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
+    base = bufs[v.buf]
+    return torch.as_strided(base, v.shape, v.strides, base.storage_offset() + v.offset)
+
+
+def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    bufs: list = list(inputs)
+    for spec in plan.bufs[len(inputs):]:
+        bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else None)
+    for step in plan.steps:
+        if isinstance(step, LaunchStep):
+            args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
+            step.kernel.launch(step.grid, args, step.constexprs, device)
+        else:
+            _run_extern(step, bufs)
+    return [_as_tensor(bufs, v) for v in plan.outputs]
+
+
+def _run_extern(step: ExternStep, bufs: list) -> None:
+    node = step.node
+    out = call_extern([_as_tensor(bufs, v) for v in step.inputs], **node.attrs)
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    for value, b, t in zip(node.outputs, step.outputs, outs):
+        if tuple(t.shape) != value.shape or t.dtype != value.dtype:
+            raise RuntimeError(f"extern {node.attrs.get('target')}: returned {t.dtype}{list(t.shape)}, "
+                               f"IR expects {value.type}")
+        # The plan assumes contiguous extern results (and must not alias an input buffer).
+        bufs[b] = t.contiguous() if t.stride() != contiguous_strides(value.shape) else t
+
+
+class CompiledGraph:
+    """`cg(inputs) -> outputs`, matching `ember.ir.evaluate(graph, *inputs)`."""
+
+    def __init__(self, graph: Graph, device: torch.device | str | None = None):
+        self.graph = graph
+        self.default_device = torch.device(device or "cpu")
+        self._plans: dict[tuple, Plan] = {}
+        self._last: Plan | None = None
+
+    def _key(self, inputs: list[torch.Tensor]) -> tuple:
+        device = inputs[0].device if inputs else self.default_device
+        return (device.type, device.index, tuple(t.stride() for t in inputs), torch.get_float32_matmul_precision())
+
+    def plan_for(self, inputs: list[torch.Tensor]) -> Plan:
+        key = self._key(inputs)
+        plan = self._plans.get(key)
+        if plan is None:
+            device = torch.device(key[0], key[1]) if key[1] is not None else torch.device(key[0])
+            plan = self._plans[key] = build_plan(self.graph, [k for k in key[2]], device)
+        return plan
+
+    def __call__(self, inputs) -> list[torch.Tensor]:
+        inputs = list(inputs)
+        if len(inputs) != len(self.graph.inputs):
+            raise TypeError(f"graph takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
+        for v, t in zip(self.graph.inputs, inputs):
+            if tuple(t.shape) != v.shape or t.dtype != v.dtype:
+                raise TypeError(f"input %{v.name}: expected {v.type}, got {t.dtype}{list(t.shape)}")
+        plan = self.plan_for(inputs)
+        self._last = plan
+        device = inputs[0].device if inputs else self.default_device
+        return execute(plan, inputs, device)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan of the last call (or, before any call, the one for contiguous inputs)."""
+        if self._last is None:
+            key = (self.default_device.type, self.default_device.index,
+                   tuple(contiguous_strides(v.shape) for v in self.graph.inputs), torch.get_float32_matmul_precision())
+            if key not in self._plans:
+                self._plans[key] = build_plan(self.graph, list(key[2]), self.default_device)
+            self._last = self._plans[key]
+        return self._last
+
+    @property
+    def kernels(self) -> list[LaunchStep]:
+        """Kernel launches per call, in order (each has .name, .source, .ops, .kernel)."""
+        return self.plan.launches
+
+    @property
+    def num_kernels(self) -> int:
+        return len(self.plan.launches)
+
+    @property
+    def externs(self) -> list[str]:
+        return [s.node.attrs["target"] for s in self.plan.steps if isinstance(s, ExternStep)]

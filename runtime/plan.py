@@ -1,0 +1,246 @@
+"""Planning: walk an IR graph once per input layout and decide buffers, views and kernel launches.
+
+All sizes and strides are known here (input strides come from the call that triggers planning),
+so each launch's runtime args are fixed except for the buffer pointers, which the executor fills
+in. Layout ops only produce views; kernels are emitted per op (groups of one node, plus inlined
+0-dim `full` scalars) and deduplicated by source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import codegen
+from ..codegen.emitter import INT32_LIMIT
+from ..codegen.pointwise import PointwiseGroup
+from ..ir import Graph, Node, TensorType, Value, get_op
+from . import views as V
+from .views import View
+
+
+@dataclass(frozen=True)
+class Buf:
+    """Placeholder in launch args for the tensor of buffer `index`."""
+
+    index: int
+
+
+@dataclass
+class BufSpec:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    kind: str  # "input" | "alloc" | "extern"
+
+
+@dataclass
+class LaunchStep:
+    kernel: codegen.Kernel
+    ops: list[str]
+    grid: tuple[int, ...]
+    args: list
+    constexprs: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.kernel.name
+
+    @property
+    def source(self) -> str:
+        return self.kernel.source
+
+
+@dataclass
+class ExternStep:
+    node: Node
+    inputs: list[View]
+    outputs: list[int]  # buffer indices
+
+
+@dataclass
+class Plan:
+    bufs: list[BufSpec] = field(default_factory=list)
+    steps: list[LaunchStep | ExternStep] = field(default_factory=list)
+    outputs: list[View] = field(default_factory=list)
+
+    @property
+    def launches(self) -> list[LaunchStep]:
+        return [s for s in self.steps if isinstance(s, LaunchStep)]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _wide(numel: int, views: list[View]) -> bool:
+    return numel > INT32_LIMIT or any(v.extent() > INT32_LIMIT for v in views)
+
+
+class Planner:
+    def __init__(self, graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device):
+        self.graph = graph
+        self.device = device
+        self.cpu = device.type == "cpu"
+        self.plan = Plan()
+        self.views: dict[Value, View] = {}
+        self.users = graph.users()
+        for v, strides in zip(graph.inputs, input_strides):
+            self.views[v] = View(self._buf(v.shape, v.dtype, "input"), 0, v.shape, tuple(strides))
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _buf(self, shape, dtype, kind: str) -> int:
+        self.plan.bufs.append(BufSpec(tuple(shape), dtype, kind))
+        return len(self.plan.bufs) - 1
+
+    def _alloc(self, shape, dtype) -> View:
+        shape = tuple(shape)
+        return View(self._buf(shape, dtype, "alloc"), 0, shape, V.contiguous_strides(shape))
+
+    @staticmethod
+    def _ptr(v: View) -> tuple:
+        return (Buf(v.buf), v.offset, v.strides)
+
+    def _launch(self, kernel: codegen.Kernel, ops: list[str], grid, args, constexprs) -> None:
+        codegen.kernel.record_spec(kernel, [a.index if isinstance(a, Buf) else a for a in args], constexprs)
+        self.plan.steps.append(LaunchStep(kernel, ops, tuple(grid), args, constexprs))
+
+    def _inlined_scalar(self, v: Value) -> bool:
+        p = v.producer
+        return p is not None and p.op == "full" and v.type.rank == 0
+
+    # -- kernels ----------------------------------------------------------------------------------
+    def pointwise(self, group: PointwiseGroup) -> None:
+        out_views = [self._alloc(v.shape, v.dtype) for v in group.outputs]
+        for v, view in zip(group.outputs, out_views):
+            self.views[v] = view
+        numel = out_views[0].numel
+        if numel == 0:
+            return
+        in_views = [self.views[v] for v in group.inputs]
+        kernel = codegen.emit_pointwise(group, _wide(numel, in_views + out_views))
+        block = min(max(_pow2(numel), 16), 4096 if self.cpu else 1024)
+        args = codegen.pointwise_args(group, [self._ptr(v) for v in in_views], [self._ptr(v) for v in out_views])
+        self._launch(kernel, group.ops, ((numel + block - 1) // block,), args, {"BLOCK": block})
+
+    def copy(self, view: View, dtype: torch.dtype, label: str) -> View:
+        """Materialize `view` contiguously with a pointwise copy kernel."""
+        src = Value(TensorType(view.shape, dtype))
+        node = Node("copy", [src], {}, [src.type])
+        self.views[src] = view
+        self.pointwise(PointwiseGroup([node], [src], [node.out], view.shape, label=[label]))
+        return self.views[node.out]
+
+    def torch_view(self, v: Value) -> View:
+        """A view torch can represent (non-negative strides), copying if needed."""
+        view = self.views[v]
+        return view if view.torch_viewable() else self.copy(view, v.dtype, "copy")
+
+    # -- nodes ------------------------------------------------------------------------------------
+    def run(self) -> Plan:
+        outputs = set(self.graph.outputs)
+        for node in self.graph.nodes:
+            kind = get_op(node.op).kind
+            if node.op == "full" and node.out.type.rank == 0 and node.out not in outputs and all(
+                    get_op(u.op).kind == "pointwise" for u in self.users.get(node.out, [])):
+                continue  # inlined as a literal into every pointwise user
+            getattr(self, f"node_{kind}")(node)
+        self.plan.outputs = [self.torch_view(v) for v in self.graph.outputs]
+        return self.plan
+
+    def node_pointwise(self, node: Node) -> None:
+        consts = [v.producer for v in dict.fromkeys(node.inputs) if self._inlined_scalar(v)]
+        inputs = [v for v in dict.fromkeys(node.inputs) if not self._inlined_scalar(v)]
+        self.pointwise(PointwiseGroup(consts + [node], inputs, [node.out], node.out.shape))
+
+    def node_constant(self, node: Node) -> None:
+        self.pointwise(PointwiseGroup([node], [], [node.out], node.out.shape))
+
+    def node_layout(self, node: Node) -> None:
+        a, out = node.attrs, node.out
+        if node.op == "cat":
+            inputs = [v for v in node.inputs if v.shape[a["dim"]] > 0]
+            node = Node("cat", inputs, a, [out.type]) if len(inputs) != len(node.inputs) else node
+            if not inputs:
+                self.views[out] = self._alloc(out.shape, out.dtype)
+                return
+            self.pointwise(PointwiseGroup([node], list(dict.fromkeys(inputs)), [node.out], out.shape))
+            self.views[out] = self.views[node.out]
+            return
+        x = self.views[node.inputs[0]]
+        if node.op == "reshape":
+            view = V.reshape(x, a["shape"])
+            if view is None:  # not expressible as strides: copy contiguously, then view
+                view = V.reshape(self.copy(x, out.dtype, "reshape"), a["shape"])
+        elif node.op == "permute":
+            view = V.permute(x, a["dims"])
+        elif node.op == "expand":
+            view = V.expand(x, a["shape"])
+        elif node.op == "slice":
+            view = V.slice_(x, a["dim"], a["start"], a["end"], a["step"])
+        elif node.op == "select":
+            view = V.select(x, a["dim"], a["index"])
+        elif node.op == "flip":
+            view = V.flip(x, a["dims"])
+        else:
+            raise NotImplementedError(f"layout op {node.op}")
+        self.views[out] = view
+
+    def node_reduction(self, node: Node) -> None:
+        x, out = self.views[node.inputs[0]], node.out
+        opdef = get_op(node.op)
+        if node.op in ("argmax", "argmin"):
+            dim = node.attrs.get("dim")
+            dims = tuple(range(len(x.shape))) if dim is None else (dim,)
+        else:
+            dims = tuple(sorted(node.attrs.get("dims", ())))
+        view = self._alloc(out.shape, out.dtype)
+        self.views[out] = view
+        m = view.numel
+        if m == 0:
+            return
+        r = 1
+        for d in dims:
+            r *= x.shape[d]
+        rmax = 1024
+        br = min(_pow2(max(r, 1)), rmax)
+        bm = max(1, min(_pow2(m), 4096 // br))
+        nk, nr = len(x.shape) - len(dims), len(dims)
+        kernel = codegen.emit_reduction(node.op, opdef.combine, node.inputs[0].dtype, out.dtype, nk, nr, r > rmax,
+                                        _wide(m * r, [x]))
+        args = codegen.reduction_args(self._ptr(x), x.shape, dims, Buf(view.buf))
+        self._launch(kernel, [node.op], ((m + bm - 1) // bm,), args,
+                     {"BM": bm, "BR": br, "LOG2": br.bit_length() - 1})
+
+    def node_matmul(self, node: Node) -> None:
+        a, b, out = self.views[node.inputs[0]], self.views[node.inputs[1]], node.out
+        view = self._alloc(out.shape, out.dtype)
+        self.views[out] = view
+        if view.numel == 0:
+            return
+        batch = out.shape[:-2]
+        m, n, k = out.shape[-2], out.shape[-1], a.shape[-1]
+        nb = view.numel // (m * n)
+        kernel = codegen.emit_matmul(out.dtype, len(batch), _wide(view.numel, [a, b, view]))
+        blk = lambda s, hi: min(max(_pow2(s), 16), hi)
+        bm, bn, bk = blk(m, 64), blk(n, 64), blk(k, 32)
+        prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        args = codegen.matmul_args(self._ptr(a), a.shape, self._ptr(b), b.shape, Buf(view.buf), batch)
+        grid = (((m + bm - 1) // bm) * ((n + bn - 1) // bn), nb)
+        self._launch(kernel, ["matmul"], grid, args,
+                     {"BM": bm, "BN": bn, "BK": bk, "PREC": prec, "INTERP": self.cpu})
+
+    def node_extern(self, node: Node) -> None:
+        ins = [self.torch_view(v) for v in node.inputs]
+        outs = [self._buf(v.shape, v.dtype, "extern") for v in node.outputs]
+        for v, b in zip(node.outputs, outs):
+            self.views[v] = View(b, 0, v.shape, V.contiguous_strides(v.shape))
+        self.plan.steps.append(ExternStep(node, ins, outs))
+
+    def node_composite(self, node: Node) -> None:
+        raise ValueError(f"composite op {node.op} reached the runtime: run ember.passes.run_pipeline first")
+
+
+def build_plan(graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:
+    return Planner(graph, input_strides, device).run()
