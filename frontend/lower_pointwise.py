@@ -1,0 +1,177 @@
+"""Lowering rules for pointwise aten ops: unary, binary, where, clamp, casts.
+
+IR pointwise ops take one input dtype, so each rule converts its operands first: arithmetic computes
+in torch's result dtype (the fx node's output dtype), comparisons and logical ops in the promoted
+dtype of their operands, and Python scalars become 0-dim `full` nodes of that dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .lowering import Fallback, aten, out_dtype, promote, register, typed
+
+# aten op -> IR op; computed in the output dtype (int inputs of float functions are converted first).
+UNARY = {
+    aten.neg.default: "neg", aten.abs.default: "abs", aten.exp.default: "exp", aten.exp2.default: "exp2",
+    aten.log.default: "log", aten.log1p.default: "log1p", aten.expm1.default: "expm1",
+    aten.sqrt.default: "sqrt", aten.rsqrt.default: "rsqrt", aten.reciprocal.default: "reciprocal",
+    aten.sin.default: "sin", aten.cos.default: "cos", aten.tanh.default: "tanh",
+    aten.sigmoid.default: "sigmoid", aten.relu.default: "relu", aten.silu.default: "silu",
+    aten.erf.default: "erf", aten.floor.default: "floor", aten.ceil.default: "ceil",
+    aten.trunc.default: "trunc", aten.round.default: "round", aten.sign.default: "sign",
+    aten.sgn.default: "sign", aten.bitwise_not.default: "bitwise_not",
+}
+# Unary ops with a bool result: computed in the input's dtype.
+UNARY_PREDICATE = {aten.isnan.default: "isnan", aten.logical_not.default: "logical_not"}
+
+# aten op -> IR op for binary arithmetic, computed in the output dtype.
+BINARY = {
+    aten.add.Tensor: "add", aten.add.Scalar: "add", aten.sub.Tensor: "sub", aten.sub.Scalar: "sub",
+    aten.mul.Tensor: "mul", aten.mul.Scalar: "mul",
+    aten.maximum.default: "maximum", aten.minimum.default: "minimum",
+    aten.fmod.Tensor: "fmod", aten.fmod.Scalar: "fmod",
+    aten.remainder.Tensor: "remainder", aten.remainder.Scalar: "remainder",
+    aten.remainder.Scalar_Tensor: "remainder",
+    aten.bitwise_and.Tensor: "bitwise_and", aten.bitwise_and.Scalar: "bitwise_and",
+    aten.bitwise_or.Tensor: "bitwise_or", aten.bitwise_or.Scalar: "bitwise_or",
+    aten.bitwise_xor.Tensor: "bitwise_xor", aten.bitwise_xor.Scalar: "bitwise_xor",
+}
+# Binary ops with a bool result: operands are promoted to a common dtype first.
+BINARY_PREDICATE = {
+    **{getattr(aten, n).Tensor: n for n in ("eq", "ne", "lt", "le", "gt", "ge")},
+    **{getattr(aten, n).Scalar: n for n in ("eq", "ne", "lt", "le", "gt", "ge")},
+    aten.logical_and.default: "logical_and", aten.logical_or.default: "logical_or",
+    aten.logical_xor.default: "logical_xor",
+}
+
+
+def _unary(ir_op: str, predicate: bool):
+    def rule(L, node, a):
+        x = a.self if predicate else L.cast(a.self, out_dtype(node))
+        return L.add(ir_op, [x])
+
+    return rule
+
+
+def _binary(ir_op: str, predicate: bool):
+    def rule(L, node, a):
+        x, y = a.self, a.other
+        dtype = promote(x, y) if predicate else out_dtype(node)
+        x, y = L.operand(x, dtype), L.operand(y, dtype)
+        alpha = a.get("alpha")
+        if alpha is not None and alpha != 1:  # add/sub: x + alpha * y
+            y = L.add("mul", [y, L.const(alpha, dtype)])
+        return L.add(ir_op, [x, y])
+
+    return rule
+
+
+for _op, _ir in UNARY.items():
+    register(_op)(_unary(_ir, False))
+for _op, _ir in UNARY_PREDICATE.items():
+    register(_op)(_unary(_ir, True))
+for _op, _ir in BINARY.items():
+    register(_op)(_binary(_ir, False))
+for _op, _ir in BINARY_PREDICATE.items():
+    register(_op)(_binary(_ir, True))
+
+
+@register(aten.gelu.default)
+def _gelu(L, node, a):
+    return L.add("gelu", [L.cast(a.self, out_dtype(node))], approximate=a.approximate)
+
+
+@register(aten.log10.default)
+def _log10(L, node, a):
+    dt = out_dtype(node)
+    return L.add("mul", [L.add("log", [L.cast(a.self, dt)]), L.const(1 / math.log(10), dt)])
+
+
+@register(aten.rsub.Tensor, aten.rsub.Scalar)
+def _rsub(L, node, a):
+    dt = out_dtype(node)
+    x = L.operand(a.self, dt)
+    if a.alpha != 1:
+        x = L.add("mul", [x, L.const(a.alpha, dt)])
+    return L.add("sub", [L.operand(a.other, dt), x])
+
+
+@register(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
+def _div(L, node, a):
+    dt = out_dtype(node)
+    mode = a.get("rounding_mode")
+    return L.add("div", [L.operand(a.self, dt), L.operand(a.other, dt)], rounding_mode=mode)
+
+
+@register(aten.floor_divide.default, aten.floor_divide.Scalar)
+def _floor_divide(L, node, a):
+    dt = out_dtype(node)
+    return L.add("div", [L.operand(a.self, dt), L.operand(a.other, dt)], rounding_mode="floor")
+
+
+@register(aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar)
+def _pow(L, node, a):
+    dt = out_dtype(node)
+    base, exp = a.self, a.exponent
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+        # Exact special cases, valid for integer dtypes too (torch computes these exactly).
+        if exp == 1:
+            return L.operand(base, dt)
+        if exp == 2:
+            b = L.operand(base, dt)
+            return L.add("mul", [b, b])
+        if dt.is_floating_point and exp == 0.5:
+            return L.add("sqrt", [L.operand(base, dt)])
+    if not dt.is_floating_point:
+        raise Fallback("integer pow")
+    return L.add("pow", [L.operand(base, dt), L.operand(exp, dt)])
+
+
+@register(aten.where.self)
+def _where(L, node, a):
+    dt = out_dtype(node)
+    cond = L.cast(a.condition, torch.bool)
+    return L.add("where", [cond, L.operand(a.self, dt), L.operand(a.other, dt)])
+
+
+@register(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default, aten.hardtanh.default)
+def _clamp(L, node, a):
+    dt = out_dtype(node)
+    lo = a.get("min", a.get("min_val"))
+    hi = a.get("max", a.get("max_val"))
+    if isinstance(lo, complex) or isinstance(hi, complex):
+        raise Fallback("complex bound")
+    attrs = {}
+    if lo is not None:
+        attrs["min"] = typed(lo, dt)
+    if hi is not None:
+        attrs["max"] = typed(hi, dt)
+    return L.add("clamp", [L.cast(a.self, dt)], **attrs)
+
+
+@register(aten.clamp.Tensor, aten.clamp_min.Tensor, aten.clamp_max.Tensor)
+def _clamp_tensor(L, node, a):
+    dt = out_dtype(node)
+    x = L.cast(a.self, dt)
+    lo = a.get("min")
+    hi = a.get("max")
+    if lo is not None:
+        x = L.add("maximum", [x, L.operand(lo, dt)])
+    if hi is not None:
+        x = L.add("minimum", [x, L.operand(hi, dt)])
+    return x
+
+
+@register(aten._to_copy.default)
+def _to_copy(L, node, a):
+    if a.device is not None and torch.device(a.device) != node.args[0].meta["val"].device:
+        raise Fallback("device transfer")
+    return L.cast(a.self, out_dtype(node))
+
+
+@register(torch.ops.prims.convert_element_type.default)
+def _convert(L, node, a):
+    return L.cast(a.a, a.dtype)

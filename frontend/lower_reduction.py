@@ -1,0 +1,106 @@
+"""Lowering rules for reductions: sum, mean, prod, amax/amin, argmax/argmin, var/std, max/min, any/all.
+
+Dims are normalized here (negative dims wrap; None or [] mean every dim), so IR reductions always
+carry sorted, non-negative dims.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .lowering import aten, norm_dim, norm_dims, out_dtype, register
+
+
+def _input(L, a):
+    """The reduced operand, converted first when the op takes a `dtype=` argument."""
+    x = a.self
+    dtype = a.get("dtype")
+    return L.cast(x, dtype) if dtype is not None else x
+
+
+@register(aten.sum.default, aten.sum.dim_IntList)
+def _sum(L, node, a):
+    x = _input(L, a)
+    return L.add("sum", [x], dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
+
+
+@register(aten.prod.default, aten.prod.dim_int)
+def _prod(L, node, a):
+    x = _input(L, a)
+    return L.add("prod", [x], dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
+
+
+@register(aten.mean.default, aten.mean.dim)
+def _mean(L, node, a):
+    x = L.cast(_input(L, a), out_dtype(node))
+    return L.add("mean", [x], dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
+
+
+@register(aten.amax.default, aten.amin.default)
+def _amax(L, node, a):
+    op = "amax" if node.target is aten.amax.default else "amin"
+    return L.add(op, [a.self], dims=norm_dims(a.dim, a.self.type.rank), keepdim=bool(a.keepdim))
+
+
+@register(aten.max.default, aten.min.default)
+def _max_all(L, node, a):
+    op = "amax" if node.target is aten.max.default else "amin"
+    return L.add(op, [a.self], dims=norm_dims(None, a.self.type.rank), keepdim=False)
+
+
+@register(aten.max.dim, aten.min.dim)
+def _max_dim(L, node, a):
+    is_max = node.target is aten.max.dim
+    d = norm_dim(a.dim, a.self.type.rank)
+    dims = (d,) if a.self.type.rank else ()
+    values = L.add("amax" if is_max else "amin", [a.self], dims=dims, keepdim=bool(a.keepdim))
+    index = L.add("argmax" if is_max else "argmin", [a.self], dim=d, keepdim=bool(a.keepdim))
+    return [values, index]
+
+
+@register(aten.argmax.default, aten.argmin.default)
+def _argmax(L, node, a):
+    op = "argmax" if node.target is aten.argmax.default else "argmin"
+    d = None if a.dim is None else norm_dim(a.dim, a.self.type.rank)
+    return L.add(op, [a.self], dim=d, keepdim=bool(a.keepdim))
+
+
+def _correction(a) -> float:
+    c = a.get("correction")
+    if c is None:
+        c = 1 if a.get("unbiased", True) in (True, None) else 0
+    return int(c) if float(c).is_integer() else float(c)
+
+
+def _var_args(L, node, a):
+    x = L.cast(a.self, out_dtype(node) if not isinstance(node.meta["val"], tuple) else node.meta["val"][0].dtype)
+    return x, dict(dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
+
+
+@register(aten.var.correction, aten.var.dim, aten.var.default, aten.std.correction, aten.std.dim, aten.std.default)
+def _var(L, node, a):
+    x, attrs = _var_args(L, node, a)
+    op = "var" if node.target._overloadpacket is aten.var else "std"
+    return L.add(op, [x], correction=_correction(a), **attrs)
+
+
+@register(aten.var_mean.correction, aten.var_mean.dim, aten.var_mean.default)
+def _var_mean(L, node, a):
+    x, attrs = _var_args(L, node, a)
+    return [L.add("var", [x], correction=_correction(a), **attrs), L.add("mean", [x], **attrs)]
+
+
+def _any_all(op: str):
+    def rule(L, node, a):
+        x = a.self
+        dims = a.get("dim")
+        nonzero = L.cast(x, torch.bool) if op == "any" else L.add("logical_not", [x])
+        count = L.add("sum", [nonzero], dims=norm_dims(dims, x.type.rank), keepdim=bool(a.get("keepdim")))
+        zero = L.const(0, torch.int64)
+        return L.add("gt" if op == "any" else "eq", [count, zero])
+
+    return rule
+
+
+register(aten.any.default, aten.any.dim, aten.any.dims)(_any_all("any"))
+register(aten.all.default, aten.all.dim, aten.all.dims)(_any_all("all"))
