@@ -212,7 +212,8 @@ register(OpDef(
 
 # -- binary ---------------------------------------------------------------------------------------
 _BINARY = [
-    ("add", torch.add, lambda e, a, b, d: f"{a} + {b}", "any", "same"),
+    # bool add is logical or in torch; int1 + int1 would wrap to 0 in Triton.
+    ("add", torch.add, lambda e, a, b, d: f"{a} | {b}" if d == torch.bool else f"{a} + {b}", "any", "same"),
     ("sub", torch.sub, lambda e, a, b, d: f"{a} - {b}", "any", "same"),
     ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", "any", "same"),
     ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b), "float", "same"),
