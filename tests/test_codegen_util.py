@@ -33,12 +33,16 @@ def assert_same(got: torch.Tensor, want: torch.Tensor, tol: tuple[float, float] 
         assert torch.equal(got, want), (got, want)
 
 
-def check(g: Graph, inputs: list[torch.Tensor], *, tol=None, kernels: int | None = None, eager=None):
+def check(g: Graph, inputs: list[torch.Tensor], *, tol=None, kernels: int | None = None, eager=None,
+          pipeline: bool = False):
     """Round-trip the IR, compile it, run it, and compare with the reference interpreter (which runs
-    eager torch) and optionally an `eager` callable. Returns the compiled graph."""
+    eager torch) and optionally an `eager` callable. Returns the compiled graph.
+
+    Graphs are compiled as built (kernel counts are facts about codegen, not about the passes);
+    `pipeline=True` runs ember.passes.run_pipeline first (needed for composite ops)."""
     verify(g)
     roundtrip(g)
-    cg = compile_graph(run_pipeline(g).graph)
+    cg = compile_graph(run_pipeline(g).graph if pipeline else g)
     outs = cg(inputs)
     refs = evaluate(g, *inputs)
     assert len(outs) == len(refs)
