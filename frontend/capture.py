@@ -28,7 +28,7 @@ def _decomposition_table() -> dict:
         aten.native_layer_norm, aten._softmax, aten._log_softmax, aten.native_batch_norm,
         aten._native_batch_norm_legit, aten._native_batch_norm_legit_functional,
         aten._native_batch_norm_legit_no_training, aten.native_group_norm, aten.native_dropout,
-        aten.hardtanh, aten.leaky_relu, aten.elu, aten.log2, aten.isinf, aten.repeat, aten.clamp.Tensor,
+        aten.hardtanh, aten.leaky_relu, aten.elu, aten.isinf, aten.repeat, aten.clamp.Tensor,
     ]))
     # Ops the IR has as primitives (or lowers to matmul) must not be decomposed further.
     for op in (aten.silu, aten.gelu, aten.sigmoid, aten.tanh, aten.mv, aten.dot, aten.addmm, aten.embedding):

@@ -18,7 +18,9 @@ prims = torch.ops.prims
           *overloads(aten.reshape, "default"), *overloads(aten.view_copy, "default"),
           *overloads(aten.squeeze, "default", "dim", "dims"), *overloads(aten.squeeze_copy, "default", "dim", "dims"),
           *overloads(aten.unsqueeze, "default"), *overloads(aten.unsqueeze_copy, "default"),
-          *overloads(aten.flatten, "using_ints"), *overloads(aten.unflatten, "int"))
+          *overloads(aten.flatten, "using_ints"), *overloads(aten.unflatten, "int"),
+          # in-place metadata changes (torch.matmul squeezes its fresh result): later uses read this node
+          *overloads(aten.squeeze_, "default", "dim", "dims"), *overloads(aten.unsqueeze_, "default"))
 def _reshape(L, node, a):
     return L.reshape(a.self, out_shape(node))
 
@@ -46,7 +48,8 @@ def _permute_rule(L, node, a):
     return _permute(L, a.self, a.dims)
 
 
-@register(*overloads(aten.transpose, "int"), *overloads(aten.transpose_copy, "int"))
+@register(*overloads(aten.transpose, "int"), *overloads(aten.transpose_copy, "int"),
+          *overloads(aten.transpose_, "default"))
 def _transpose(L, node, a):
     r = a.self.type.rank
     if r == 0:
@@ -57,7 +60,7 @@ def _transpose(L, node, a):
     return _permute(L, a.self, perm)
 
 
-@register(*overloads(aten.t, "default"), *overloads(aten.t_copy, "default"))
+@register(*overloads(aten.t, "default"), *overloads(aten.t_copy, "default"), *overloads(aten.t_, "default"))
 def _t(L, node, a):
     return _permute(L, a.self, (1, 0)) if a.self.type.rank == 2 else a.self
 

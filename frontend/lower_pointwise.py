@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..ir import Value
 from .lowering import Fallback, aten, out_dtype, promote, register, typed
 
 # aten op -> IR op; computed in the output dtype (int inputs of float functions are converted first).
@@ -84,10 +85,16 @@ def _gelu(L, node, a):
     return L.add("gelu", [L.cast(a.self, out_dtype(node))], approximate=a.approximate)
 
 
-@register(aten.log10.default)
-def _log10(L, node, a):
-    dt = out_dtype(node)
-    return L.add("mul", [L.add("log", [L.cast(a.self, dt)]), L.const(1 / math.log(10), dt)])
+def _log_base(base: float):
+    def rule(L, node, a):
+        dt = out_dtype(node)
+        return L.add("mul", [L.add("log", [L.cast(a.self, dt)]), L.const(1 / math.log(base), dt)])
+
+    return rule
+
+
+register(aten.log10.default)(_log_base(10))
+register(aten.log2.default)(_log_base(2))
 
 
 @register(aten.rsub.Tensor, aten.rsub.Scalar)
@@ -116,15 +123,21 @@ def _floor_divide(L, node, a):
 def _pow(L, node, a):
     dt = out_dtype(node)
     base, exp = a.self, a.exponent
-    if isinstance(exp, (int, float)) and not isinstance(exp, bool):
-        # Exact special cases, valid for integer dtypes too (torch computes these exactly).
+    if isinstance(exp, (int, float)) and not isinstance(exp, bool) and isinstance(base, Value):
+        # torch's own special cases of a scalar exponent (exact; valid for integer dtypes too).
+        b = L.cast(base, dt)
         if exp == 1:
-            return L.operand(base, dt)
-        if exp == 2:
-            b = L.operand(base, dt)
-            return L.add("mul", [b, b])
-        if dt.is_floating_point and exp == 0.5:
-            return L.add("sqrt", [L.operand(base, dt)])
+            return b
+        if exp in (2, 3, -2):
+            sq = L.add("mul", [b, b])
+            if exp == 3:
+                return L.add("mul", [sq, b])
+            if exp == -2 and dt.is_floating_point:
+                return L.add("reciprocal", [sq])
+            if exp == 2:
+                return sq
+        if dt.is_floating_point and exp in (0.5, -0.5, -1):
+            return L.add({0.5: "sqrt", -0.5: "rsqrt", -1: "reciprocal"}[exp], [b])
     if not dt.is_floating_point:
         raise Fallback("integer pow")
     return L.add("pow", [L.operand(base, dt), L.operand(exp, dt)])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .lowering import aten, norm_dim, norm_dims, out_dtype, register
+from .lowering import Fallback, aten, norm_dim, norm_dims, out_dtype, register
 
 
 def _input(L, a):
@@ -54,6 +54,8 @@ def _max_dim(L, node, a):
     d = norm_dim(a.dim, a.self.type.rank)
     dims = (d,) if a.self.type.rank else ()
     values = L.add("amax" if is_max else "amin", [a.self], dims=dims, keepdim=bool(a.keepdim))
+    if not dims:  # a 0-dim input: the index is 0
+        return [values, L.const(0, torch.int64)]
     index = L.add("argmax" if is_max else "argmin", [a.self], dim=d, keepdim=bool(a.keepdim))
     return [values, index]
 
@@ -61,6 +63,8 @@ def _max_dim(L, node, a):
 @register(aten.argmax.default, aten.argmin.default)
 def _argmax(L, node, a):
     op = "argmax" if node.target is aten.argmax.default else "argmin"
+    if a.self.type.rank == 0:
+        return L.const(0, torch.int64)
     d = None if a.dim is None else norm_dim(a.dim, a.self.type.rank)
     return L.add(op, [a.self], dim=d, keepdim=bool(a.keepdim))
 
@@ -104,3 +108,18 @@ def _any_all(op: str):
 
 register(aten.any.default, aten.any.dim, aten.any.dims)(_any_all("any"))
 register(aten.all.default, aten.all.dim, aten.all.dims)(_any_all("all"))
+
+
+@register(aten.linalg_vector_norm.default)
+def _vector_norm(L, node, a):
+    dt = out_dtype(node)
+    x = L.add("abs", [L.cast(a.self, dt)])
+    attrs = dict(dims=norm_dims(a.dim, x.type.rank), keepdim=bool(a.keepdim))
+    p = a.ord
+    if p == 2:
+        return L.add("sqrt", [L.add("sum", [L.add("mul", [x, x])], **attrs)])
+    if p == 1:
+        return L.add("sum", [x], **attrs)
+    if p in (float("inf"), float("-inf")):
+        return L.add("amax" if p > 0 else "amin", [x], **attrs)
+    raise Fallback(f"vector norm of order {p}")

@@ -1,0 +1,75 @@
+"""Test helpers: compare an ember-compiled program with eager PyTorch and check its IR round-trips.
+
+Every frontend test goes through `assert_matches`, so every captured graph is also checked to print,
+parse back and print identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..ir import Graph, parse_graph, verify
+from .api import CompiledFunction, StaticGraph, compile
+
+# Tolerances per dtype: ember computes half types in float32 and rounds once, as torch's CPU kernels
+# do, but transcendental functions and reduction orders differ by an ulp or two.
+TOLERANCES = {torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1e-2), torch.float32: (1.3e-5, 1e-5),
+              torch.float64: (1e-7, 1e-7)}
+
+
+def check_roundtrip(graph: Graph) -> None:
+    text = str(graph)
+    again = str(parse_graph(text))
+    assert again == text, f"IR does not round-trip:\n{text}\n---- parsed back as ----\n{again}"
+    verify(parse_graph(text))
+
+
+def check_static_graph(sg: StaticGraph) -> None:
+    check_roundtrip(sg.captured_graph)
+    check_roundtrip(sg.graph)
+
+
+def assert_close(actual: Any, expected: Any, rtol: float | None = None, atol: float | None = None) -> None:
+    a_leaves, a_spec = pytree.tree_flatten(actual)
+    e_leaves, e_spec = pytree.tree_flatten(expected)
+    assert a_spec == e_spec, f"output structure {a_spec} != eager {e_spec}"
+    for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):
+        if not isinstance(e, torch.Tensor):
+            assert a == e, f"output {i}: {a!r} != eager {e!r}"
+            continue
+        assert isinstance(a, torch.Tensor), f"output {i}: got {type(a).__name__}, eager gives a tensor"
+        assert not a.requires_grad, f"output {i} requires grad"
+        r, t = TOLERANCES.get(e.dtype, (0, 0))
+        torch.testing.assert_close(a, e, rtol=r if rtol is None else rtol, atol=t if atol is None else atol,
+                                   equal_nan=True, msg=lambda m, i=i: f"output {i}: {m}")
+
+
+def _clone(args: Any) -> Any:
+    return pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, args)
+
+
+def assert_matches(fn: Callable, *args: Any, rtol: float | None = None, atol: float | None = None,
+                   mutates: bool = False, externs: tuple[str, ...] = (), **kwargs: Any) -> CompiledFunction:
+    """Run `fn` eagerly and through `ember.compile` on the same inputs; compare outputs (and, when
+    `mutates`, the inputs after the call); check the caller's inputs are otherwise untouched, and that
+    only the torch ops named in `externs` fell back to extern calls."""
+    compiled = compile(fn)
+    before = _clone((args, kwargs))
+    with torch.no_grad():
+        if mutates:
+            eager_args, eager_kwargs = _clone((args, kwargs))
+            expected = fn(*eager_args, **eager_kwargs)
+        else:
+            expected = fn(*args, **kwargs)
+        actual = compiled(*args, **kwargs)
+    assert_close(actual, expected, rtol, atol)
+    assert_close((args, kwargs), (eager_args, eager_kwargs) if mutates else before)
+    for sg in compiled.graphs:
+        check_static_graph(sg)
+        unexpected = set(sg.unsupported()) - set(externs)
+        assert not unexpected, f"ops fell back to extern: {sorted(unexpected)}\n{sg}"
+    return compiled
