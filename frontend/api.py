@@ -55,7 +55,8 @@ class StaticGraph:
         self.key: Hashable = signature_key(fn, args, kwargs)
         self.captured = capture(fn, args, kwargs)
         names = [_sanitize(n) for n, x in named_leaves(args, kwargs, self.fn) if isinstance(x, torch.Tensor)]
-        names += ["p_" + _sanitize(n) for n in self.captured.state_names]
+        params = {n for n, _ in self._module.named_parameters()} if self._module is not None else set()
+        names += [("p_" if n in params else "b_") + _sanitize(n) for n in self.captured.state_names]
         self.lowered = lower(self.captured.gm, names)
         self.captured_graph: Graph = self.lowered.graph
         result = run_pipeline(self.captured_graph)

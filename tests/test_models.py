@@ -1,0 +1,93 @@
+"""Whole models through ember.compile against eager, forward only (static mode, no autograd yet)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ember
+from ember.frontend.testing import assert_close, assert_matches
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in=8, d_hidden=16, d_out=4):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden)
+        self.fc3 = nn.Linear(d_hidden, d_out)
+
+    def forward(self, x):
+        return self.fc3(F.silu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention from matmul + softmax, GELU MLP, residuals."""
+
+    def __init__(self, d=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x, causal: bool = True):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5
+        if causal:
+            mask = torch.ones(t, t, dtype=torch.bool).tril()
+            scores = scores.masked_fill(~mask, float("-inf"))
+        att = torch.softmax(scores, dim=-1) @ v
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+
+def test_mlp_matches_eager():
+    m = MLP().requires_grad_(False)
+    assert_matches(m, torch.randn(5, 8), rtol=1e-4, atol=1e-5)
+
+
+def test_transformer_block_matches_eager():
+    m = Block().eval().requires_grad_(False)
+    x = torch.randn(2, 6, 16)
+    cf = assert_matches(m, x, rtol=1e-4, atol=1e-4)
+    assert_matches(m, x, causal=False, rtol=1e-4, atol=1e-4)
+    sg = cf.graphs[0]
+    ops = {n.op for n in sg.graph.nodes}
+    assert {"matmul", "amax", "exp", "gelu", "rsqrt"} <= ops, ops
+
+
+def test_transformer_block_half():
+    m = Block().eval().requires_grad_(False).half()
+    assert_matches(m, torch.randn(1, 4, 16, dtype=torch.float16), rtol=2e-2, atol=2e-2)
+
+
+def test_parameter_updates_reach_a_compiled_model():
+    m = MLP().requires_grad_(False)
+    cf = ember.compile(m)
+    x = torch.randn(3, 8)
+    assert_close(cf(x), m(x), rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(-0.5)
+    assert_close(cf(x), m(x), rtol=1e-4, atol=1e-5)
+    m.fc1.weight = nn.Parameter(torch.randn(16, 8), requires_grad=False)  # replaced, same signature
+    assert_close(cf(x), m(x), rtol=1e-4, atol=1e-5)
+    assert len(cf.cache) == 1
+
+
+def test_small_cnn_style_model_with_batchnorm_in_train_mode():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(6, 6), nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            return torch.log_softmax(self.bn(self.lin(x)).relu(), -1)
+
+    m, ref = Net().requires_grad_(False), Net().requires_grad_(False)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(10, 6)
+    cf = ember.compile(m)
+    with torch.no_grad():
+        assert_close(cf(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert_close(m.state_dict(), ref.state_dict(), rtol=1e-5, atol=1e-6)
