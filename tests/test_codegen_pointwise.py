@@ -156,3 +156,26 @@ def test_int64_index_variant(monkeypatch):
     x = rand((20, 30), F32).t()
     cg = check(graph_of("exp", [TensorType((30, 20), F32)]), [x], kernels=1)
     assert "tl.int64" in cg.kernels[0].source
+
+
+I16 = torch.int16
+MORE_CASES = [(op, d) for op in ("add", "mul", "maximum", "remainder", "lt", "bitwise_and")
+              for d in (I8, U8, I16, I64, BF16, F64) if _accepts(op, d, 2)]
+
+
+@pytest.mark.parametrize("op,dtype", MORE_CASES, ids=[f"{o}-{d}".replace("torch.", "") for o, d in MORE_CASES])
+def test_more_dtypes(op, dtype):
+    a, b = _inputs(op, [(7, 20), (20,)], dtype)
+    check(graph_of(op, [TensorType(a.shape, dtype), TensorType(b.shape, dtype)]), [a, b], kernels=1,
+          eager=getattr(torch, op))
+
+
+@pytest.mark.parametrize("op", ["abs", "neg", "exp", "sqrt"])
+@pytest.mark.parametrize("dtype", [I8, BF16, F64])
+def test_more_dtypes_unary(op, dtype):
+    if not _accepts(op, dtype, 1):
+        pytest.skip(f"{op} does not take {dtype}")
+    x = _inputs(op, [(30, 7)], dtype)[0]
+    if op == "sqrt":
+        x = x.abs()
+    check(graph_of(op, [TensorType(x.shape, dtype)]), [x], kernels=1, eager=getattr(torch, op))

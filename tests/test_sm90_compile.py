@@ -15,7 +15,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ember.codegen import generated_kernels
-from ember.ir import Graph, TensorType
+from ember.ir import Graph, TensorType, parse_graph
 from ember.runtime import compile_graph
 
 T = TensorType
@@ -25,6 +25,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 def _plan(g: Graph) -> None:
+    assert str(parse_graph(str(g))) == str(g)
     assert compile_graph(g).plan.steps  # planning emits and records every launch; nothing runs
 
 
