@@ -209,6 +209,7 @@ class Lowerer:
         op = node.target
         if not isinstance(op, torch._ops.OpOverload):
             raise LoweringError(f"cannot lower call to {op!r}: ember captures aten ops only")
+        op = _functional_variant(op)
         args = map_arg(node.args, lambda n: self.env[n])
         kwargs = map_arg(node.kwargs, lambda n: self.env[n])
         val = node.meta.get("val")
@@ -250,6 +251,21 @@ class Lowerer:
         if isinstance(val, (list, tuple)):
             return out if isinstance(out, list) else [out]
         return out
+
+
+def _functional_variant(op: torch._ops.OpOverload) -> torch._ops.OpOverload:
+    """`aten.clamp_min_.Tensor` -> `aten.clamp_min.Tensor`. Functionalization removes in-place ops on
+    the program's tensors, but C++ composites (e.g. cosine_similarity) can still update their own
+    temporaries in place; the IR has value semantics, so the functional op computes the same value
+    (later fx nodes read the in-place node's result, never the stale input)."""
+    name = op._schema.name.split("::")[-1]
+    if not name.endswith("_") or name.endswith("__") or not op._schema.is_mutable:
+        return op
+    packet = getattr(torch.ops.aten, name[:-1], None) if op.namespace == "aten" else None
+    overload = op._overloadname
+    if packet is None or overload not in packet.overloads():
+        return op
+    return getattr(packet, overload)
 
 
 def _compilable(args: tuple, kwargs: dict, val: Any) -> bool:
