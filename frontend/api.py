@@ -119,13 +119,18 @@ class StaticGraph:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check_call(args, kwargs)
-        named = self._named_tensors(args, kwargs)
-        check_devices(named)
-        tensors = [t for _, t in named]
-        check_autograd(tensors)
+        check_devices(self._named_tensors(args, kwargs))
         state = module_state(self._module)
         if list(state) != self.captured.state_names:
             raise ValueError(f"{fn_name(self.fn)}(): the module's parameters/buffers changed since tracing")
+        return self.run(args, kwargs)
+
+    def run(self, args: tuple, kwargs: dict) -> Any:
+        """Call without the signature checks (for callers that matched the signature already)."""
+        leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
+        tensors = [leaves[i] for i in self.captured.tensor_positions]
+        tensors += list(module_state(self._module).values())
+        check_autograd(tensors)
         outs = self.compiled(tensors + self.lowered.constants)
         n = self.lowered.num_user_outputs
         with torch.no_grad():  # write back functionalized mutations into the caller's tensors
@@ -161,7 +166,7 @@ class CompiledFunction:
             check_autograd(named + list(module_state(
                 self.fn if isinstance(self.fn, torch.nn.Module) else None).values()))
             sg = self.cache[key] = StaticGraph(self.fn, args, kwargs)
-        return sg(*args, **kwargs)
+        return sg.run(args, kwargs)  # the key matched: shapes, dtypes, devices and constants agree
 
     @property
     def graphs(self) -> list[StaticGraph]:

@@ -30,9 +30,15 @@ def _prod(L, node, a):
     return L.add("prod", [x], dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """torch accumulates half-precision means and variances in float32 and rounds once at the end;
+    computing the composite in float32 (the result is converted back by the driver) does the same."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 @register(aten.mean.default, aten.mean.dim)
 def _mean(L, node, a):
-    x = L.cast(_input(L, a), out_dtype(node))
+    x = L.cast(_input(L, a), _acc_dtype(out_dtype(node)))
     return L.add("mean", [x], dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
 
 
@@ -77,7 +83,8 @@ def _correction(a) -> float:
 
 
 def _var_args(L, node, a):
-    x = L.cast(a.self, out_dtype(node) if not isinstance(node.meta["val"], tuple) else node.meta["val"][0].dtype)
+    val = node.meta["val"]
+    x = L.cast(a.self, _acc_dtype((val[0] if isinstance(val, (tuple, list)) else val).dtype))
     return x, dict(dims=norm_dims(a.get("dim"), x.type.rank), keepdim=bool(a.get("keepdim")))
 
 

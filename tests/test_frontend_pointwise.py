@@ -101,3 +101,12 @@ def test_empty_and_size_one_dims():
 @pytest.mark.xfail(reason="codegen bug: pow with a scalar operand", strict=False)
 def test_pow_scalar_operand():
     assert_matches(lambda x: (2 ** x, x.abs() ** 2.5), torch.randn(7))
+
+
+def test_binary_non_contiguous_zero_dim_and_empty():
+    a = torch.randn(6, 8)[::2, 1::3]        # strided view, shape [3, 3]
+    b = torch.randn(3, 3).t()               # transposed
+    s = torch.randn(())                     # 0-dim tensor operand
+    e = torch.randn(0, 1)
+    assert_matches(lambda a, b, s, e: (a + b, a * s, torch.maximum(b, s), a < b, s - 1, e + a[0], (e * s).sum()),
+                   a, b, s, e)
