@@ -40,6 +40,10 @@ def _decomposition_table() -> dict:
 DECOMPOSITIONS = _decomposition_table()
 
 
+# How make_fx reports reading a tensor's values while tracing with fake tensors.
+_DATA_DEPENDENT = ("data-dependent", "DataDependent", "item() cannot be called", "cannot be called on meta tensors")
+
+
 class CaptureError(RuntimeError):
     """The program cannot be captured as a static graph (e.g. data-dependent control flow)."""
 
@@ -56,6 +60,18 @@ class Captured:
     state_names: list[str]               # parameter/buffer names, as placeholders after the user tensors
     out_spec: pytree.TreeSpec | None = None
     out_leaves: list[tuple[str, Any]] = field(default_factory=list)  # ("tensor", k) or ("const", value)
+
+
+def _check_static(gm: torch.fx.GraphModule) -> None:
+    """Fake tracing lets `.item()` and data-dependent shapes through as symbolic values; a static
+    graph cannot hold them, so name the op that produced one."""
+    symbolic = (torch.SymInt, torch.SymFloat, torch.SymBool)
+    for node in gm.graph.nodes:
+        for v in pytree.tree_leaves(node.meta.get("val")):
+            if isinstance(v, symbolic) or (isinstance(v, torch.Tensor) and not all(
+                    isinstance(s, int) for s in v.shape)):
+                raise CaptureError(f"ember.trace: {node.target} gives a data-dependent value (e.g. .item(), "
+                                   f"nonzero, or control flow on tensor values), which a static graph cannot hold")
 
 
 def module_state(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
@@ -103,10 +119,11 @@ def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
             gm = make_fx(traced, tracing_mode="fake", decomposition_table=DECOMPOSITIONS,
                          _allow_non_fake_inputs=True)(*tensors)
     except Exception as e:  # make_fx wraps many failure kinds; name the cause for the user
-        if "data-dependent" in str(e) or "DataDependent" in type(e).__name__:
+        if any(m in str(e) or m in type(e).__name__ for m in _DATA_DEPENDENT):
             raise CaptureError(f"ember.trace: the program has data-dependent behaviour "
                                f"(e.g. .item(), or control flow on tensor values): {e}") from e
         raise
     gm.graph.eliminate_dead_code()  # copy_ is impure, so input mutations survive
+    _check_static(gm)
     cap.gm = gm
     return cap

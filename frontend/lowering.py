@@ -142,6 +142,13 @@ class Lowerer:
         self.g = Graph()
         self.env: dict[torch.fx.Node, Any] = {}
         self.input_names = input_names or []
+        self.constants: list[torch.Tensor] = []
+
+    def lift(self, t: torch.Tensor, name: str) -> Value:
+        """A tensor the program closes over becomes a trailing graph input; its value travels with the
+        program (fx lists placeholders first, so lifted inputs always follow the traced ones)."""
+        self.constants.append(t)
+        return self.g.add_input(TensorType.of(t), name)
 
     # IR building helpers ----------------------------------------------------------------------
     def add(self, op: str, inputs: list[Value], **attrs: Any) -> Any:
@@ -171,7 +178,6 @@ class Lowerer:
     def run(self) -> Lowered:
         placeholders: list[torch.fx.Node] = []
         mutations: dict[int, Value] = {}
-        constants: list[torch.Tensor] = []
         outputs: list[Value] = []
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
@@ -183,9 +189,8 @@ class Lowerer:
                 t = getattr(self.gm, node.target)
                 if t.dim() == 0 and t.dtype in COMPILABLE_DTYPES and t.device.type != "meta":
                     self.env[node] = self.const(t.item(), t.dtype)  # scalars fold into the IR
-                else:  # lifted tensor constants become trailing inputs (fx lists placeholders first)
-                    constants.append(t)
-                    self.env[node] = self.g.add_input(TensorType.of(t), node.target.replace(".", "_"))
+                else:
+                    self.env[node] = self.lift(t, node.target.replace(".", "_"))
             elif node.op == "call_function":
                 if node.target is operator.getitem:
                     self.env[node] = self.env[node.args[0]][node.args[1]]
@@ -203,7 +208,7 @@ class Lowerer:
                 raise LoweringError(f"unexpected fx node {node.op} {node.target}")
         mutated = sorted(mutations)
         self.g.set_outputs(outputs + [mutations[i] for i in mutated])
-        return Lowered(self.g, len(outputs), mutated, constants)
+        return Lowered(self.g, len(outputs), mutated, self.constants)
 
     def lower_node(self, node: torch.fx.Node) -> Any:
         op = node.target
@@ -239,6 +244,8 @@ class Lowerer:
                 return (INPUT, len(inputs) - 1)
             if isinstance(x, (list, tuple)):
                 return type(x)(template(y) for y in x)
+            if isinstance(x, complex):  # not an IR attribute: pass it as a 0-dim complex tensor
+                return template(self.lift(torch.tensor(x), f"complex{len(self.constants)}"))
             try:
                 format_attr(x)
             except TypeError:
