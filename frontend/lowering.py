@@ -187,8 +187,11 @@ class Lowerer:
                 self.env[node] = self.g.add_input(TensorType.of(node.meta["val"]), name)
             elif node.op == "get_attr":
                 t = getattr(self.gm, node.target)
-                if t.dim() == 0 and t.dtype in COMPILABLE_DTYPES and t.device.type != "meta":
-                    self.env[node] = self.const(t.item(), t.dtype)  # scalars fold into the IR
+                fresh = all(u.target is aten.lift_fresh_copy.default for u in node.users)
+                if fresh and t.dim() == 0 and t.dtype in COMPILABLE_DTYPES and t.device.type != "meta":
+                    # torch.tensor(2.0) written in the program: a true constant, folded into the IR.
+                    # (Tensors the program closes over stay inputs: the caller may update them.)
+                    self.env[node] = self.const(t.item(), t.dtype)
                 else:
                     self.env[node] = self.lift(t, node.target.replace(".", "_"))
             elif node.op == "call_function":
@@ -198,8 +201,8 @@ class Lowerer:
                     # functionalization's write-back of a mutated input: becomes an extra output.
                     dst = self.env[node.args[0]]
                     src = self.cast(self.env[node.args[1]], dst.dtype)
-                    mutations[placeholders.index(node.args[0])] = self.expand(src, dst.shape)
-                    self.env[node] = mutations[placeholders.index(node.args[0])]
+                    self.env[node] = self.expand(src, dst.shape)
+                    mutations[placeholders.index(node.args[0])] = self.env[node]
                 else:
                     self.env[node] = self.lower_node(node)
             elif node.op == "output":

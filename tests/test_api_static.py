@@ -194,3 +194,14 @@ def test_data_dependent_programs_are_refused_clearly():
     for fn in (f, lambda x: x * x.sum().item(), lambda x: x[x > 0]):
         with pytest.raises(ember.CaptureError, match="data-dependent"):
             ember.trace(fn, torch.randn(3))
+
+
+def test_closed_over_tensors_are_read_at_call_time():
+    step = torch.tensor(1.0)
+    table = torch.ones(3)
+    cf = ember.compile(lambda x: x * step + table)
+    x = torch.randn(3)
+    assert_close(cf(x), x + 1)
+    step.fill_(3.0)
+    table.mul_(2)
+    assert_close(cf(x), x * 3 + 2)
