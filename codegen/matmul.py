@@ -1,46 +1,89 @@
-"""Matmul emitter: tiled tl.dot over [..., M, K] @ [..., K, N] with broadcast batch dims.
+"""Matmul emitter: tiled tl.dot over [..., M, K] @ [..., K, N] with broadcast batch dims, and an
+optional pointwise epilogue (bias, activation, residual, scale, cast) applied to the tile in registers.
 
 Both operands are addressed through runtime strides (batch strides 0 where broadcast), so
 transposed or sliced operands need no copy. Accumulation is fp32 (fp64 for fp64); the tile is
-cast back to the input dtype on store. Two constexprs are chosen per launch: PREC (tl.dot
-input_precision for fp32 on a GPU, from torch.get_float32_matmul_precision()) and INTERP (the
-interpreter computes half-precision tl.dot wrongly, so operands are upcast there).
+rounded to the matmul's dtype before the epilogue, exactly where eager would store it. Epilogue
+inputs are loaded as [BM, BN] tiles through their own strides over the output index space. Every
+output has the matmul's output shape and is stored contiguously. Two constexprs are chosen per
+launch: PREC (tl.dot input_precision for fp32 on a GPU, from torch.get_float32_matmul_precision())
+and INTERP (the interpreter computes half-precision tl.dot wrongly, so operands are upcast there).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from .emitter import Emitter, ptr_sig, tl_dtype, unravel
+from ..ir import Node, Value, get_op
+from ..ir.types import compute_dtype
+from .emitter import Emitter, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 
 
-def matmul_params(dtype: torch.dtype, nb: int) -> list[tuple[str, str]]:
+@dataclass
+class MatmulEpilogue:
+    """The pointwise tail of a matmul group: `nodes` over the matmul result `mm`."""
+
+    mm: Value
+    nodes: list[Node] = field(default_factory=list)
+    loads: list[Value] = field(default_factory=list)     # epilogue inputs read from memory
+    outputs: list[Value] = field(default_factory=list)   # stored values (may include mm itself)
+    scalars: list[Node] = field(default_factory=list)    # inlined 0-dim constants
+
+
+def matmul_params(dtype: torch.dtype, nb: int, ep: MatmulEpilogue | None = None) -> list[tuple[str, str]]:
     p = [("a_ptr", ptr_sig(dtype)), ("a_off", "int")] + [(f"a_bst{i}", "int") for i in range(nb)]
     p += [("a_sm", "int"), ("a_sk", "int"), ("b_ptr", ptr_sig(dtype)), ("b_off", "int")]
     p += [(f"b_bst{i}", "int") for i in range(nb)] + [("b_sk", "int"), ("b_sn", "int")]
-    p += [("c_ptr", ptr_sig(dtype))] + [(f"bs{i}", "int") for i in range(nb)]
-    p += [("M", "int"), ("N", "int"), ("K", "int")]
+    if ep is None:
+        p += [("c_ptr", ptr_sig(dtype))]
+    else:
+        for i, v in enumerate(ep.loads):
+            p += [(f"e{i}_ptr", ptr_sig(v.dtype)), (f"e{i}_off", "int")]
+            p += [(f"e{i}_bst{k}", "int") for k in range(nb)] + [(f"e{i}_sm", "int"), (f"e{i}_sn", "int")]
+        p += [(f"o{j}_ptr", ptr_sig(v.dtype)) for j, v in enumerate(ep.outputs)]
+    p += [(f"bs{i}", "int") for i in range(nb)] + [("M", "int"), ("N", "int"), ("K", "int")]
     return p + [(n, "constexpr") for n in ("BM", "BN", "BK", "PREC", "INTERP")]
+
+
+def _batch_strides(batch: tuple[int, ...], shape: tuple[int, ...], strides: tuple[int, ...], inner: int) -> list:
+    """Strides of the leading (batch) dims of a view right-aligned to `batch`; broadcast dims get 0."""
+    lead = len(batch) - (len(shape) - inner)
+    out = [0] * len(batch)
+    for i in range(len(shape) - inner):
+        if lead + i >= 0:
+            out[lead + i] = 0 if shape[i] == 1 else strides[i]
+    return out
 
 
 def matmul_args(a: tuple, a_shape: tuple[int, ...], b: tuple, b_shape: tuple[int, ...], c_ptr,
                 batch: tuple[int, ...]) -> list:
     """a, b: (pointer object, offset, strides). Batch dims broadcast right-aligned to `batch`."""
-
-    def batch_strides(shape, strides):
-        lead = len(batch) - (len(shape) - 2)
-        out = [0] * len(batch)
-        for i in range(len(shape) - 2):
-            out[lead + i] = 0 if shape[i] == 1 else strides[i]
-        return out
-
     (ap, ao, ast), (bp, bo, bst) = a, b
-    return ([ap, ao] + batch_strides(a_shape, ast) + [ast[-2], ast[-1], bp, bo] + batch_strides(b_shape, bst)
-            + [bst[-2], bst[-1], c_ptr] + list(batch) + [a_shape[-2], b_shape[-1], a_shape[-1]])
+    return ([ap, ao] + _batch_strides(batch, a_shape, ast, 2) + [ast[-2], ast[-1], bp, bo]
+            + _batch_strides(batch, b_shape, bst, 2) + [bst[-2], bst[-1], c_ptr] + list(batch)
+            + [a_shape[-2], b_shape[-1], a_shape[-1]])
 
 
-def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False) -> Kernel:
+def matmul_group_args(a: tuple, a_shape, b: tuple, b_shape, loads: list[tuple], load_shapes: list, out_ptrs: list,
+                      batch: tuple[int, ...]) -> list:
+    """Like matmul_args, with epilogue loads (pointer, offset, strides) and output pointers."""
+    (ap, ao, ast), (bp, bo, bst) = a, b
+    args = ([ap, ao] + _batch_strides(batch, a_shape, ast, 2) + [ast[-2], ast[-1], bp, bo]
+            + _batch_strides(batch, b_shape, bst, 2) + [bst[-2], bst[-1]])
+    out_rank = len(batch) + 2
+    for (ptr, off, strides), shape in zip(loads, load_shapes):
+        full = [0] * out_rank  # the load broadcast right-aligned to [*batch, M, N]
+        lead = out_rank - len(shape)
+        for i, (s, st) in enumerate(zip(shape, strides)):
+            full[lead + i] = 0 if s == 1 else st
+        args += [ptr, off] + full
+    return args + list(out_ptrs) + list(batch) + [a_shape[-2], b_shape[-1], a_shape[-1]]
+
+
+def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpilogue | None = None) -> Kernel:
     acc_t = "tl.float64" if dtype == torch.float64 else "tl.float32"
     e = Emitter()
     e.line("pid = tl.program_id(0)")
@@ -75,6 +118,35 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False) -> Kernel:
         e.line("acc = tl.dot(a, b, acc)")
     e.indent -= 1
     e.line("cmask = (rm[:, None] < M) & (rn[None, :] < N)")
-    e.line(f"tl.store(c_ptr + (bid * M * N + rm[:, None] * N + rn[None, :]), acc.to({tl_dtype(dtype)}), mask=cmask)")
-    params = matmul_params(dtype, nb)
-    return make_kernel("mm", render(params, e.text()), "matmul", ["matmul"], params)
+    e.line("c_off = bid * M * N + rm[:, None] * N + rn[None, :]")
+    if ep is None:
+        e.line(f"tl.store(c_ptr + c_off, acc.to({tl_dtype(dtype)}), mask=cmask)")
+        ops = ["matmul"]
+    else:
+        _emit_epilogue(e, ep, dtype, bidx, nb)
+        ops = ["matmul"] + [n.op for n in ep.nodes]
+    params = matmul_params(dtype, nb, ep)
+    prefix = "mm" if ep is None or not ep.nodes else "mm_" + "_".join(dict.fromkeys(n.op for n in ep.nodes))[:40]
+    return make_kernel(prefix, render(params, e.text()), "matmul", ops, params)
+
+
+def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: list[str], nb: int) -> None:
+    # Round to the matmul's dtype first: eager stores the matmul result before the next op reads it.
+    env: dict[Value, str] = {ep.mm: e.tmp(f"acc.to({tl_dtype(dtype)}).to({tl_compute(dtype)})", "v")}
+    for node in ep.scalars:
+        env[node.out] = literal(node.attrs["value"], node.attrs["dtype"])
+    for i, v in enumerate(ep.loads):
+        off = " + ".join([f"e{i}_off"] + [f"{b} * e{i}_bst{k}" for k, b in enumerate(bidx)])
+        x = e.tmp(f"tl.load(e{i}_ptr + ({off} + rm[:, None] * e{i}_sm + rn[None, :] * e{i}_sn), mask=cmask, other=0)",
+                  "x")
+        env[v] = e.tmp(f"{x}.to({tl_compute(v.dtype)})", "x") if compute_dtype(v.dtype) != v.dtype else x
+    for node in ep.nodes:
+        if node.op == "full":
+            value = py_literal(node.attrs["value"], node.out.dtype)
+            env[node.out] = e.tmp(f"tl.full([BM, BN], {value}, {tl_compute(node.out.dtype)})", "v")
+            continue
+        args = [env[v] for v in node.inputs]
+        expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
+        env[node.out] = e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
+    for j, v in enumerate(ep.outputs):
+        e.line(f"tl.store(o{j}_ptr + c_off, {env[v]}.to({tl_dtype(v.dtype)}), mask=cmask)")

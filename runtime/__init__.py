@@ -10,12 +10,13 @@ from .executor import CompiledGraph
 from .plan import Plan, build_plan
 
 
-def compile_graph(graph: Graph, device: torch.device | str | None = None) -> CompiledGraph:
+def compile_graph(graph: Graph, device: torch.device | str | None = None, fuse: bool = True) -> CompiledGraph:
     """Compile `graph` (after ember.passes.run_pipeline: no composite ops) into a callable.
 
     `device` only matters for graphs without inputs; otherwise the inputs' device decides.
+    `fuse=False` runs every op as its own kernel instead of the fusion pass's groups.
     """
-    return CompiledGraph(graph, device)
+    return CompiledGraph(graph, device, fuse)
 
 
 __all__ = ["compile_graph", "CompiledGraph", "Plan", "build_plan"]

@@ -47,8 +47,9 @@ def _run_extern(step: ExternStep, bufs: list) -> None:
 class CompiledGraph:
     """`cg(inputs) -> outputs`, matching `ember.ir.evaluate(graph, *inputs)`."""
 
-    def __init__(self, graph: Graph, device: torch.device | str | None = None):
+    def __init__(self, graph: Graph, device: torch.device | str | None = None, fuse: bool = True):
         self.graph = graph
+        self.fuse = fuse
         self.default_device = torch.device(device or "cpu")
         self._plans: dict[tuple, Plan] = {}
         self._last: Plan | None = None
@@ -62,7 +63,7 @@ class CompiledGraph:
         plan = self._plans.get(key)
         if plan is None:
             device = torch.device(key[0], key[1]) if key[1] is not None else torch.device(key[0])
-            plan = self._plans[key] = build_plan(self.graph, [k for k in key[2]], device)
+            plan = self._plans[key] = build_plan(self.graph, [k for k in key[2]], device, self.fuse)
         return plan
 
     def __call__(self, inputs) -> list[torch.Tensor]:
@@ -84,7 +85,7 @@ class CompiledGraph:
             key = (self.default_device.type, self.default_device.index,
                    tuple(contiguous_strides(v.shape) for v in self.graph.inputs), torch.get_float32_matmul_precision())
             if key not in self._plans:
-                self._plans[key] = build_plan(self.graph, list(key[2]), self.default_device)
+                self._plans[key] = build_plan(self.graph, list(key[2]), self.default_device, self.fuse)
             self._last = self._plans[key]
         return self._last
 

@@ -8,6 +8,7 @@ in. Layout ops only produce views; kernels are emitted per op (groups of one nod
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from .. import codegen
 from ..codegen.emitter import INT32_LIMIT
 from ..codegen.pointwise import PointwiseGroup
 from ..ir import Graph, Node, TensorType, Value, get_op
+from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
+from ..passes.fusion import partition, singleton_groups
 from . import views as V
 from .views import View
 
@@ -79,8 +82,9 @@ def _wide(numel: int, views: list[View]) -> bool:
 
 
 class Planner:
-    def __init__(self, graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device):
+    def __init__(self, graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device, fuse: bool = True):
         self.graph = graph
+        self.fuse = fuse
         self.device = device
         self.cpu = device.type == "cpu"
         self.plan = Plan()
@@ -139,15 +143,74 @@ class Planner:
 
     # -- nodes ------------------------------------------------------------------------------------
     def run(self) -> Plan:
-        outputs = set(self.graph.outputs)
-        for node in self.graph.nodes:
-            kind = get_op(node.op).kind
-            if node.op == "full" and node.out.type.rank == 0 and node.out not in outputs and all(
-                    get_op(u.op).kind == "pointwise" for u in self.users.get(node.out, [])):
-                continue  # inlined as a literal into every pointwise user
-            getattr(self, f"node_{kind}")(node)
+        for group in (partition if self.fuse else singleton_groups)(self.graph):
+            getattr(self, f"group_{group.kind}")(group)
         self.plan.outputs = [self.torch_view(v) for v in self.graph.outputs]
         return self.plan
+
+    # -- groups (one kernel each; layout groups are usually views) ---------------------------------
+    def group_pointwise(self, g: KernelGroup) -> None:
+        self.pointwise(PointwiseGroup(g.scalars + g.nodes, g.inputs, g.outputs, g.shape))
+
+    def group_row(self, g: KernelGroup) -> None:
+        layout = codegen.row_layout(g)
+        for v in layout.tile_outputs + layout.row_outputs:
+            self.views[v] = self._alloc(v.shape, v.dtype)
+        kept = [g.shape[d] for d in layout.kept]
+        red = [g.shape[d] for d in g.dims]
+        m, r = math.prod(kept), math.prod(red)
+        if m == 0:
+            return
+        args: list = []
+        loads = [self.views[v] for v, _ in layout.loads]
+        for (v, mode), view in zip(layout.loads, loads):
+            ks, rs = codegen.row_load_strides(layout, v, mode, view.strides)
+            args += [Buf(view.buf), view.offset] + ks + (rs if mode == "tile" else [])
+        for v in layout.tile_outputs:
+            st = self.views[v].strides
+            args += [Buf(self.views[v].buf)] + [st[d] for d in layout.kept] + [st[d] for d in g.dims]
+        args += [Buf(self.views[v].buf) for v in layout.row_outputs]
+        args += kept + red + [m, r]
+        looped = r > ROW_BLOCK_LIMIT
+        br = 1024 if looped else _pow2(r)
+        bm = max(1, min(_pow2(m), 4096 // br))
+        kernel = codegen.emit_row(layout, looped, _wide(m * r, loads + [self.views[v] for v in g.outputs]))
+        self._launch(kernel, g.ops, ((m + bm - 1) // bm,), args, {"BM": bm, "BR": br})
+
+    def group_matmul(self, g: KernelGroup) -> None:
+        if len(g.nodes) == 1:
+            return self.node_matmul(g.nodes[0])
+        mm = next(n for n in g.nodes if n.op == "matmul")
+        tail = [n for n in g.nodes if n is not mm]
+        loads = [v for v in g.inputs if any(v in n.inputs for n in tail)]
+        ep = codegen.MatmulEpilogue(mm.out, tail, loads, list(g.outputs), list(g.scalars))
+        a, b, out = self.views[mm.inputs[0]], self.views[mm.inputs[1]], mm.out
+        out_views = [self._alloc(v.shape, v.dtype) for v in ep.outputs]
+        for v, view in zip(ep.outputs, out_views):
+            self.views[v] = view
+        if out.type.numel == 0:
+            return
+        batch = out.shape[:-2]
+        m, n, k = out.shape[-2], out.shape[-1], a.shape[-1]
+        nb = out.type.numel // (m * n)
+        loads = [self.views[v] for v in ep.loads]
+        kernel = codegen.emit_matmul(out.dtype, len(batch), _wide(out.type.numel, [a, b] + loads + out_views), ep)
+        args = codegen.matmul_group_args(self._ptr(a), a.shape, self._ptr(b), b.shape,
+                                         [self._ptr(v) for v in loads], [v.shape for v in loads],
+                                         [Buf(v.buf) for v in out_views], batch)
+        self._launch_matmul(kernel, g.ops, m, n, k, nb, args)
+
+    def group_reduction(self, g: KernelGroup) -> None:
+        self.node_reduction(g.nodes[0])
+
+    def group_layout(self, g: KernelGroup) -> None:
+        self.node_layout(g.nodes[0])
+
+    def group_extern(self, g: KernelGroup) -> None:
+        self.node_extern(g.nodes[0])
+
+    def group_constant(self, g: KernelGroup) -> None:
+        self.node_constant(g.nodes[0])
 
     def node_pointwise(self, node: Node) -> None:
         consts = [v.producer for v in dict.fromkeys(node.inputs) if self._inlined_scalar(v)]
@@ -223,13 +286,15 @@ class Planner:
         m, n, k = out.shape[-2], out.shape[-1], a.shape[-1]
         nb = view.numel // (m * n)
         kernel = codegen.emit_matmul(out.dtype, len(batch), _wide(view.numel, [a, b, view]))
+        args = codegen.matmul_args(self._ptr(a), a.shape, self._ptr(b), b.shape, Buf(view.buf), batch)
+        self._launch_matmul(kernel, ["matmul"], m, n, k, nb, args)
+
+    def _launch_matmul(self, kernel, ops: list[str], m: int, n: int, k: int, nb: int, args: list) -> None:
         blk = lambda s, hi: min(max(_pow2(s), 16), hi)
         bm, bn, bk = blk(m, 64), blk(n, 64), blk(k, 32)
         prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-        args = codegen.matmul_args(self._ptr(a), a.shape, self._ptr(b), b.shape, Buf(view.buf), batch)
         grid = (((m + bm - 1) // bm) * ((n + bn - 1) // bn), nb)
-        self._launch(kernel, ["matmul"], grid, args,
-                     {"BM": bm, "BN": bn, "BK": bk, "PREC": prec, "INTERP": self.cpu})
+        self._launch(kernel, ops, grid, args, {"BM": bm, "BN": bn, "BK": bk, "PREC": prec, "INTERP": self.cpu})
 
     def node_extern(self, node: Node) -> None:
         ins = [self.torch_view(v) for v in node.inputs]
@@ -242,5 +307,6 @@ class Planner:
         raise ValueError(f"composite op {node.op} reached the runtime: run ember.passes.run_pipeline first")
 
 
-def build_plan(graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:
-    return Planner(graph, input_strides, device).run()
+def build_plan(graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device, fuse: bool = True) -> Plan:
+    """`fuse=False` runs every op as its own kernel (the unfused baseline)."""
+    return Planner(graph, input_strides, device, fuse).run()

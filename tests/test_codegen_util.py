@@ -42,7 +42,7 @@ def check(g: Graph, inputs: list[torch.Tensor], *, tol=None, kernels: int | None
     `pipeline=True` runs ember.passes.run_pipeline first (needed for composite ops)."""
     verify(g)
     roundtrip(g)
-    cg = compile_graph(run_pipeline(g).graph if pipeline else g)
+    cg = compile_graph(run_pipeline(g).graph if pipeline else g, fuse=False)
     outs = cg(inputs)
     refs = evaluate(g, *inputs)
     assert len(outs) == len(refs)

@@ -29,9 +29,28 @@ INTS = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bo
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def _plan(g: Graph) -> None:
+def _plan(g: Graph, fuse: bool = False) -> None:
     assert str(parse_graph(str(g))) == str(g)
-    assert compile_graph(g).plan.steps  # planning emits and records every launch; nothing runs
+    assert compile_graph(g, fuse=fuse).plan.steps  # planning emits and records every launch; nothing runs
+
+
+def _corpus_fused() -> None:
+    """Fused kernels: row groups (persistent and looped) and matmul epilogues, per float dtype."""
+    for dt in FLOATS:
+        for cols in (24, 5000):
+            g = Graph()
+            x, w = g.add_input(T((3, cols), dt)), g.add_input(T((cols,), dt))
+            m = g.add("amax", [x], dims=(1,), keepdim=True)
+            ex = g.add("exp", [g.add("sub", [x, m])])
+            s = g.add("sum", [ex], dims=(1,), keepdim=True)
+            sm = g.add("mul", [g.add("div", [ex, s]), w])
+            g.set_outputs([sm, g.add("log", [g.add("sum", [ex], dims=(1,), keepdim=False)])])
+            _plan(g, fuse=True)
+        g = Graph()
+        x, wt, b, r = (g.add_input(T(s, dt)) for s in ((2, 8, 16), (16, 24), (24,), (2, 8, 24)))
+        h = g.add("gelu", [g.add("add", [g.add("matmul", [x, wt]), b])])
+        g.set_outputs([g.add("add", [h, r])])
+        _plan(g, fuse=True)
 
 
 def _corpus() -> None:
@@ -121,8 +140,10 @@ def _compile_all() -> int:
 
 def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
     _corpus()
+    _corpus_fused()
     _corpus_int64(monkeypatch)
     kinds = {s.kernel.kind for s in generated_kernels()}
-    assert kinds == {"pointwise", "reduction", "matmul"}
+    assert kinds == {"pointwise", "reduction", "matmul", "row"}
+    assert any(s.kernel.kind == "matmul" and "gelu" in s.kernel.ops for s in generated_kernels())
     assert any("tl.int64) * " in s.source for s in generated_kernels())
     assert _compile_all() > 0

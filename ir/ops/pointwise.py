@@ -135,6 +135,9 @@ def _sign(e, x: str, dtype: torch.dtype) -> str:
 def _convert(e, x: str, src: torch.dtype, dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return f"{x} != 0"
+    if compute_dtype(dtype) != dtype:
+        # An explicit cast to a half type rounds there, even inside a fused kernel computing in float32.
+        return f"{x}.to({TRITON_NAMES[dtype]}).to({TRITON_NAMES[compute_dtype(dtype)]})"
     return f"{x}.to({TRITON_NAMES[compute_dtype(dtype)]})"
 
 

@@ -1,0 +1,266 @@
+"""Row emitter: a fused group of reductions over one shape and set of dims, with their pointwise
+prologue and epilogue (softmax, log_softmax, layernorm, rmsnorm, ...), as one kernel.
+
+The iteration space `shape` is seen as rows (kept dims, row-major) x cols (reduced dims). Every
+value of the group is either a tile [BM, BR] (it varies along the cols) or a row [BM] (it does not:
+reduction results and what is computed from them). A program owns BM rows.
+
+- Persistent (LOOPED false): a row fits BR columns; each input is loaded once, every node is computed
+  once in registers, outputs are stored.
+- Looped: each reduction runs a loop over BR-wide chunks that recomputes the tile values it needs from
+  the inputs, accumulating in a [BM, BR] tile; a last loop computes and stores the tile outputs.
+
+Inputs are addressed by `loads`: (value, mode) pairs, mode "tile" or "row", so the same tensor may be
+read both ways (a bias broadcast along rows as a tile). The runtime maps each load's view onto the
+row/col index space (`row_load_strides`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ir import Node, Value, get_op
+from ..ir.kernel_group import KernelGroup
+from ..ir.ops.reduction import reduced_shape
+from ..ir.types import compute_dtype
+from .emitter import Emitter, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .kernel import Kernel, make_kernel, render
+
+_COMBINE = {"sum": "_sum_combine", "amax": "_elementwise_max", "amin": "_elementwise_min"}
+
+
+@dataclass
+class RowLayout:
+    """Static facts of a row group the emitter and the runtime share."""
+
+    group: KernelGroup
+    loads: list[tuple[Value, str]]       # (input value, "tile" | "row")
+    tile_outputs: list[Value]
+    row_outputs: list[Value]
+
+    @property
+    def kept(self) -> list[int]:
+        return [d for d in range(len(self.group.shape)) if d not in self.group.dims]
+
+    def is_row(self, v: Value) -> bool:
+        g = self.group
+        return v.shape != g.shape and v.shape in (reduced_shape(g.shape, g.dims, True),
+                                                  reduced_shape(g.shape, g.dims, False))
+
+
+def row_layout(group: KernelGroup) -> RowLayout:
+    layout = RowLayout(group, [], [], [])
+    members = {v for n in group.nodes for v in n.outputs}
+    for n in group.nodes:
+        mode = "row" if layout.is_row(n.out) or get_op(n.op).kind == "reduction" else "tile"
+        for v in n.inputs:
+            if v in members or v.producer in group.scalars:
+                continue
+            m = "tile" if get_op(n.op).kind == "reduction" else mode
+            if (v, m) not in layout.loads:
+                layout.loads.append((v, m))
+    for v in group.outputs:
+        (layout.row_outputs if layout.is_row(v) else layout.tile_outputs).append(v)
+    return layout
+
+
+def row_params(layout: RowLayout) -> list[tuple[str, str]]:
+    nk, nr = len(layout.kept), len(layout.group.dims)
+    p: list[tuple[str, str]] = []
+    for i, (v, mode) in enumerate(layout.loads):
+        p += [(f"ld{i}_ptr", ptr_sig(v.dtype)), (f"ld{i}_off", "int")] + [(f"ld{i}_k{d}", "int") for d in range(nk)]
+        if mode == "tile":
+            p += [(f"ld{i}_r{d}", "int") for d in range(nr)]
+    for j, v in enumerate(layout.tile_outputs):
+        p += [(f"to{j}_ptr", ptr_sig(v.dtype))] + [(f"to{j}_k{d}", "int") for d in range(nk)]
+        p += [(f"to{j}_r{d}", "int") for d in range(nr)]
+    p += [(f"ro{j}_ptr", ptr_sig(v.dtype)) for j, v in enumerate(layout.row_outputs)]
+    p += [(f"ks{d}", "int") for d in range(nk)] + [(f"rs{d}", "int") for d in range(nr)]
+    return p + [("M", "int"), ("R", "int"), ("BM", "constexpr"), ("BR", "constexpr")]
+
+
+def row_load_strides(layout: RowLayout, v: Value, mode: str, strides: tuple[int, ...]) -> tuple[list, list]:
+    """(kept strides, reduced strides) of a load of `v` (a view with `strides`) in the group's index space.
+
+    Tile loads broadcast `v` trailing-aligned to the group shape; row loads broadcast it to the row
+    shape it was used as (keepdim, or squeezed: then its dims are the kept dims in order).
+    """
+    g = layout.group
+    keep = reduced_shape(g.shape, g.dims, True)
+    if mode == "tile" or len(v.shape) <= len(keep) and _aligns(v.shape, keep):
+        full = [0] * len(g.shape)
+        lead = len(g.shape) - len(v.shape)
+        for i, (s, st) in enumerate(zip(v.shape, strides)):
+            full[lead + i] = 0 if s == 1 else st
+        return [full[d] for d in layout.kept], [full[d] for d in g.dims]
+    kept = [0] * len(layout.kept)  # squeezed row shape: v aligns to the kept dims
+    lead = len(kept) - len(v.shape)
+    for i, (s, st) in enumerate(zip(v.shape, strides)):
+        kept[lead + i] = 0 if s == 1 else st
+    return kept, [0] * len(g.dims)
+
+
+def _aligns(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    return all(s in (1, b) for s, b in zip(small[::-1], big[::-1]))
+
+
+class _RowEmitter:
+    def __init__(self, layout: RowLayout, looped: bool, int64: bool):
+        self.L = layout
+        self.looped = looped
+        self.int64 = int64
+        self.e = Emitter()
+        self.rows: dict[Value, str] = {}   # row values, valid anywhere after their definition
+        self.tiles: dict[Value, str] = {}  # tile values of the current chunk
+        self.nk, self.nr = len(layout.kept), len(layout.group.dims)
+
+    # -- loads and nodes --------------------------------------------------------------------------
+    def row_load(self, i: int, v: Value) -> str:
+        e = self.e
+        off = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
+        x = e.tmp(f"tl.load(ld{i}_ptr + ({off}), mask=rmask, other=0)", "x")
+        return self.up(x, v.dtype)
+
+    def tile_load(self, i: int, v: Value) -> str:
+        e = self.e
+        row = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
+        col = " + ".join([f"{r} * ld{i}_r{d}" for d, r in enumerate(self.ridx)] + ["czero"])
+        x = e.tmp(f"tl.load(ld{i}_ptr + (({row})[:, None] + ({col})[None, :]), mask=m2, other=0)", "x")
+        return self.up(x, v.dtype)
+
+    def up(self, x: str, dtype: torch.dtype) -> str:
+        return self.e.tmp(f"{x}.to({tl_compute(dtype)})", "x") if compute_dtype(dtype) != dtype else x
+
+    def operand(self, v: Value, tile: bool) -> str:
+        """v as a tile (rows broadcast with [:, None]) or as a row."""
+        if v.producer in self.L.group.scalars:
+            p = v.producer
+            return literal(p.attrs["value"], p.attrs["dtype"])
+        mode = "tile" if tile else "row"
+        if v in self.rows:
+            return f"{self.rows[v]}[:, None]" if tile else self.rows[v]
+        if (v, "row") in self.L.loads and not tile:
+            return self.rows.setdefault(v, self.row_load(self.L.loads.index((v, "row")), v))
+        if tile:
+            if v not in self.tiles:
+                if (v, mode) in self.L.loads:
+                    self.tiles[v] = self.tile_load(self.L.loads.index((v, mode)), v)
+                else:
+                    self.tiles[v] = self.pointwise(v.producer, True)
+            return self.tiles[v]
+        raise AssertionError(f"row value {v} used before its definition")
+
+    def pointwise(self, node: Node, tile: bool) -> str:
+        if node.op == "full":
+            shape = "[BM, BR]" if tile else "[BM]"
+            return self.e.tmp(f"tl.full({shape}, {py_literal(node.attrs['value'], node.out.dtype)}, "
+                              f"{tl_compute(node.out.dtype)})", "v")
+        args = [self.operand(v, tile) for v in node.inputs]
+        expr = get_op(node.op).triton(self.e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
+        return self.e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
+
+    # -- reductions -------------------------------------------------------------------------------
+    def work_dtype(self, node: Node) -> torch.dtype:
+        if node.op == "sum":
+            return compute_dtype(node.out.dtype)
+        return torch.int32 if node.inputs[0].dtype == torch.bool else compute_dtype(node.inputs[0].dtype)
+
+    def pad(self, node: Node, wt: torch.dtype) -> str:
+        if node.op == "sum":
+            return literal(0, wt)
+        low = node.op == "amax"
+        if wt.is_floating_point:
+            return literal(float("-inf") if low else float("inf"), wt)
+        info = torch.iinfo(wt)
+        return literal(info.min if low else info.max, wt)
+
+    def reduce_tile(self, node: Node, t: str, wt: torch.dtype) -> str:
+        e = self.e
+        r = e.tmp(f"tl.reduce({t}, 1, tl.standard.{_COMBINE[node.op]})", "r")
+        if node.op != "sum" and wt.is_floating_point:  # propagate NaN as torch does
+            nan = e.tmp(f"tl.reduce(({t} != {t}).to(tl.int32), 1, tl.standard._elementwise_max)", "r")
+            r = e.tmp(f"tl.where({nan} > 0, float('nan'), {r})", "r")
+        return r
+
+    def reduction(self, node: Node) -> None:
+        e, wt = self.e, self.work_dtype(node)
+        pad = self.pad(node, wt)
+        if not self.looped:
+            t = e.tmp(f"tl.where(m2, {self.operand(node.inputs[0], True)}.to({tl_dtype(wt)}), {pad})", "a")
+            r = self.reduce_tile(node, t, wt)
+        else:
+            acc = e.tmp(f"tl.full([BM, BR], {pad}, {tl_dtype(wt)})", "acc")
+            self.chunk_loop()
+            t = e.tmp(f"tl.where(m2, {self.operand(node.inputs[0], True)}.to({tl_dtype(wt)}), {pad})", "a")
+            if node.op == "sum":
+                e.line(f"{acc} = {acc} + {t}")
+            else:
+                cmp = ">" if node.op == "amax" else "<"
+                nan = f" | ({t} != {t})" if wt.is_floating_point else ""
+                e.line(f"{acc} = tl.where(({t} {cmp} {acc}){nan}, {t}, {acc})")
+            self.end_loop()
+            r = self.reduce_tile(node, acc, wt)
+        self.rows[node.out] = e.tmp(f"{r}.to({tl_compute(node.out.dtype)})", "row")
+
+    # -- structure --------------------------------------------------------------------------------
+    def chunk_loop(self) -> None:
+        e = self.e
+        e.line("for c0 in range(0, R, BR):")
+        e.indent += 1
+        self.columns("c0 + cols0")
+
+    def end_loop(self) -> None:
+        self.e.indent -= 1
+        self.tiles = {}
+
+    def columns(self, cols: str) -> None:
+        e = self.e
+        e.line(f"cols = {cols}")
+        e.line("m2 = rmask[:, None] & (cols < R)[None, :]")
+        e.line("czero = cols * 0")
+        self.ridx = unravel(e, "cols", [f"rs{d}" for d in range(self.nr)], "c")
+
+    def store_tiles(self) -> None:
+        e = self.e
+        for j, v in enumerate(self.L.tile_outputs):
+            row = " + ".join([f"{k} * to{j}_k{d}" for d, k in enumerate(self.kidx)] + ["rzero"])
+            col = " + ".join([f"{r} * to{j}_r{d}" for d, r in enumerate(self.ridx)] + ["czero"])
+            val = self.operand(v, True)
+            e.line(f"tl.store(to{j}_ptr + (({row})[:, None] + ({col})[None, :]), {val}.to({tl_dtype(v.dtype)}), "
+                   "mask=m2)")
+
+    def emit(self) -> str:
+        e = self.e
+        e.line("pid = tl.program_id(0)")
+        e.line(f"rows = {'pid.to(tl.int64) * BM' if self.int64 else 'pid * BM'} + tl.arange(0, BM)")
+        e.line("rmask = rows < M")
+        e.line("rzero = rows * 0")
+        self.kidx = unravel(e, "rows", [f"ks{d}" for d in range(self.nk)], "k")
+        e.line(f"cols0 = tl.arange(0, BR){'.to(tl.int64)' if self.int64 else ''}")
+        if not self.looped:
+            self.columns("cols0")
+        for node in self.L.group.nodes:
+            if get_op(node.op).kind == "reduction":
+                self.reduction(node)
+            elif self.L.is_row(node.out):
+                self.rows[node.out] = self.pointwise(node, False)
+            # tile nodes are computed on demand, inside the loop (or block) that needs them
+        for j, v in enumerate(self.L.row_outputs):
+            e.line(f"tl.store(ro{j}_ptr + rows, {self.operand(v, False)}.to({tl_dtype(v.dtype)}), mask=rmask)")
+        if self.L.tile_outputs:
+            if self.looped:
+                self.chunk_loop()
+                self.store_tiles()
+                self.end_loop()
+            else:
+                self.store_tiles()
+        return e.text()
+
+
+def emit_row(layout: RowLayout, looped: bool, int64: bool = False) -> Kernel:
+    body = _RowEmitter(layout, looped, int64).emit()
+    params = row_params(layout)
+    ops = layout.group.ops
+    return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], render(params, body), "row", ops, params)

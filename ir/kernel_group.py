@@ -1,0 +1,40 @@
+"""A kernel group: the nodes that one generated kernel runs, as the fusion pass chose them.
+
+Kinds:
+- "pointwise": pointwise nodes over one iteration `shape` (every output has that shape);
+- "row": reductions that share one input `shape` and reduced `dims`, with their pointwise prologue
+  and epilogue (softmax, layernorm, ...). Values are either tiles (`shape`) or rows (`shape` with
+  `dims` set to 1); outputs are tiles, rows, or the reduction itself without keepdim;
+- "matmul": one matmul and its pointwise epilogue over the matmul's output `shape`;
+- "reduction": one reduction the row kernel does not take (prod, argmax, argmin);
+- "layout", "extern", "constant": one node each (layout ops are usually views: no kernel).
+0-dim `full` scalars used only by pointwise nodes belong to no group: kernels inline them as literals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import Node, Value
+
+
+@dataclass(eq=False)
+class KernelGroup:
+    kind: str
+    nodes: list[Node] = field(default_factory=list)
+    inputs: list[Value] = field(default_factory=list)   # read from memory
+    outputs: list[Value] = field(default_factory=list)  # written to memory
+    shape: tuple[int, ...] = ()
+    dims: tuple[int, ...] = ()                          # "row" groups: the reduced dims of `shape`
+    scalars: list[Node] = field(default_factory=list)   # inlined 0-dim constants the nodes use
+
+    @property
+    def ops(self) -> list[str]:
+        return [n.op for n in self.nodes]
+
+    def __repr__(self) -> str:
+        return f"KernelGroup({self.kind}, ops={self.ops}, shape={self.shape}, dims={self.dims})"
+
+# Rows of up to this many elements are reduced in registers in one pass (a "persistent" row kernel);
+# longer rows loop over chunks. Shared by the cost model and the row emitter.
+ROW_BLOCK_LIMIT = 4096

@@ -1,0 +1,181 @@
+"""Fusion: partition a graph into kernel groups (`ir.KernelGroup`), one generated kernel each.
+
+Greedy, in topological order: each node starts a group of its own and is merged into the groups of
+its producers when the kinds fit (see `_fused_kind`) and the merge is legal. Legality is acyclicity of
+the group graph: merging A and B is refused when a path leads from one to the other through a third
+group (networkx reachability). Nothing is duplicated, so no work is recomputed, except 0-dim `full`
+scalars, which every kernel inlines as literals.
+
+Rules:
+- pointwise nodes join a producer's pointwise group of the same iteration shape (or a smaller shape
+  whose values are used only inside the group: they become broadcasts);
+- a `sum`/`amax`/`amin` turns a pointwise group over its input shape into a "row" group (prologue),
+  and joins a row group over the same shape and dims; pointwise nodes whose shape is a tile or a row
+  of a row group join it (epilogue), so softmax, layernorm and cross-entropy become one kernel;
+- pointwise nodes over a matmul's output shape join its group (epilogue: bias, activation, residual).
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+
+from ..ir import Graph, Node, Value, get_op
+from ..ir.kernel_group import KernelGroup
+from ..ir.ops.reduction import reduced_shape
+
+ROW_REDUCTIONS = ("sum", "amax", "amin")
+MAX_GROUP_NODES = 64  # bounds the size of one generated kernel
+
+
+def inlined_scalar(v: Value, users: dict[Value, list[Node]], outputs: set[Value]) -> bool:
+    """0-dim `full` constants used only by pointwise nodes are literals in the kernels that use them."""
+    p = v.producer
+    return (p is not None and p.op == "full" and v.type.rank == 0 and v not in outputs
+            and all(get_op(u.op).kind == "pointwise" for u in users.get(v, [])))
+
+
+def row_shapes(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(keepdim shape, squeezed shape) of a row of `shape` reduced over `dims`."""
+    return reduced_shape(shape, dims, True), reduced_shape(shape, dims, False)
+
+
+def _start(node: Node) -> KernelGroup:
+    op = get_op(node.op)
+    if op.kind == "pointwise" or (op.kind == "constant" and node.out.type.rank > 0 and node.op == "full"):
+        return KernelGroup("pointwise", [node], shape=node.out.shape)
+    if node.op in ROW_REDUCTIONS and math.prod(node.inputs[0].shape[d] for d in node.attrs["dims"]) > 1:
+        return KernelGroup("row", [node], shape=node.inputs[0].shape, dims=tuple(sorted(node.attrs["dims"])))
+    if op.kind == "matmul":
+        return KernelGroup("matmul", [node], shape=node.out.shape)
+    kind = {"reduction": "reduction", "layout": "layout", "extern": "extern"}.get(op.kind, "constant")
+    return KernelGroup(kind, [node], shape=node.outputs[0].shape)
+
+
+class _Partitioner:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.users = graph.users()
+        self.outputs = set(graph.outputs)
+        self.group_of: dict[Node, KernelGroup] = {}
+        self.dag = nx.DiGraph()
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+
+    # -- legality ---------------------------------------------------------------------------------
+    def _can_merge(self, a: KernelGroup, b: KernelGroup) -> bool:
+        """Merging is legal when no path joins a and b through a third group (it would become a cycle)."""
+        for src, dst in ((a, b), (b, a)):
+            for succ in self.dag.successors(src):
+                if succ is not dst and nx.has_path(self.dag, succ, dst):
+                    return False
+        return len(a.nodes) + len(b.nodes) <= MAX_GROUP_NODES
+
+    def _used_only_inside(self, group: KernelGroup, other: KernelGroup) -> bool:
+        inside = set(group.nodes) | set(other.nodes)
+        return all(v not in self.outputs and all(u in inside for u in self.users.get(v, []))
+                   for n in group.nodes for v in n.outputs)
+
+    def _fused_kind(self, a: KernelGroup, b: KernelGroup) -> tuple[str, tuple, tuple] | None:
+        """(kind, shape, dims) of a ∪ b, or None when one kernel cannot run both."""
+        kinds = {a.kind, b.kind}
+        if kinds == {"pointwise"}:
+            if a.shape == b.shape:
+                return "pointwise", a.shape, ()
+            for small, big in ((a, b), (b, a)):
+                if _broadcasts_to(small.shape, big.shape) and self._used_only_inside(small, big):
+                    return "pointwise", big.shape, ()
+            return None
+        if kinds == {"row"}:
+            return ("row", a.shape, a.dims) if (a.shape, a.dims) == (b.shape, b.dims) else None
+        if kinds == {"row", "pointwise"}:
+            row, pw = (a, b) if a.kind == "row" else (b, a)
+            allowed = {row.shape, *row_shapes(row.shape, row.dims)}
+            if all(v.shape in allowed for n in pw.nodes for v in n.outputs):
+                return "row", row.shape, row.dims
+            return None
+        if kinds == {"matmul", "pointwise"}:
+            mm, pw = (a, b) if a.kind == "matmul" else (b, a)
+            if all(v.shape == mm.shape for n in pw.nodes for v in n.outputs):
+                return "matmul", mm.shape, ()
+        return None
+
+    def _merge(self, a: KernelGroup, b: KernelGroup, fused: tuple) -> KernelGroup:
+        a.kind, a.shape, a.dims = fused
+        a.nodes += b.nodes
+        for n in b.nodes:
+            self.group_of[n] = a
+        nx.contracted_nodes(self.dag, a, b, self_loops=False, copy=False)
+        return a
+
+    # -- driver -----------------------------------------------------------------------------------
+    def run(self) -> list[KernelGroup]:
+        for node in self.graph.nodes:
+            if len(node.outputs) == 1 and inlined_scalar(node.out, self.users, self.outputs):
+                continue
+            group = _start(node)
+            self.group_of[node] = group
+            self.dag.add_node(group)
+            producers = []
+            for v in node.inputs:
+                p = self.group_of.get(v.producer) if v.producer is not None else None
+                if p is not None and p is not group and p not in producers:
+                    producers.append(p)
+                    self.dag.add_edge(p, group)
+            if group.kind not in ("pointwise", "row"):
+                continue
+            # Join producers: reductions and matmuls first, so epilogues attach to them.
+            for p in sorted(producers, key=lambda g: g.kind == "pointwise"):
+                fused = self._fused_kind(p, group)
+                if fused is not None and self._can_merge(p, group):
+                    group = self._merge(p, group, fused)
+        return self._finish()
+
+    def _finish(self) -> list[KernelGroup]:
+        first = {g: min(self.order[n] for n in g.nodes) for g in self.dag.nodes}
+        groups = list(nx.lexicographical_topological_sort(self.dag, key=lambda g: first[g]))
+        for g in groups:
+            g.nodes.sort(key=self.order.__getitem__)
+            members = set(g.nodes)
+            seen: set[Value] = set()
+            for n in g.nodes:
+                for v in n.inputs:
+                    if v in seen:
+                        continue
+                    seen.add(v)
+                    if v.producer is not None and inlined_scalar(v, self.users, self.outputs):
+                        g.scalars.append(v.producer)
+                    elif v.producer not in members:
+                        g.inputs.append(v)
+            g.outputs = [v for n in g.nodes for v in n.outputs
+                         if v in self.outputs or any(u not in members for u in self.users.get(v, []))]
+        return groups
+
+
+def _broadcasts_to(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    if len(small) > len(big):
+        return False
+    return all(s in (1, b) for s, b in zip(small[::-1], big[::-1]))
+
+
+def partition(graph: Graph) -> list[KernelGroup]:
+    """Kernel groups of `graph` in an order that respects every data dependence."""
+    return _Partitioner(graph).run()
+
+
+def singleton_groups(graph: Graph) -> list[KernelGroup]:
+    """One group per node: each op as its own kernel (what eager execution launches)."""
+    users, outputs = graph.users(), set(graph.outputs)
+    groups = []
+    for n in graph.nodes:
+        if len(n.outputs) == 1 and inlined_scalar(n.out, users, outputs):
+            continue
+        g = _start(n)
+        if g.kind == "row":  # a lone reduction runs on the plain reduction kernel
+            g.kind = "reduction"
+        g.scalars = [v.producer for v in dict.fromkeys(n.inputs)
+                     if v.producer is not None and inlined_scalar(v, users, outputs)]
+        g.inputs = [v for v in dict.fromkeys(n.inputs) if v.producer not in g.scalars]
+        g.outputs = list(n.outputs)
+        groups.append(g)
+    return groups
