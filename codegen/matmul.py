@@ -18,7 +18,7 @@ import torch
 
 from ..ir import Node, Value, get_op
 from ..ir.types import compute_dtype
-from .emitter import Emitter, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import Emitter, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -133,15 +133,13 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
 def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: list[str], nb: int) -> None:
     # Round to the matmul's dtype first: eager stores the matmul result before the next op reads it.
     env: dict[Value, str] = {ep.mm: e.tmp(f"acc.to({tl_dtype(dtype)}).to({tl_compute(dtype)})", "v")}
-    for node in ep.scalars:
-        env[node.out] = literal(node.attrs["value"], node.attrs["dtype"])
     for i, v in enumerate(ep.loads):
         off = " + ".join([f"e{i}_off"] + [f"{b} * e{i}_bst{k}" for k, b in enumerate(bidx)])
         x = e.tmp(f"tl.load(e{i}_ptr + ({off} + rm[:, None] * e{i}_sm + rn[None, :] * e{i}_sn), mask=cmask, other=0)",
                   "x")
         env[v] = e.tmp(f"{x}.to({tl_compute(v.dtype)})", "x") if compute_dtype(v.dtype) != v.dtype else x
-    for node in ep.nodes:
-        if node.op == "full":
+    for node in ep.scalars + ep.nodes:
+        if node.op == "full":  # block-shaped: see codegen/pointwise.py
             value = py_literal(node.attrs["value"], node.out.dtype)
             env[node.out] = e.tmp(f"tl.full([BM, BN], {value}, {tl_compute(node.out.dtype)})", "v")
             continue

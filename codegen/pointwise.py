@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..ir import Node, Value, get_op
 from ..ir.types import compute_dtype
-from .emitter import Emitter, literal, offset_expr, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import Emitter, offset_expr, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -101,7 +101,9 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
     for node in group.nodes:
         out = node.out
         if node.op == "full":
-            env[out] = literal(node.attrs["value"], node.attrs["dtype"])
+            # Block-shaped, not 0-dim: the interpreter cannot combine 0-dim booleans (`&`, `|`).
+            env[out] = e.tmp(f"tl.full([BLOCK], {py_literal(node.attrs['value'], node.attrs['dtype'])}, "
+                             f"{tl_compute(node.attrs['dtype'])})", "c")
             continue
         if node.op == "arange":
             a = node.attrs

@@ -135,9 +135,8 @@ class _RowEmitter:
 
     def operand(self, v: Value, tile: bool) -> str:
         """v as a tile (rows broadcast with [:, None]) or as a row."""
-        if v.producer in self.L.group.scalars:
-            p = v.producer
-            return literal(p.attrs["value"], p.attrs["dtype"])
+        if v.producer in self.L.group.scalars:  # block-shaped: see codegen/pointwise.py
+            return self.pointwise(v.producer, tile)
         mode = "tile" if tile else "row"
         if v in self.rows:
             return f"{self.rows[v]}[:, None]" if tile else self.rows[v]

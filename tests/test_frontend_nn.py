@@ -1,10 +1,10 @@
 """torch.nn.functional building blocks through ember.compile against eager: they reach the IR as
 decompositions into primitives (norms, activations, attention, losses), with few extern fallbacks."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
+import ember
 from ember.frontend.testing import assert_matches
 
 
@@ -45,13 +45,14 @@ def test_in_place_updates():
     assert_matches(f, torch.randn(3, 4), torch.randn(4), mutates=True)
 
 
-# codegen: a 0-dim `full` as the first operand of minimum/maximum fails under the Triton interpreter.
-@pytest.mark.xfail(reason="codegen bug: minimum(scalar, x)", strict=False)
 def test_logsigmoid():
     assert_matches(F.logsigmoid, torch.randn(5))
 
 
-# codegen: float32 -> bfloat16 conversion truncates under the Triton interpreter (torch rounds to nearest).
-@pytest.mark.xfail(reason="codegen/interpreter: bf16 rounding", strict=False)
 def test_bfloat16_round_trip():
-    assert_matches(lambda x: (x.bfloat16() * 2).float(), torch.randn(4, 6))
+    # Triton's interpreter converts float32 -> bfloat16 by truncation where torch (and the GPU) round to
+    # nearest, so on CPU the result may be one bfloat16 step (2**-7 relative) off, never more.
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        got = ember.compile(lambda x: (x.bfloat16() * 2).float())(x)
+    torch.testing.assert_close(got, (x.bfloat16() * 2).float(), rtol=2**-7, atol=0)

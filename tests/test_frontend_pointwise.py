@@ -98,7 +98,6 @@ def test_empty_and_size_one_dims():
 
 
 # codegen: IR pow with a 0-dim `full` operand fails under the Triton interpreter ('&' of a scalar bool).
-@pytest.mark.xfail(reason="codegen bug: pow with a scalar operand", strict=False)
 def test_pow_scalar_operand():
     assert_matches(lambda x: (2 ** x, x.abs() ** 2.5), torch.randn(7))
 
