@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 from . import ir  # noqa: E402,F401
 from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa: E402,F401
 from .frontend.capture import CaptureError  # noqa: E402,F401
+from .frontend.explain import explain  # noqa: E402,F401
 
 __all__ = ["ir", "trace", "compile", "StaticGraph", "CompiledFunction", "CaptureError"]

@@ -1,0 +1,97 @@
+"""ember.explain: the report's fields agree with each other, its text and its DOT graph."""
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ember
+from ember.frontend import explain as explain_mod
+
+
+def _flat(s: str) -> str:
+    return " ".join(s.split())
+
+
+def rmsnorm(x, w):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+
+def mlp(x, w1, b1, w2):
+    return F.layer_norm(x + F.gelu(x @ w1 + b1) @ w2, (x.shape[-1],))
+
+
+@pytest.fixture(scope="module")
+def report():
+    x, w1, b1, w2 = torch.randn(8, 16), torch.randn(16, 32), torch.randn(32), torch.randn(32, 16)
+    return ember.explain(mlp, x, w1, b1, w2)
+
+
+def test_fields_are_consistent(report):
+    assert report.kernels and report.bytes_moved == sum(k.bytes_read + k.bytes_written for k in report.kernels)
+    assert report.flops == sum(k.flops for k in report.kernels) > 0
+    assert report.compulsory_bytes <= report.bytes_moved <= report.unfused_bytes
+    assert report.num_kernels == len(report.kernels) < report.unfused_kernels
+    for k in report.kernels:
+        assert k.ops and k.kind in ("pointwise", "row", "matmul", "reduction", "layout", "constant", "extern")
+        assert k.bytes_read >= 0 and k.bytes_written > 0
+    assert [n for n, _ in report.snapshots][0] == "input" and report.ir_after == str(report.static_graph.graph)
+
+
+def test_text_lists_every_kernel_and_total(report):
+    text = str(report)
+    flat = _flat(text)
+    for k in report.kernels:
+        assert f"k{k.index} " in text and ", ".join(k.ops) in flat
+    for needle in ("IR before passes", "IR after passes", "compulsory", "eager PyTorch", "Fallbacks to torch: none"):
+        assert needle in text
+    assert repr(report) == text
+
+
+def test_eager_counts_aten_ops_not_decomposed_ones():
+    x, w = torch.randn(4, 32), torch.randn(32)
+    r = ember.explain(rmsnorm, x, w)
+    assert r.eager_kernels > r.num_kernels == 1  # pow, mean, add, rsqrt, mul, mul -> one row kernel
+    assert r.eager_bytes > r.bytes_moved
+    soft = ember.explain(lambda x: torch.softmax(x, -1), x)
+    assert soft.eager_kernels == 1 and [o.target for o in soft.eager_ops] == ["aten._softmax.default"]
+    assert soft.unfused_kernels > 1  # the IR spells softmax with several ops
+
+
+def test_fallbacks_name_the_aten_op_and_why():
+    r = ember.explain(lambda x: torch.cumsum(x, 0).sin() * 2, torch.randn(4, 8))
+    assert [(f.target, f.count) for f in r.fallbacks] == [("aten.cumsum.default", 1)]
+    assert "no lowering" in r.fallbacks[0].reason
+    assert any(k.kind == "extern" and k.ops == ["aten.cumsum.default"] for k in r.kernels)
+    assert "aten.cumsum.default" in str(r).split("Fallbacks to torch")[1]
+
+
+def test_passes_snapshots_in_text():
+    r = ember.explain(lambda x: (x * 1.0 + 0.0).exp(), torch.randn(4, 4), passes=True)
+    text = str(r)
+    for name, _ in r.snapshots[1:]:
+        assert f"'{name}'" in text
+
+
+def test_dot_has_one_cluster_per_kernel(report):
+    dot = report.to_dot()
+    assert dot.startswith("digraph") and dot.count("{") == dot.count("}")
+    assert dot.count("subgraph cluster_") == len(report.kernels)
+    for k in report.kernels:
+        assert f"cluster_k{k.index} " in dot
+
+
+def test_draw_without_graphviz_names_what_to_install(report, tmp_path, monkeypatch):
+    monkeypatch.setattr(explain_mod.shutil, "which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "graphviz", None)
+    with pytest.raises(RuntimeError, match="graphviz"):
+        report.draw(tmp_path / "g.svg")
+
+
+def test_module_and_kwargs():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()).eval()
+    r = ember.explain(model, torch.randn(2, 8))
+    assert r.name == "Sequential" and r.eager_kernels == 2 and r.num_kernels == 1
+    r = ember.explain(lambda x, *, s: x * s, torch.randn(3), s=2.0)
+    assert r.num_kernels == 1
