@@ -11,4 +11,4 @@ from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa:
 from .frontend.capture import CaptureError  # noqa: E402,F401
 from .frontend.explain import explain  # noqa: E402,F401
 
-__all__ = ["ir", "trace", "compile", "StaticGraph", "CompiledFunction", "CaptureError"]
+__all__ = ["ir", "trace", "compile", "explain", "StaticGraph", "CompiledFunction", "CaptureError"]

@@ -63,6 +63,13 @@ class Emitter:
         self.lines: list[str] = []
         self.indent = indent
         self._count = 0
+        # index(k) -> the element index along the k-th dim from the end of the kernel's iteration space,
+        # shaped like the kernel's values; set by each emitter (the `iota` op uses it).
+        self.index = self._no_index
+
+    @staticmethod
+    def _no_index(k: int) -> str:
+        raise NotImplementedError("this kernel kind does not expose element indices")
 
     def fresh(self, prefix: str = "t") -> str:
         self._count += 1

@@ -80,6 +80,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
     e.line("mask = lin < numel")
     e.line("zero = lin * 0")
     idx = unravel(e, "lin", [f"s{d}" for d in range(rank)], "i")
+    e.index = lambda k: idx[rank + k] if rank + k >= 0 else "zero"
     env: dict[Value, str] = {}
     cat_inputs = {v for n in _cat_nodes(group) for v in n.inputs}
 

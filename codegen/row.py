@@ -45,20 +45,21 @@ class RowLayout:
         return [d for d in range(len(self.group.shape)) if d not in self.group.dims]
 
     def is_row(self, v: Value) -> bool:
+        """Rows ([BM] values: reduction results and what follows) versus tiles ([BM, BR])."""
         g = self.group
-        return v.shape != g.shape and v.shape in (reduced_shape(g.shape, g.dims, True),
-                                                  reduced_shape(g.shape, g.dims, False))
+        return v.shape != g.shape and (v.shape in (reduced_shape(g.shape, g.dims, True),
+                                                   reduced_shape(g.shape, g.dims, False)) or v.type.numel == 1)
 
 
 def row_layout(group: KernelGroup) -> RowLayout:
     layout = RowLayout(group, [], [], [])
     members = {v for n in group.nodes for v in n.outputs}
     for n in group.nodes:
-        mode = "row" if layout.is_row(n.out) or get_op(n.op).kind == "reduction" else "tile"
+        mode = "row" if layout.is_row(n.out) else "tile"
         for v in n.inputs:
             if v in members or v.producer in group.scalars:
                 continue
-            m = "tile" if get_op(n.op).kind == "reduction" else mode
+            m = ("row" if layout.is_row(v) else "tile") if get_op(n.op).kind == "reduction" else mode
             if (v, m) not in layout.loads:
                 layout.loads.append((v, m))
     for v in group.outputs:
@@ -151,7 +152,17 @@ class _RowEmitter:
             return self.tiles[v]
         raise AssertionError(f"row value {v} used before its definition")
 
+    def index(self, k: int, tile: bool) -> str:
+        """Element index along dim k (from the end) of the group shape, as a tile or a row."""
+        d = len(self.L.group.shape) + k
+        if d in self.L.group.dims:
+            r = self.ridx[self.L.group.dims.index(d)] if self.nr else "czero"
+            return f"({r}[None, :] + z2)" if tile else "rzero"
+        i = self.kidx[self.L.kept.index(d)]
+        return f"({i}[:, None] + z2)" if tile else f"({i} + rzero)"
+
     def pointwise(self, node: Node, tile: bool) -> str:
+        self.e.index = lambda k: self.index(k, tile)
         if node.op == "full":
             shape = "[BM, BR]" if tile else "[BM]"
             return self.e.tmp(f"tl.full({shape}, {py_literal(node.attrs['value'], node.out.dtype)}, "
@@ -203,6 +214,19 @@ class _RowEmitter:
             r = self.reduce_tile(node, acc, wt)
         self.rows[node.out] = e.tmp(f"{r}.to({tl_compute(node.out.dtype)})", "row")
 
+    def total(self, node: Node) -> None:
+        """Reduce a row value across all rows (the group runs as one program holding every row)."""
+        e, wt = self.e, self.work_dtype(node)
+        t = e.tmp(f"tl.where(rmask, {self.operand(node.inputs[0], False)}.to({tl_dtype(wt)}), {self.pad(node, wt)})",
+                  "a")
+        r = e.tmp(f"tl.reduce({t}, 0, tl.standard.{_COMBINE[node.op]})", "r")
+        if node.op != "sum" and wt.is_floating_point:
+            nan = e.tmp(f"tl.reduce(({t} != {t}).to(tl.int32), 0, tl.standard._elementwise_max)", "r")
+            r = e.tmp(f"tl.where({nan} > 0, float('nan'), {r})", "r")
+        # Broadcast back to a row block: 0-dim values are awkward under the interpreter.
+        self.rows[node.out] = e.tmp(f"(tl.full([BM], 0, {tl_dtype(wt)}) + {r}).to({tl_compute(node.out.dtype)})",
+                                    "row")
+
     # -- structure --------------------------------------------------------------------------------
     def chunk_loop(self) -> None:
         e = self.e
@@ -219,6 +243,7 @@ class _RowEmitter:
         e.line(f"cols = {cols}")
         e.line("m2 = rmask[:, None] & (cols < R)[None, :]")
         e.line("czero = cols * 0")
+        e.line("z2 = rzero[:, None] + czero[None, :]")
         self.ridx = unravel(e, "cols", [f"rs{d}" for d in range(self.nr)], "c")
 
     def store_tiles(self) -> None:
@@ -242,12 +267,16 @@ class _RowEmitter:
             self.columns("cols0")
         for node in self.L.group.nodes:
             if get_op(node.op).kind == "reduction":
-                self.reduction(node)
+                (self.total if self.L.is_row(node.inputs[0]) else self.reduction)(node)
+            elif node.op == "reshape":  # between spellings of a row: the same [BM] values
+                self.rows[node.out] = self.operand(node.inputs[0], False)
             elif self.L.is_row(node.out):
                 self.rows[node.out] = self.pointwise(node, False)
             # tile nodes are computed on demand, inside the loop (or block) that needs them
         for j, v in enumerate(self.L.row_outputs):
-            e.line(f"tl.store(ro{j}_ptr + rows, {self.operand(v, False)}.to({tl_dtype(v.dtype)}), mask=rmask)")
+            # A one-element output (a loss) is written once, by row 0; rows go to their own places.
+            where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else ("rows", "rmask")
+            e.line(f"tl.store(ro{j}_ptr + {where}, {self.operand(v, False)}.to({tl_dtype(v.dtype)}), mask={mask})")
         if self.L.tile_outputs:
             if self.looped:
                 self.chunk_loop()

@@ -130,3 +130,18 @@ def _vector_norm(L, node, a):
     if p in (float("inf"), float("-inf")):
         return L.add("amax" if p > 0 else "amin", [x], **attrs)
     raise Fallback(f"vector norm of order {p}")
+
+
+@register(aten.gather.default)
+def _gather(L, node, a):
+    """gather picking one element per row along `dim` (cross-entropy's target logit) is a one-hot
+    masked sum: iota == index selects the element, the sum keeps it. It is a row reduction, so it
+    fuses into the log-softmax kernel. Other gathers run as externs."""
+    x, idx = a.self, a.index
+    d = norm_dim(a.dim, x.type.rank)
+    if a.get("sparse_grad") or x.type.rank == 0 or idx.type.shape != x.type.shape[:d] + (1,) + x.type.shape[d + 1:]:
+        raise Fallback("general gather")
+    iota = L.add("iota", [], shape=x.type.shape, dim=d, dtype=idx.dtype)
+    picked = L.add("where", [L.add("eq", [iota, idx]), x, L.const(0, x.dtype)])
+    out = L.add("sum", [picked], dims=(d,), keepdim=True)
+    return L.cast(out, x.dtype)

@@ -27,6 +27,8 @@ class KernelGroup:
     shape: tuple[int, ...] = ()
     dims: tuple[int, ...] = ()                          # "row" groups: the reduced dims of `shape`
     scalars: list[Node] = field(default_factory=list)   # inlined 0-dim constants the nodes use
+    # "row" groups that also reduce across rows (a loss's mean): one program must hold every row.
+    whole: bool = False
 
     @property
     def ops(self) -> list[str]:
@@ -38,3 +40,9 @@ class KernelGroup:
 # Rows of up to this many elements are reduced in registers in one pass (a "persistent" row kernel);
 # longer rows loop over chunks. Shared by the cost model and the row emitter.
 ROW_BLOCK_LIMIT = 4096
+# A "whole" row group (one program over all rows) may hold at most this many elements in registers.
+WHOLE_BLOCK_LIMIT = 16384
+
+
+def pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()

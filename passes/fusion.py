@@ -22,7 +22,7 @@ import math
 import networkx as nx
 
 from ..ir import Graph, Node, Value, get_op
-from ..ir.kernel_group import KernelGroup
+from ..ir.kernel_group import ROW_BLOCK_LIMIT, WHOLE_BLOCK_LIMIT, KernelGroup, pow2
 from ..ir.ops.reduction import reduced_shape
 
 ROW_REDUCTIONS = ("sum", "amax", "amin")
@@ -86,13 +86,14 @@ class _Partitioner:
                 if _broadcasts_to(small.shape, big.shape) and self._used_only_inside(small, big):
                     return "pointwise", big.shape, ()
             return None
-        if kinds == {"row"}:
-            return ("row", a.shape, a.dims) if (a.shape, a.dims) == (b.shape, b.dims) else None
-        if kinds == {"row", "pointwise"}:
-            row, pw = (a, b) if a.kind == "row" else (b, a)
-            allowed = {row.shape, *row_shapes(row.shape, row.dims)}
-            if all(v.shape in allowed for n in pw.nodes for v in n.outputs):
+        if "row" in kinds and kinds <= {"row", "pointwise", "layout"}:
+            row, other = (a, b) if a.kind == "row" else (b, a)
+            if other.kind == "row" and (other.shape, other.dims) == (row.shape, row.dims):
                 return "row", row.shape, row.dims
+            if all(self._row_member(row, n) for n in other.nodes):
+                return "row", row.shape, row.dims
+            if other.kind == "row" and all(self._row_member(other, n) for n in row.nodes):
+                return "row", other.shape, other.dims
             return None
         if kinds == {"matmul", "pointwise"}:
             mm, pw = (a, b) if a.kind == "matmul" else (b, a)
@@ -100,7 +101,30 @@ class _Partitioner:
                 return "matmul", mm.shape, ()
         return None
 
+    def _row_member(self, row: KernelGroup, node: Node) -> bool:
+        """Can `node` run inside row group `row`? Tiles and rows always; across rows only when the
+        whole group fits one program (then rows are reduced again: a loss's mean)."""
+        keep, squeezed = row_shapes(row.shape, row.dims)
+        rows = {keep, squeezed}
+        kind = get_op(node.op).kind
+        whole = _fits_one_program(row)
+        if kind == "pointwise":
+            return node.out.shape in rows | {row.shape} or (whole and node.out.type.numel == 1)
+        if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
+            shapes = {node.inputs[0].shape, node.out.shape}
+            return shapes <= rows or (whole and node.out.type.numel == 1 == node.inputs[0].type.numel)
+        if node.op in ROW_REDUCTIONS:
+            x = node.inputs[0]
+            if x.shape == row.shape:
+                return tuple(sorted(node.attrs["dims"])) == row.dims
+            # a reduction across all rows of a row value
+            return whole and x.shape in rows and node.out.type.numel == 1
+        return False
+
     def _merge(self, a: KernelGroup, b: KernelGroup, fused: tuple) -> KernelGroup:
+        if fused[0] == "row":
+            b.whole = a.whole = a.whole or b.whole or any(
+                n.out.type.numel == 1 and n.out.shape != fused[1] for n in a.nodes + b.nodes if n.outputs)
         a.kind, a.shape, a.dims = fused
         a.nodes += b.nodes
         for n in b.nodes:
@@ -122,14 +146,27 @@ class _Partitioner:
                 if p is not None and p is not group and p not in producers:
                     producers.append(p)
                     self.dag.add_edge(p, group)
-            if group.kind not in ("pointwise", "row"):
+            if group.kind not in ("pointwise", "row") and node.op != "reshape":
                 continue
             # Join producers: reductions and matmuls first, so epilogues attach to them.
             for p in sorted(producers, key=lambda g: g.kind == "pointwise"):
                 fused = self._fused_kind(p, group)
                 if fused is not None and self._can_merge(p, group):
                     group = self._merge(p, group, fused)
+            if group.kind == "row":
+                self._absorb_producers(group)
         return self._finish()
+
+    def _absorb_producers(self, group: KernelGroup) -> None:
+        """Pull row-shaped producers (a target index, its reshape) into a row group as prologue."""
+        changed = True
+        while changed:
+            changed = False
+            for p in list(self.dag.predecessors(group)):
+                if p.kind in ("pointwise", "layout") and all(self._row_member(group, n) for n in p.nodes) \
+                        and self._can_merge(group, p):
+                    self._merge(group, p, ("row", group.shape, group.dims))
+                    changed = True
 
     def _finish(self) -> list[KernelGroup]:
         first = {g: min(self.order[n] for n in g.nodes) for g in self.dag.nodes}
@@ -150,6 +187,12 @@ class _Partitioner:
             g.outputs = [v for n in g.nodes for v in n.outputs
                          if v in self.outputs or any(u not in members for u in self.users.get(v, []))]
         return groups
+
+
+def _fits_one_program(row: KernelGroup) -> bool:
+    kept = math.prod(s for d, s in enumerate(row.shape) if d not in row.dims)
+    r = math.prod(row.shape[d] for d in row.dims)
+    return r <= ROW_BLOCK_LIMIT and pow2(kept) * pow2(r) <= WHOLE_BLOCK_LIMIT
 
 
 def _broadcasts_to(small: tuple[int, ...], big: tuple[int, ...]) -> bool:

@@ -173,7 +173,9 @@ class Planner:
         args += kept + red + [m, r]
         looped = r > ROW_BLOCK_LIMIT
         br = 1024 if looped else _pow2(r)
-        bm = max(1, min(_pow2(m), 4096 // br))
+        # A whole group reduces across rows too, so one program holds them all (the partition
+        # checked they fit); otherwise a program takes as many rows as fit 4096 elements.
+        bm = _pow2(m) if g.whole else max(1, min(_pow2(m), 4096 // br))
         kernel = codegen.emit_row(layout, looped, _wide(m * r, loads + [self.views[v] for v in g.outputs]))
         self._launch(kernel, g.ops, ((m + bm - 1) // bm,), args, {"BM": bm, "BR": br})
 

@@ -32,7 +32,8 @@ def test_index_ops_fall_back():
         return F.cross_entropy(x, t), F.embedding(t, w), x[t], x.cumsum(0)
 
     x, t, w = torch.randn(4, 6), torch.randint(0, 4, (4,)), torch.randn(5, 3)
-    externs = ("aten.gather.default", "aten.embedding.default", "aten.index.Tensor", "aten.cumsum.default")
+    # cross_entropy's gather (one element per row) is lowered to a one-hot sum; the rest fall back.
+    externs = ("aten.embedding.default", "aten.index.Tensor", "aten.cumsum.default")
     assert_matches(f, x, t, w, externs=externs)
 
 
