@@ -37,13 +37,14 @@ def matmul_params(dtype: torch.dtype, nb: int, ep: MatmulEpilogue | None = None)
     p = [("a_ptr", ptr_sig(dtype)), ("a_off", "int")] + [(f"a_bst{i}", "int") for i in range(nb)]
     p += [("a_sm", "int"), ("a_sk", "int"), ("b_ptr", ptr_sig(dtype)), ("b_off", "int")]
     p += [(f"b_bst{i}", "int") for i in range(nb)] + [("b_sk", "int"), ("b_sn", "int")]
-    if ep is None:
-        p += [("c_ptr", ptr_sig(dtype))]
-    else:
+    out_dtypes = [dtype] if ep is None else [v.dtype for v in ep.outputs]
+    if ep is not None:
         for i, v in enumerate(ep.loads):
             p += [(f"e{i}_ptr", ptr_sig(v.dtype)), (f"e{i}_off", "int")]
             p += [(f"e{i}_bst{k}", "int") for k in range(nb)] + [(f"e{i}_sm", "int"), (f"e{i}_sn", "int")]
-        p += [(f"o{j}_ptr", ptr_sig(v.dtype)) for j, v in enumerate(ep.outputs)]
+    for j, dt in enumerate(out_dtypes):  # outputs are stored through strides: the planner picks layouts
+        p += [(f"o{j}_ptr", ptr_sig(dt))] + [(f"o{j}_bst{k}", "int") for k in range(nb)]
+        p += [(f"o{j}_sm", "int"), (f"o{j}_sn", "int")]
     p += [(f"bs{i}", "int") for i in range(nb)] + [("M", "int"), ("N", "int"), ("K", "int")]
     return p + [(n, "constexpr") for n in ("BM", "BN", "BK", "PREC", "INTERP")]
 
@@ -58,18 +59,16 @@ def _batch_strides(batch: tuple[int, ...], shape: tuple[int, ...], strides: tupl
     return out
 
 
-def matmul_args(a: tuple, a_shape: tuple[int, ...], b: tuple, b_shape: tuple[int, ...], c_ptr,
+def matmul_args(a: tuple, a_shape: tuple[int, ...], b: tuple, b_shape: tuple[int, ...], c: tuple,
                 batch: tuple[int, ...]) -> list:
-    """a, b: (pointer object, offset, strides). Batch dims broadcast right-aligned to `batch`."""
-    (ap, ao, ast), (bp, bo, bst) = a, b
-    return ([ap, ao] + _batch_strides(batch, a_shape, ast, 2) + [ast[-2], ast[-1], bp, bo]
-            + _batch_strides(batch, b_shape, bst, 2) + [bst[-2], bst[-1], c_ptr] + list(batch)
-            + [a_shape[-2], b_shape[-1], a_shape[-1]])
+    """a, b: (pointer object, offset, strides); c: (pointer object, strides) of the output.
+    Batch dims broadcast right-aligned to `batch`."""
+    return matmul_group_args(a, a_shape, b, b_shape, [], [], [c], batch)
 
 
-def matmul_group_args(a: tuple, a_shape, b: tuple, b_shape, loads: list[tuple], load_shapes: list, out_ptrs: list,
+def matmul_group_args(a: tuple, a_shape, b: tuple, b_shape, loads: list[tuple], load_shapes: list, outs: list,
                       batch: tuple[int, ...]) -> list:
-    """Like matmul_args, with epilogue loads (pointer, offset, strides) and output pointers."""
+    """Like matmul_args, with epilogue loads (pointer, offset, strides) and outputs (pointer, strides)."""
     (ap, ao, ast), (bp, bo, bst) = a, b
     args = ([ap, ao] + _batch_strides(batch, a_shape, ast, 2) + [ast[-2], ast[-1], bp, bo]
             + _batch_strides(batch, b_shape, bst, 2) + [bst[-2], bst[-1]])
@@ -80,7 +79,9 @@ def matmul_group_args(a: tuple, a_shape, b: tuple, b_shape, loads: list[tuple], 
         for i, (s, st) in enumerate(zip(shape, strides)):
             full[lead + i] = 0 if s == 1 else st
         args += [ptr, off] + full
-    return args + list(out_ptrs) + list(batch) + [a_shape[-2], b_shape[-1], a_shape[-1]]
+    for ptr, strides in outs:
+        args += [ptr] + list(strides)
+    return args + list(batch) + [a_shape[-2], b_shape[-1], a_shape[-1]]
 
 
 def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpilogue | None = None) -> Kernel:
@@ -118,9 +119,8 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
         e.line("acc = tl.dot(a, b, acc)")
     e.indent -= 1
     e.line("cmask = (rm[:, None] < M) & (rn[None, :] < N)")
-    e.line("c_off = bid * M * N + rm[:, None] * N + rn[None, :]")
     if ep is None:
-        e.line(f"tl.store(c_ptr + c_off, acc.to({tl_dtype(dtype)}), mask=cmask)")
+        e.line(f"tl.store(o0_ptr + ({_out_offset(0, bidx)}), acc.to({tl_dtype(dtype)}), mask=cmask)")
         ops = ["matmul"]
     else:
         _emit_epilogue(e, ep, dtype, bidx, nb)
@@ -147,4 +147,9 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
         expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
         env[node.out] = e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
     for j, v in enumerate(ep.outputs):
-        e.line(f"tl.store(o{j}_ptr + c_off, {env[v]}.to({tl_dtype(v.dtype)}), mask=cmask)")
+        e.line(f"tl.store(o{j}_ptr + ({_out_offset(j, bidx)}), {env[v]}.to({tl_dtype(v.dtype)}), mask=cmask)")
+
+
+def _out_offset(j: int, bidx: list[str]) -> str:
+    batch = [f"{b} * o{j}_bst{k}" for k, b in enumerate(bidx)]
+    return " + ".join(batch + [f"rm[:, None] * o{j}_sm + rn[None, :] * o{j}_sn"])

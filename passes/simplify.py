@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..ir import Graph, Node, Value
+from ..ir import Graph, Node, Value, get_op
 from .rewrite import GraphRewriter
 
 
@@ -44,8 +44,55 @@ def _compose_permute(node: Node, ins: list[Value]):
 def _collapse_reshape(node: Node, ins: list[Value]):
     (x,) = ins
     if x.producer is not None and x.producer.op == "reshape":
-        return ("reshape", [x.producer.inputs[0]], dict(node.attrs))
+        src = x.producer.inputs[0]
+        return src if src.shape == tuple(node.attrs["shape"]) else ("reshape", [src], dict(node.attrs))
     return None
+
+
+def _reshaped(v: Value) -> Value | None:
+    """The source of `v` when v is a reshape that keeps the last dim (merges or splits leading dims)."""
+    p = v.producer
+    if p is None or p.op != "reshape" or not v.shape or not p.inputs[0].shape:
+        return None
+    src = p.inputs[0]
+    return src if src.shape[-1] == v.shape[-1] else None
+
+
+def _batched_matmul(node: Node, ins: list[Value], g: Graph):
+    """Undo the batch flattening of torch's matmul decomposition, so no reshape cuts fusion:
+    - matmul(reshape(x, [M, K]), w) -> reshape(matmul(x, w))   (nn.Linear on 3-d input);
+    - matmul(reshape(x, [B, M, K]), reshape(y, [B, K, N])) -> reshape(matmul(x, y)) when x and y have
+      the same leading dims (multi-head attention's q @ k^T and p @ v)."""
+    a, b = ins
+    x = _reshaped(a)
+    if x is None or x.type.rank <= a.type.rank:
+        return None
+    if a.type.rank == 2 and b.type.rank == 2:
+        return g.add("reshape", [g.add("matmul", [x, b])], shape=node.out.shape)
+    pb = b.producer
+    if a.type.rank == 3 and b.type.rank == 3 and pb is not None and pb.op == "reshape":
+        y = pb.inputs[0]
+        same_batch = x.shape[:-2] == y.shape[:-2] and x.shape[-2:] == a.shape[-2:] and y.shape[-2:] == b.shape[-2:]
+        if same_batch:
+            return g.add("reshape", [g.add("matmul", [x, y])], shape=node.out.shape)
+    return None
+
+
+def _sink_reshape(node: Node, ins: list[Value], g: Graph):
+    """op(reshape(y), z) -> reshape(op(y, z)) when the reshape only regroups leading dims and z
+    broadcasts along the kept trailing dims; reshapes then meet and cancel instead of cutting fusion."""
+    reshaped = [(i, _reshaped(v)) for i, v in enumerate(ins) if v.type.rank > 0 and _reshaped(v) is not None]
+    if len(reshaped) != 1:
+        return None
+    i, y = reshaped[0]
+    r = ins[i]
+    trailing = 0
+    while trailing < min(y.type.rank, r.type.rank) and y.shape[-1 - trailing] == r.shape[-1 - trailing]:
+        trailing += 1
+    if r.shape != node.out.shape or any(v.type.rank > trailing for j, v in enumerate(ins) if j != i):
+        return None
+    new_ins = [y if j == i else v for j, v in enumerate(ins)]
+    return g.add("reshape", [g.add(node.op, new_ins, **node.attrs)], shape=node.out.shape)
 
 
 RULES: list[tuple[str, Callable]] = [
@@ -61,6 +108,13 @@ RULES: list[tuple[str, Callable]] = [
 ]
 
 
+# Rules that build new nodes in the graph under construction: (predicate on the node, rule).
+BUILDING_RULES: list[tuple[Callable[[Node], bool], Callable]] = [
+    (lambda n: n.op == "matmul", _batched_matmul),
+    (lambda n: get_op(n.op).kind == "pointwise" and bool(n.inputs), _sink_reshape),
+]
+
+
 def simplify(graph: Graph) -> Graph:
     rw = GraphRewriter(graph)
     for node in graph.nodes:
@@ -71,6 +125,9 @@ def simplify(graph: Graph) -> Graph:
                 replacement = rule(node, ins)
                 if replacement is not None:
                     break
+        for applies, rule in BUILDING_RULES:
+            if replacement is None and len(node.outputs) == 1 and applies(node):
+                replacement = rule(node, ins, rw.out)
         if isinstance(replacement, tuple):  # a cheaper node: (op, inputs, attrs)
             op, new_ins, attrs = replacement
             replacement = rw.out.add(op, new_ins, **attrs)

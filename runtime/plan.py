@@ -90,6 +90,7 @@ class Planner:
         self.plan = Plan()
         self.views: dict[Value, View] = {}
         self.users = graph.users()
+        self.graph_outputs = set(graph.outputs)
         for v, strides in zip(graph.inputs, input_strides):
             self.views[v] = View(self._buf(v.shape, v.dtype, "input"), 0, v.shape, tuple(strides))
 
@@ -101,6 +102,20 @@ class Planner:
     def _alloc(self, shape, dtype) -> View:
         shape = tuple(shape)
         return View(self._buf(shape, dtype, "alloc"), 0, shape, V.contiguous_strides(shape))
+
+    def _alloc_value(self, v: Value) -> View:
+        """A buffer for `v` laid out for its consumer: a value only read through one permute (attention's
+        heads merged back by transpose + reshape) is stored so that the permuted view is contiguous,
+        which keeps the reshape after it a view instead of a copy kernel."""
+        users = self.users.get(v, [])
+        if v in self.graph_outputs or len(users) != 1 or users[0].op != "permute":
+            return self._alloc(v.shape, v.dtype)
+        dims = users[0].attrs["dims"]
+        permuted = self._alloc(users[0].out.shape, v.dtype)
+        strides = [0] * len(dims)
+        for i, d in enumerate(dims):
+            strides[d] = permuted.strides[i]
+        return View(permuted.buf, 0, v.shape, tuple(strides))
 
     @staticmethod
     def _ptr(v: View) -> tuple:
@@ -116,7 +131,7 @@ class Planner:
 
     # -- kernels ----------------------------------------------------------------------------------
     def pointwise(self, group: PointwiseGroup) -> None:
-        out_views = [self._alloc(v.shape, v.dtype) for v in group.outputs]
+        out_views = [self._alloc_value(v) for v in group.outputs]
         for v, view in zip(group.outputs, out_views):
             self.views[v] = view
         numel = out_views[0].numel
@@ -187,7 +202,7 @@ class Planner:
         loads = [v for v in g.inputs if any(v in n.inputs for n in tail)]
         ep = codegen.MatmulEpilogue(mm.out, tail, loads, list(g.outputs), list(g.scalars))
         a, b, out = self.views[mm.inputs[0]], self.views[mm.inputs[1]], mm.out
-        out_views = [self._alloc(v.shape, v.dtype) for v in ep.outputs]
+        out_views = [self._alloc_value(v) for v in ep.outputs]
         for v, view in zip(ep.outputs, out_views):
             self.views[v] = view
         if out.type.numel == 0:
@@ -199,7 +214,7 @@ class Planner:
         kernel = codegen.emit_matmul(out.dtype, len(batch), _wide(out.type.numel, [a, b] + loads + out_views), ep)
         args = codegen.matmul_group_args(self._ptr(a), a.shape, self._ptr(b), b.shape,
                                          [self._ptr(v) for v in loads], [v.shape for v in loads],
-                                         [Buf(v.buf) for v in out_views], batch)
+                                         [(Buf(v.buf), v.strides) for v in out_views], batch)
         self._launch_matmul(kernel, g.ops, m, n, k, nb, args)
 
     def group_reduction(self, g: KernelGroup) -> None:
@@ -280,7 +295,7 @@ class Planner:
 
     def node_matmul(self, node: Node) -> None:
         a, b, out = self.views[node.inputs[0]], self.views[node.inputs[1]], node.out
-        view = self._alloc(out.shape, out.dtype)
+        view = self._alloc_value(out)
         self.views[out] = view
         if view.numel == 0:
             return
@@ -288,7 +303,7 @@ class Planner:
         m, n, k = out.shape[-2], out.shape[-1], a.shape[-1]
         nb = view.numel // (m * n)
         kernel = codegen.emit_matmul(out.dtype, len(batch), _wide(view.numel, [a, b, view]))
-        args = codegen.matmul_args(self._ptr(a), a.shape, self._ptr(b), b.shape, Buf(view.buf), batch)
+        args = codegen.matmul_args(self._ptr(a), a.shape, self._ptr(b), b.shape, (Buf(view.buf), view.strides), batch)
         self._launch_matmul(kernel, ["matmul"], m, n, k, nb, args)
 
     def _launch_matmul(self, kernel, ops: list[str], m: int, n: int, k: int, nb: int, args: list) -> None:
