@@ -70,12 +70,20 @@ def _batched_matmul(node: Node, ins: list[Value], g: Graph):
     if a.type.rank == 2 and b.type.rank == 2:
         return g.add("reshape", [g.add("matmul", [x, b])], shape=node.out.shape)
     pb = b.producer
-    if a.type.rank == 3 and b.type.rank == 3 and pb is not None and pb.op == "reshape":
-        y = pb.inputs[0]
-        same_batch = x.shape[:-2] == y.shape[:-2] and x.shape[-2:] == a.shape[-2:] and y.shape[-2:] == b.shape[-2:]
-        if same_batch:
-            return g.add("reshape", [g.add("matmul", [x, y])], shape=node.out.shape)
-    return None
+    if a.type.rank != 3 or b.type.rank != 3 or pb is None or pb.op != "reshape":
+        return None
+    y = pb.inputs[0]
+    if y.type.rank < 3 or x.shape[-2:] != a.shape[-2:] or y.shape[-2:] != b.shape[-2:]:
+        return None
+    # Leading dims of x and y may differ only in size-1 dims (a `select` spelled as slice + reshape).
+    if tuple(d for d in x.shape[:-2] if d != 1) != tuple(d for d in y.shape[:-2] if d != 1):
+        return None
+    batch = min(x.shape[:-2], y.shape[:-2], key=len)  # the shorter spelling: one side keeps its view
+    if len(batch) < 2:  # already the flattened form: nothing to undo
+        return None
+    x = x if x.shape[:-2] == batch else g.add("reshape", [x], shape=batch + x.shape[-2:])
+    y = y if y.shape[:-2] == batch else g.add("reshape", [y], shape=batch + y.shape[-2:])
+    return g.add("reshape", [g.add("matmul", [x, y])], shape=node.out.shape)
 
 
 def _sink_reshape(node: Node, ins: list[Value], g: Graph):
