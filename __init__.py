@@ -9,6 +9,11 @@ __version__ = "0.1.0"
 from . import ir  # noqa: E402,F401
 from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa: E402,F401
 from .frontend.capture import CaptureError  # noqa: E402,F401
+from .frontend.dynamo import register as _register_dynamo_backend  # noqa: E402
+from .frontend.eager import EagerStats, clear_eager_cache, eager, eager_stats, reset_eager_stats  # noqa: E402,F401
 from .frontend.explain import explain  # noqa: E402,F401
 
-__all__ = ["ir", "trace", "compile", "explain", "StaticGraph", "CompiledFunction", "CaptureError"]
+_register_dynamo_backend()  # torch.compile(model, backend="ember"); also an entry point in pyproject.toml
+
+__all__ = ["ir", "trace", "compile", "explain", "StaticGraph", "CompiledFunction", "CaptureError",
+           "eager", "eager_stats", "reset_eager_stats", "clear_eager_cache", "EagerStats"]

@@ -1,0 +1,156 @@
+"""`torch.compile(model, backend="ember")`: ember as a TorchDynamo backend.
+
+Dynamo captures the program's Python into fx subgraphs, breaking the graph where it cannot trace
+(prints, `.item()`, branches on tensor values); the breaks run eagerly and each subgraph comes here.
+AOTAutograd (`aot_module_simplified`) turns a subgraph into functional aten graphs, with ember's
+decomposition table: a forward graph and, when inputs require grad, a joint-derived backward graph.
+Each is lowered with the frontend's aten -> IR table, optimized by the pass pipeline and compiled by
+the runtime, exactly like `ember.trace`; AOTAutograd's runtime wraps them in one
+`torch.autograd.Function`, so `loss.backward()` runs the ember-compiled backward.
+
+Gradients come from AOTAutograd, not from ember's own IR autodiff: AOTAutograd already handles
+what a Dynamo backend must (input mutations, aliased outputs, saved-tensor partitioning, RNG, double
+backward refusal), and ember's IR autodiff is not ready. When it is, the backend can lower Dynamo's
+forward graph once and differentiate the IR itself, fusing forward and backward across the boundary.
+
+Graphs with symbolic shapes (Dynamo's automatic dynamic shapes after a size changed) cannot become
+static IR; they run op by op under `ember.eager()`, still on ember kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .. import runtime
+from ..passes import run_pipeline
+from .capture import DECOMPOSITIONS
+from .lowering import lower
+
+
+@dataclass
+class DynamoGraph:
+    """One aten graph compiled for the backend: `kind` is 'forward', 'backward' or 'inference'."""
+
+    kind: str
+    graph: Any | None               # the IR after the pipeline (None: ran in eager mode)
+    num_kernels: int = 0
+    externs: list[str] = field(default_factory=list)
+
+
+_compiled: list[DynamoGraph] = []
+
+
+def compiled_graphs() -> list[DynamoGraph]:
+    """Every aten graph the backend compiled in this process (for tests and `explain`-style checks)."""
+    return list(_compiled)
+
+
+def reset_compiled_graphs() -> None:
+    _compiled.clear()
+
+
+def _symbolic(gm: torch.fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        for v in pytree.tree_leaves(node.meta.get("val")):
+            if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                return True
+            if isinstance(v, torch.Tensor) and not all(isinstance(s, int) for s in v.shape):
+                return True
+    return False
+
+
+def _boxed(fn: Callable[[list], Any]) -> Callable[[list], Any]:
+    fn._boxed_call = True  # type: ignore[attr-defined]  (AOTAutograd passes one list of args)
+    return fn
+
+
+def _eager_fallback(gm: torch.fx.GraphModule, kind: str) -> Callable:
+    from .eager import eager
+
+    _compiled.append(DynamoGraph(kind, None))
+
+    def run(args: list) -> Any:
+        with eager():
+            return gm(*args)
+
+    return _boxed(run)
+
+
+def compile_aten_graph(gm: torch.fx.GraphModule, example_inputs: list, kind: str = "forward") -> Callable:
+    """Compile a functional aten fx graph (as AOTAutograd hands them over) with ember.
+
+    The result takes the graph's inputs as one list (AOTAutograd's boxed convention) and returns its
+    outputs: graph inputs returned as outputs are passed through, `None` outputs stay `None`."""
+    if _symbolic(gm):
+        return _eager_fallback(gm, kind)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    original = out_node.args
+    results: list[tuple[str, Any]] = []   # ("graph", k) | ("input", i) | ("const", value)
+    computed: list[torch.fx.Node] = []
+    for o in pytree.tree_leaves(original[0], is_leaf=lambda x: x is None):
+        if isinstance(o, torch.fx.Node) and o.op == "placeholder":
+            results.append(("input", placeholders.index(o)))
+        elif isinstance(o, torch.fx.Node):
+            if o not in computed:
+                computed.append(o)
+            results.append(("graph", computed.index(o)))
+        else:
+            results.append(("const", o))
+    out_spec = pytree.tree_structure(original[0], is_leaf=lambda x: x is None)
+    strides = [tuple(n.meta["val"].stride()) for n in computed]
+    out_node.args = (tuple(computed),)
+    try:
+        lowered = lower(gm)
+    finally:
+        out_node.args = original
+    graph = run_pipeline(lowered.graph).graph
+    compiled = runtime.compile_graph(graph)
+    record = DynamoGraph(kind, graph)
+    _compiled.append(record)
+    n_user = lowered.num_user_outputs
+
+    def run(args: list) -> Any:
+        tensors = list(args)
+        args.clear()  # boxed convention: let AOTAutograd's inputs be freed as early as possible
+        outs = compiled(tensors + lowered.constants)
+        if not record.num_kernels:
+            record.num_kernels, record.externs = compiled.num_kernels, compiled.externs
+        with torch.no_grad():
+            for k, i in enumerate(lowered.mutated_inputs):
+                tensors[i].copy_(outs[n_user + k])
+        fixed = []
+        for t, st in zip(outs[:n_user], strides):
+            if t.stride() != st and t.numel() > 1:  # torch's layout, as the traced program expects
+                t = torch.empty_strided(t.shape, st, dtype=t.dtype, device=t.device).copy_(t)
+            fixed.append(t)
+        leaves = [fixed[v] if kind_ == "graph" else tensors[v] if kind_ == "input" else v for kind_, v in results]
+        return pytree.tree_unflatten(leaves, out_spec)
+
+    return _boxed(run)
+
+
+def ember_backend(gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
+    """The Dynamo backend: each captured subgraph through AOTAutograd, both graphs compiled by ember."""
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    return aot_module_simplified(
+        gm, example_inputs,
+        fw_compiler=lambda g, ex: compile_aten_graph(g, ex, "forward"),
+        bw_compiler=lambda g, ex: compile_aten_graph(g, ex, "backward"),
+        inference_compiler=lambda g, ex: compile_aten_graph(g, ex, "inference"),
+        decompositions=DECOMPOSITIONS,
+    )
+
+
+def register() -> None:
+    """Make `torch.compile(..., backend="ember")` find this backend (idempotent)."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if "ember" not in _COMPILER_FNS:
+        register_backend(compiler_fn=ember_backend, name="ember")
