@@ -1,5 +1,9 @@
 """Layout ops. Most are views (the runtime folds them into strides, no data moves); `cat` and
-`flip` and reshapes of non-viewable layouts are copies made by kernels."""
+`flip` and reshapes of non-viewable layouts are copies made by kernels.
+
+VJPs are layout ops again: reshape back, the inverse permutation, `unbroadcast` for expand, the same
+flip, slices of the cotangent for `cat`, and for `slice`/`select` the cotangent placed among zeros
+with `cat` (a strided slice first interleaves it with zeros: reshape, cat, reshape)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import math
 
 import torch
 
-from ..registry import OpDef, register
+from ..registry import OpDef, register, unbroadcast, zeros
 from ..types import TensorType
 
 
@@ -67,11 +71,65 @@ def _flip_infer(types: list[TensorType], dims) -> TensorType:
     return t
 
 
-register(OpDef("reshape", "layout", _reshape_infer, lambda x, shape: x.reshape(shape)))
-register(OpDef("permute", "layout", _permute_infer, lambda x, dims: x.permute(dims)))
-register(OpDef("expand", "layout", _expand_infer, lambda x, shape: x.expand(shape)))
+def _with(shape, dim, size) -> tuple[int, ...]:
+    return tuple(shape[:dim]) + (size,) + tuple(shape[dim + 1:])
+
+
+def _slice_scatter(g, ct, in_shape, dim, start, step):
+    """The VJP of a slice: `ct` placed at start, start + step, ... of dim in zeros of `in_shape`."""
+    n, size = ct.shape[dim], in_shape[dim]
+    v = ct
+    if step > 1 and n > 0:
+        # interleave with zeros: [.., n, 1, ..] ++ [.., n, step-1, ..] along a new dim, then flatten it.
+        v = g.add("reshape", [v], shape=tuple(ct.shape[:dim + 1]) + (1,) + tuple(ct.shape[dim + 1:]))
+        pad = TensorType(tuple(ct.shape[:dim + 1]) + (step - 1,) + tuple(ct.shape[dim + 1:]), ct.dtype)
+        v = g.add("cat", [v, zeros(g, pad)], dim=dim + 1)
+        v = g.add("reshape", [v], shape=_with(ct.shape, dim, n * step))
+        if n * step > size - start:
+            v = g.add("slice", [v], dim=dim, start=0, end=size - start, step=1)
+    parts = []
+    if start > 0:
+        parts.append(zeros(g, TensorType(_with(in_shape, dim, start), ct.dtype)))
+    parts.append(v)
+    after = size - start - v.shape[dim]
+    if after > 0:
+        parts.append(zeros(g, TensorType(_with(in_shape, dim, after), ct.dtype)))
+    return parts[0] if len(parts) == 1 else g.add("cat", parts, dim=dim)
+
+
+def _slice_vjp(g, inputs, out, ct, dim, start, end, step):
+    return [_slice_scatter(g, ct, inputs[0].shape, dim, start, step)]
+
+
+def _select_vjp(g, inputs, out, ct, dim, index):
+    ct = g.add("reshape", [ct], shape=_with(inputs[0].shape, dim, 1))
+    return [_slice_scatter(g, ct, inputs[0].shape, dim, index, 1)]
+
+
+def _cat_vjp(g, inputs, out, ct, dim):
+    cts, offset = [], 0
+    for x in inputs:
+        cts.append(g.add("slice", [ct], dim=dim, start=offset, end=offset + x.shape[dim], step=1))
+        offset += x.shape[dim]
+    return cts
+
+
+def _inverse(dims) -> tuple[int, ...]:
+    inv = [0] * len(dims)
+    for i, d in enumerate(dims):
+        inv[d] = i
+    return tuple(inv)
+
+
+register(OpDef("reshape", "layout", _reshape_infer, lambda x, shape: x.reshape(shape),
+               vjp=lambda g, inputs, out, ct, shape: [g.add("reshape", [ct], shape=inputs[0].shape)]))
+register(OpDef("permute", "layout", _permute_infer, lambda x, dims: x.permute(dims),
+               vjp=lambda g, inputs, out, ct, dims: [g.add("permute", [ct], dims=_inverse(dims))]))
+register(OpDef("expand", "layout", _expand_infer, lambda x, shape: x.expand(shape),
+               vjp=lambda g, inputs, out, ct, shape: [unbroadcast(g, ct, inputs[0].shape)]))
 register(OpDef("slice", "layout", _slice_infer,
-               lambda x, dim, start, end, step: x[(slice(None),) * dim + (slice(start, end, step),)]))
-register(OpDef("select", "layout", _select_infer, lambda x, dim, index: x.select(dim, index)))
-register(OpDef("cat", "layout", _cat_infer, lambda *xs, dim: torch.cat(xs, dim=dim)))
-register(OpDef("flip", "layout", _flip_infer, lambda x, dims: torch.flip(x, dims)))
+               lambda x, dim, start, end, step: x[(slice(None),) * dim + (slice(start, end, step),)], vjp=_slice_vjp))
+register(OpDef("select", "layout", _select_infer, lambda x, dim, index: x.select(dim, index), vjp=_select_vjp))
+register(OpDef("cat", "layout", _cat_infer, lambda *xs, dim: torch.cat(xs, dim=dim), vjp=_cat_vjp))
+register(OpDef("flip", "layout", _flip_infer, lambda x, dims: torch.flip(x, dims),
+               vjp=lambda g, inputs, out, ct, dims: [g.add("flip", [ct], dims=dims)]))

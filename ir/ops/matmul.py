@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import OpDef, register
+from ..registry import OpDef, register, unbroadcast
 from ..types import TensorType, broadcast_shapes, is_float
 
 
@@ -20,5 +20,17 @@ def _matmul_infer(types: list[TensorType]) -> TensorType:
     return TensorType(batch + (a.shape[-2], b.shape[-1]), a.dtype)
 
 
-register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul,
+def _transpose(g, v):
+    dims = tuple(range(v.type.rank - 2)) + (v.type.rank - 1, v.type.rank - 2)
+    return g.add("permute", [v], dims=dims)
+
+
+def _matmul_vjp(g, inputs, out, ct):
+    # ct @ b^T and a^T @ ct, summed over the batch dims each input was broadcast along.
+    a, b = inputs
+    return [unbroadcast(g, g.add("matmul", [ct, _transpose(g, b)]), a.shape),
+            unbroadcast(g, g.add("matmul", [_transpose(g, a), ct]), b.shape)]
+
+
+register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul, vjp=_matmul_vjp,
                doc="fp32 accumulation; float32 inputs honour torch.get_float32_matmul_precision()"))

@@ -4,6 +4,11 @@ IR pointwise ops take inputs of one dtype (the frontend inserts `convert` nodes 
 promotion) and broadcast like torch. The Triton rule of each op receives its arguments already
 loaded in the compute dtype (half types upcast to float32) and returns an expression; `e.tmp(expr)`
 binds a temporary when an expression needs a value more than once.
+
+VJP rules follow torch's derivatives.yaml formulas (so ties and special values match eager): unary
+rules map (g, x, y, ct) to x's cotangent, and every pointwise rule's results are summed back over
+broadcast dims (`unbroadcast`) by `_vjp`. "zero" marks ops with a zero derivative (floor, sign, ...);
+comparisons, logical and bitwise ops have no rule: their outputs carry no float cotangent.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..registry import OpDef, register
+from ..registry import OpDef, register, scalar, unbroadcast
 from ..types import TRITON_NAMES, TensorType, broadcast_shapes, compute_dtype, is_float, is_int
 
 # -- type rules -----------------------------------------------------------------------------------
@@ -39,8 +44,82 @@ def _infer(name: str, out: str, allow: str):
     return infer
 
 
-def pointwise(name: str, impl, triton, *, out: str = "same", allow: str = "any", doc: str = "") -> OpDef:
-    return register(OpDef(name, "pointwise", _infer(name, out, allow), impl, triton=triton, doc=doc))
+def pointwise(name: str, impl, triton, *, out: str = "same", allow: str = "any", doc: str = "", vjp=None) -> OpDef:
+    return register(OpDef(name, "pointwise", _infer(name, out, allow), impl, triton=triton, doc=doc, vjp=vjp))
+
+
+# -- VJP helpers ----------------------------------------------------------------------------------
+
+
+def _f(g, op: str, *xs, **attrs):
+    """g.add with positional inputs: `_f(g, "mul", a, b)`."""
+    return g.add(op, list(xs), **attrs)
+
+
+def _c(g, value, like):
+    """A scalar constant of `like`'s dtype."""
+    return scalar(g, value, like.dtype)
+
+
+def _vjp(rule):
+    """Wrap a rule returning cotangents at the output's (broadcast) shape: sum each back to its input's
+    shape; inputs that are not floating point get None."""
+
+    def vjp(g, inputs, out, ct, **attrs):
+        cts = rule(g, inputs, out, ct, **attrs)
+        return [None if c is None or not is_float(x.dtype) else unbroadcast(g, c, x.shape)
+                for x, c in zip(inputs, cts)]
+
+    return vjp
+
+
+def _unary_vjp(rule):
+    """rule(g, x, y, ct) -> cotangent of x; "zero" for ops whose derivative is zero; None: no rule."""
+    if rule is None:
+        return None
+    if rule == "zero":
+        return lambda g, inputs, out, ct, **attrs: [None]
+    return _vjp(lambda g, inputs, out, ct, **attrs: [rule(g, inputs[0], out, ct)])
+
+
+def _where0(g, cond, ct):
+    """ct where cond holds, else 0."""
+    return _f(g, "where", cond, ct, _c(g, 0.0, ct))
+
+
+def _rsqrt_vjp(g, x, y, ct):  # torch: -0.5 * grad * result^3
+    return _f(g, "mul", _f(g, "mul", _c(g, -0.5, y), ct), _f(g, "mul", _f(g, "mul", y, y), y))
+
+
+def _silu_vjp(g, x, y, ct):  # torch: grad * sigmoid(x) * (1 + x * (1 - sigmoid(x)))
+    s = _f(g, "sigmoid", x)
+    d = _f(g, "add", _c(g, 1.0, x), _f(g, "mul", x, _f(g, "sub", _c(g, 1.0, x), s)))
+    return _f(g, "mul", _f(g, "mul", ct, s), d)
+
+
+def _erf_vjp(g, x, y, ct):  # 2/sqrt(pi) * exp(-x^2)
+    d = _f(g, "mul", _c(g, 1.1283791670955126, x), _f(g, "exp", _f(g, "neg", _f(g, "mul", x, x))))
+    return _f(g, "mul", ct, d)
+
+
+def _gelu_vjp(g, inputs, out, ct, approximate="none"):
+    (x,) = inputs
+    if approximate == "tanh":  # torch's gelu_backward, tanh branch
+        kappa = 0.044715
+        x_sq = _f(g, "mul", x, x)
+        x_cube = _f(g, "mul", x_sq, x)
+        inner = _f(g, "mul", _c(g, SQRT_2_OVER_PI, x), _f(g, "add", x, _f(g, "mul", _c(g, kappa, x), x_cube)))
+        t = _f(g, "tanh", inner)
+        left = _f(g, "mul", _c(g, 0.5, x), x)
+        right = _f(g, "add", _c(g, 1.0, x), t)
+        left_d = _f(g, "mul", _c(g, 0.5, x), right)
+        right_d = _f(g, "mul", _f(g, "mul", _f(g, "sub", _c(g, 1.0, x), _f(g, "mul", t, t)), _c(g, SQRT_2_OVER_PI, x)),
+                     _f(g, "add", _c(g, 1.0, x), _f(g, "mul", _c(g, 3.0 * kappa, x), x_sq)))
+        return [_f(g, "mul", ct, _f(g, "add", left_d, _f(g, "mul", left, right_d)))]
+    # exact: cdf(x) + x * pdf(x)
+    cdf = _f(g, "mul", _c(g, 0.5, x), _f(g, "add", _c(g, 1.0, x), _f(g, "erf", _f(g, "mul", x, _c(g, SQRT1_2, x)))))
+    pdf = _f(g, "mul", _c(g, 0.3989422804014327, x), _f(g, "exp", _f(g, "mul", _c(g, -0.5, x), _f(g, "mul", x, x))))
+    return [_f(g, "mul", ct, _f(g, "add", cdf, _f(g, "mul", x, pdf)))]
 
 
 # -- Triton helpers (text) ------------------------------------------------------------------------
@@ -153,44 +232,71 @@ def _gelu(e, x: str, approximate: str) -> str:
 
 
 # -- unary ----------------------------------------------------------------------------------------
-# (name, torch reference, triton rule taking (e, x, dtype) -> expr, dtypes accepted, output)
 _UNARY = [
-    ("neg", torch.neg, lambda e, x, d: f"-{x}", "any", "same"),
-    ("abs", torch.abs, lambda e, x, d: x if d == torch.bool else f"tl.abs({x})", "any", "same"),
-    ("exp", torch.exp, lambda e, x, d: f"tl.exp({x})", "float", "same"),
-    ("exp2", torch.exp2, lambda e, x, d: f"tl.exp2({x})", "float", "same"),
-    ("log", torch.log, lambda e, x, d: f"tl.log({x})", "float", "same"),
-    ("log1p", torch.log1p, lambda e, x, d: _log1p(e, x), "float", "same"),
-    ("expm1", torch.expm1, lambda e, x, d: _expm1(e, x), "float", "same"),
-    ("sqrt", torch.sqrt, lambda e, x, d: f"tl.sqrt({x})", "float", "same"),
-    ("rsqrt", torch.rsqrt, lambda e, x, d: f"1.0 / tl.sqrt({x})", "float", "same"),
-    ("reciprocal", torch.reciprocal, lambda e, x, d: f"1.0 / {x}", "float", "same"),
-    ("sin", torch.sin, lambda e, x, d: f"tl.sin({x})", "float", "same"),
-    ("cos", torch.cos, lambda e, x, d: f"tl.cos({x})", "float", "same"),
-    ("tanh", torch.tanh, lambda e, x, d: _tanh(e, x), "float", "same"),
-    ("sigmoid", torch.sigmoid, lambda e, x, d: f"1.0 / (1.0 + tl.exp(-{x}))", "float", "same"),
-    ("relu", torch.relu, lambda e, x, d: f"tl.where({x} < 0, 0, {x})", "any", "same"),
-    ("silu", F.silu, lambda e, x, d: f"{x} / (1.0 + tl.exp(-{x}))", "float", "same"),
-    ("erf", torch.erf, lambda e, x, d: _erf(e, x), "float", "same"),
-    ("floor", torch.floor, lambda e, x, d: f"tl.floor({x})" if is_float(d) else x, "any", "same"),
-    ("ceil", torch.ceil, lambda e, x, d: f"tl.ceil({x})" if is_float(d) else x, "any", "same"),
-    ("trunc", torch.trunc, lambda e, x, d: _trunc(e, x) if is_float(d) else x, "any", "same"),
-    ("round", torch.round, lambda e, x, d: _round(e, x, d), "any", "same"),
-    ("sign", torch.sign, lambda e, x, d: _sign(e, x, d), "any", "same"),
-    ("isnan", torch.isnan, lambda e, x, d: f"{x} != {x}", "any", "bool"),
-    ("logical_not", torch.logical_not, lambda e, x, d: f"{x} == 0", "any", "bool"),
-    ("bitwise_not", torch.bitwise_not,
-     lambda e, x, d: f"{x} == 0" if d == torch.bool else f"~{x}", "int", "same"),
-    ("copy", torch.clone, lambda e, x, d: x, "any", "same"),
+    # (name, torch reference, triton rule (e, x, dtype) -> expr, dtypes accepted, output,
+    #  vjp (g, x, y, ct) -> cotangent of x | "zero" | None)
+    ("neg", torch.neg, lambda e, x, d: f"-{x}", "any", "same",
+     lambda g, x, y, ct: _f(g, "neg", ct)),
+    ("abs", torch.abs, lambda e, x, d: x if d == torch.bool else f"tl.abs({x})", "any", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "sign", x))),
+    ("exp", torch.exp, lambda e, x, d: f"tl.exp({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, y)),
+    ("exp2", torch.exp2, lambda e, x, d: f"tl.exp2({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", _f(g, "mul", ct, y), _c(g, 0.6931471805599453, y))),
+    ("log", torch.log, lambda e, x, d: f"tl.log({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "div", ct, x)),
+    ("log1p", torch.log1p, lambda e, x, d: _log1p(e, x), "float", "same",
+     lambda g, x, y, ct: _f(g, "div", ct, _f(g, "add", x, _c(g, 1.0, x)))),
+    ("expm1", torch.expm1, lambda e, x, d: _expm1(e, x), "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "add", y, _c(g, 1.0, y)))),
+    ("sqrt", torch.sqrt, lambda e, x, d: f"tl.sqrt({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "div", ct, _f(g, "mul", _c(g, 2.0, y), y))),
+    ("rsqrt", torch.rsqrt, lambda e, x, d: f"1.0 / tl.sqrt({x})", "float", "same",
+     _rsqrt_vjp),
+    ("reciprocal", torch.reciprocal, lambda e, x, d: f"1.0 / {x}", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "neg", _f(g, "mul", y, y)))),
+    ("sin", torch.sin, lambda e, x, d: f"tl.sin({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "cos", x))),
+    ("cos", torch.cos, lambda e, x, d: f"tl.cos({x})", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "neg", _f(g, "sin", x)))),
+    ("tanh", torch.tanh, lambda e, x, d: _tanh(e, x), "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "sub", _c(g, 1.0, y), _f(g, "mul", y, y)))),
+    ("sigmoid", torch.sigmoid, lambda e, x, d: f"1.0 / (1.0 + tl.exp(-{x}))", "float", "same",
+     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "mul", _f(g, "sub", _c(g, 1.0, y), y), y))),
+    ("relu", torch.relu, lambda e, x, d: f"tl.where({x} < 0, 0, {x})", "any", "same",
+     lambda g, x, y, ct: _where0(g, _f(g, "gt", y, _c(g, 0.0, y)), ct)),
+    ("silu", F.silu, lambda e, x, d: f"{x} / (1.0 + tl.exp(-{x}))", "float", "same",
+     _silu_vjp),
+    ("erf", torch.erf, lambda e, x, d: _erf(e, x), "float", "same",
+     _erf_vjp),
+    ("floor", torch.floor, lambda e, x, d: f"tl.floor({x})" if is_float(d) else x, "any", "same",
+     "zero"),
+    ("ceil", torch.ceil, lambda e, x, d: f"tl.ceil({x})" if is_float(d) else x, "any", "same",
+     "zero"),
+    ("trunc", torch.trunc, lambda e, x, d: _trunc(e, x) if is_float(d) else x, "any", "same",
+     "zero"),
+    ("round", torch.round, lambda e, x, d: _round(e, x, d), "any", "same",
+     "zero"),
+    ("sign", torch.sign, lambda e, x, d: _sign(e, x, d), "any", "same",
+     "zero"),
+    ("isnan", torch.isnan, lambda e, x, d: f"{x} != {x}", "any", "bool",
+     None),
+    ("logical_not", torch.logical_not, lambda e, x, d: f"{x} == 0", "any", "bool",
+     None),
+    ("bitwise_not", torch.bitwise_not, lambda e, x, d: f"{x} == 0" if d == torch.bool else f"~{x}", "int", "same",
+     None),
+    ("copy", torch.clone, lambda e, x, d: x, "any", "same",
+     lambda g, x, y, ct: ct),
 ]
 
-for _name, _ref, _rule, _allow, _out in _UNARY:
+for _name, _ref, _rule, _allow, _out, _grad in _UNARY:
     pointwise(
         _name,
         (lambda ref: lambda x: ref(x))(_ref),
         (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(_rule),
         out=_out,
         allow=_allow,
+        vjp=_unary_vjp(_grad),
     )
 
 pointwise(
@@ -199,6 +305,7 @@ pointwise(
     lambda e, args, dtypes, out, approximate="none": _gelu(e, args[0], approximate),
     allow="float",
     doc="GELU, exact (erf) or approximate='tanh'",
+    vjp=_vjp(_gelu_vjp),
 )
 
 
@@ -206,48 +313,101 @@ def _convert_infer(types: list[TensorType], dtype: torch.dtype) -> TensorType:
     return TensorType(types[0].shape, dtype)
 
 
+def _convert_vjp(g, inputs, out, ct, dtype):
+    (x,) = inputs
+    if not is_float(x.dtype):
+        return [None]
+    return [ct if x.dtype == ct.dtype else _f(g, "convert", ct, dtype=x.dtype)]
+
+
 register(OpDef(
     "convert", "pointwise", _convert_infer,
     lambda x, dtype: x.to(dtype),
     triton=lambda e, args, dtypes, out, dtype: _convert(e, args[0], dtypes[0], dtype),
+    vjp=_convert_vjp,
     doc="cast to `dtype` (float to int truncates toward zero, to bool tests != 0)",
 ))
 
 # -- binary ---------------------------------------------------------------------------------------
+
+
+def _pow_vjp(g, a, b, y, ct):
+    # torch: grad * b * a^(b-1), 0 where b == 0; grad * y * log(a), 0 where a == 0 and b >= 0.
+    ga = _f(g, "mul", ct, _f(g, "mul", b, _f(g, "pow", a, _f(g, "sub", b, _c(g, 1.0, b)))))
+    ga = _f(g, "where", _f(g, "eq", b, _c(g, 0.0, b)), _c(g, 0.0, ct), ga)
+    zero_base = _f(g, "logical_and", _f(g, "eq", a, _c(g, 0.0, a)), _f(g, "ge", b, _c(g, 0.0, b)))
+    gb = _f(g, "mul", ct, _f(g, "where", zero_base, _c(g, 0.0, y), _f(g, "mul", y, _f(g, "log", a))))
+    return [ga, gb]
+
+
+def _minmax_vjp(g, a, b, ct, a_loses: str, b_loses: str):
+    # torch: ties split the gradient evenly; the losing side gets 0 (NaN compares false: both get it).
+    half = _f(g, "where", _f(g, "eq", a, b), _f(g, "mul", ct, _c(g, 0.5, ct)), ct)
+    return [_f(g, "where", _f(g, a_loses, a, b), _c(g, 0.0, ct), half),
+            _f(g, "where", _f(g, b_loses, a, b), _c(g, 0.0, ct), half)]
+
 _BINARY = [
+    # (name, torch reference, triton rule (e, a, b, dtype) -> expr, dtypes accepted, output,
+    #  vjp (g, a, b, y, ct) -> [cotangent of a, of b] at y's shape | None)
     # bool add is logical or in torch; int1 + int1 would wrap to 0 in Triton.
-    ("add", torch.add, lambda e, a, b, d: f"{a} | {b}" if d == torch.bool else f"{a} + {b}", "any", "same"),
-    ("sub", torch.sub, lambda e, a, b, d: f"{a} - {b}", "any", "same"),
-    ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", "any", "same"),
-    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b), "float", "same"),
-    ("maximum", torch.maximum,
-     lambda e, a, b, d: f"tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})", "any", "same"),
-    ("minimum", torch.minimum,
-     lambda e, a, b, d: f"tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})", "any", "same"),
-    ("fmod", torch.fmod, lambda e, a, b, d: f"{a} % {b}", "any", "same"),
-    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b), "any", "same"),
-    ("eq", torch.eq, lambda e, a, b, d: f"{a} == {b}", "any", "bool"),
-    ("ne", torch.ne, lambda e, a, b, d: f"{a} != {b}", "any", "bool"),
-    ("lt", torch.lt, lambda e, a, b, d: f"{a} < {b}", "any", "bool"),
-    ("le", torch.le, lambda e, a, b, d: f"{a} <= {b}", "any", "bool"),
-    ("gt", torch.gt, lambda e, a, b, d: f"{a} > {b}", "any", "bool"),
-    ("ge", torch.ge, lambda e, a, b, d: f"{a} >= {b}", "any", "bool"),
-    ("logical_and", torch.logical_and, lambda e, a, b, d: f"({a} != 0) & ({b} != 0)", "any", "bool"),
-    ("logical_or", torch.logical_or, lambda e, a, b, d: f"({a} != 0) | ({b} != 0)", "any", "bool"),
-    ("logical_xor", torch.logical_xor, lambda e, a, b, d: f"({a} != 0) ^ ({b} != 0)", "any", "bool"),
-    ("bitwise_and", torch.bitwise_and, lambda e, a, b, d: f"{a} & {b}", "int", "same"),
-    ("bitwise_or", torch.bitwise_or, lambda e, a, b, d: f"{a} | {b}", "int", "same"),
-    ("bitwise_xor", torch.bitwise_xor, lambda e, a, b, d: f"{a} ^ {b}", "int", "same"),
+    ("add", torch.add, lambda e, a, b, d: f"{a} | {b}" if d == torch.bool else f"{a} + {b}", "any", "same",
+     lambda g, a, b, y, ct: [ct, ct]),
+    ("sub", torch.sub, lambda e, a, b, d: f"{a} - {b}", "any", "same",
+     lambda g, a, b, y, ct: [ct, _f(g, "neg", ct)]),
+    ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", "any", "same",
+     lambda g, a, b, y, ct: [_f(g, "mul", ct, b), _f(g, "mul", ct, a)]),
+    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b), "float", "same",
+     _pow_vjp),
+    ("maximum", torch.maximum, lambda e, a, b, d: f"tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})", "any", "same",
+     lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "lt", "gt")),
+    ("minimum", torch.minimum, lambda e, a, b, d: f"tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})", "any", "same",
+     lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "gt", "lt")),
+    ("fmod", torch.fmod, lambda e, a, b, d: f"{a} % {b}", "any", "same",
+     lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="trunc")))]),
+    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b), "any", "same",
+     lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="floor")))]),
+    ("eq", torch.eq, lambda e, a, b, d: f"{a} == {b}", "any", "bool",
+     None),
+    ("ne", torch.ne, lambda e, a, b, d: f"{a} != {b}", "any", "bool",
+     None),
+    ("lt", torch.lt, lambda e, a, b, d: f"{a} < {b}", "any", "bool",
+     None),
+    ("le", torch.le, lambda e, a, b, d: f"{a} <= {b}", "any", "bool",
+     None),
+    ("gt", torch.gt, lambda e, a, b, d: f"{a} > {b}", "any", "bool",
+     None),
+    ("ge", torch.ge, lambda e, a, b, d: f"{a} >= {b}", "any", "bool",
+     None),
+    ("logical_and", torch.logical_and, lambda e, a, b, d: f"({a} != 0) & ({b} != 0)", "any", "bool",
+     None),
+    ("logical_or", torch.logical_or, lambda e, a, b, d: f"({a} != 0) | ({b} != 0)", "any", "bool",
+     None),
+    ("logical_xor", torch.logical_xor, lambda e, a, b, d: f"({a} != 0) ^ ({b} != 0)", "any", "bool",
+     None),
+    ("bitwise_and", torch.bitwise_and, lambda e, a, b, d: f"{a} & {b}", "int", "same",
+     None),
+    ("bitwise_or", torch.bitwise_or, lambda e, a, b, d: f"{a} | {b}", "int", "same",
+     None),
+    ("bitwise_xor", torch.bitwise_xor, lambda e, a, b, d: f"{a} ^ {b}", "int", "same",
+     None),
 ]
 
-for _name, _ref, _rule, _allow, _out in _BINARY:
+for _name, _ref, _rule, _allow, _out, _grad in _BINARY:
     pointwise(
         _name,
         (lambda ref: lambda a, b: ref(a, b))(_ref),
         (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], args[1], dtypes[0]))(_rule),
         out=_out,
         allow=_allow,
+        vjp=None if _grad is None else _vjp((lambda rule: lambda g, inputs, out, ct: rule(g, *inputs, out, ct))(_grad)),
     )
+
+
+def _div_vjp(g, inputs, out, ct, rounding_mode=None):
+    if rounding_mode is not None:  # floor/trunc division: zero derivative, as in torch
+        return [None, None]
+    a, b = inputs
+    return [_f(g, "div", ct, b), _f(g, "div", _f(g, "mul", _f(g, "neg", ct), a), _f(g, "mul", b, b))]
 
 
 def _div_infer(types: list[TensorType], rounding_mode=None) -> TensorType:
@@ -263,6 +423,7 @@ register(OpDef(
     "div", "pointwise", _div_infer,
     lambda a, b, rounding_mode=None: torch.div(a, b, rounding_mode=rounding_mode),
     triton=lambda e, args, dtypes, out, rounding_mode=None: _div(e, args[0], args[1], dtypes[0], rounding_mode),
+    vjp=_vjp(_div_vjp),
 ))
 
 # -- ternary and clamp ----------------------------------------------------------------------------
@@ -279,6 +440,8 @@ def _where_infer(types: list[TensorType]) -> TensorType:
 register(OpDef(
     "where", "pointwise", _where_infer, torch.where,
     triton=lambda e, args, dtypes, out: f"tl.where({args[0]}, {args[1]}, {args[2]})",
+    vjp=_vjp(lambda g, inputs, out, ct: [None, _where0(g, inputs[0], ct),
+                                         _f(g, "where", inputs[0], _c(g, 0.0, ct), ct)]),
 ))
 
 
@@ -296,9 +459,24 @@ def _clamp(e, args, dtypes, out, min=None, max=None) -> str:
     return x
 
 
+def _clamp_vjp(g, inputs, out, ct, min=None, max=None):
+    # torch: grad where min <= x <= max (NaN x: 0), bounds that are None ignored.
+    (x,) = inputs
+    masks = []
+    if min is not None:
+        masks.append(_f(g, "ge", x, _c(g, min, x)))
+    if max is not None:
+        masks.append(_f(g, "le", x, _c(g, max, x)))
+    if not masks:
+        return [ct]
+    mask = masks[0] if len(masks) == 1 else _f(g, "logical_and", *masks)
+    return [_where0(g, mask, ct)]
+
+
 register(OpDef(
     "clamp", "pointwise", _clamp_infer,
     lambda x, min=None, max=None: torch.clamp(x, min, max),
     triton=_clamp,
+    vjp=_vjp(_clamp_vjp),
     doc="clamp to scalar bounds (tensor bounds lower to maximum/minimum)",
 ))

@@ -3,13 +3,18 @@
 Primitives (`sum`, `prod`, `amax`, `amin`, `argmax`, `argmin`) are emitted by the reduction
 codegen with the `combine` named in their entry. `mean`, `var` and `std` are composites: their
 `decompose` rule rewrites them into primitives before codegen, so codegen stays small.
+
+VJPs follow torch: `sum` broadcasts the cotangent back; `amax`/`amin` split it evenly among the
+elements equal to the result (ties); `prod` uses result/x where a slice has no zero and the product
+of the other elements where it has exactly one; `mean`/`var`/`std` have their own rules (so a graph
+can be differentiated before `decompose`). `argmax`/`argmin` return integers: no cotangent.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..registry import OpDef, register
+from ..registry import OpDef, register, restore_reduced, scalar
 from ..types import TensorType, is_float
 
 
@@ -58,13 +63,51 @@ def _reduce_impl(fn, out: str):
     return impl
 
 
-for _name, _fn, _out, _combine in [
-    ("sum", lambda x, d, k: torch.sum(x, dim=d, keepdim=k), "acc", "sum"),
-    ("prod", lambda x, d, k: torch.prod(x, dim=d, keepdim=k), "acc", "prod"),
-    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max"),
-    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min"),
+def _float_only(rule):
+    def vjp(g, inputs, out, ct, dims=(), keepdim=False, **attrs):
+        if not is_float(inputs[0].dtype):
+            return [None]
+        if not dims:  # nothing reduced: the identity
+            return [ct]
+        return [rule(g, inputs[0], out, ct, tuple(dims), keepdim, **attrs)]
+
+    return vjp
+
+
+def _sum_vjp(g, x, y, ct, dims, keepdim):
+    return restore_reduced(g, ct, x.shape, dims, keepdim)
+
+
+def _extremum_vjp(g, x, y, ct, dims, keepdim):
+    # torch: (grad / count of elements equal to the result) * mask, so ties share the gradient.
+    mask = g.add("eq", [x, restore_reduced(g, y, x.shape, dims, keepdim)])
+    maskf = g.add("convert", [mask], dtype=x.dtype)
+    count = g.add("sum", [maskf], dims=dims, keepdim=True)
+    keep = reduced_shape(x.shape, dims, True)
+    ctk = ct if tuple(ct.shape) == keep else g.add("reshape", [ct], shape=keep)
+    return g.add("mul", [g.add("expand", [g.add("div", [ctk, count])], shape=x.shape), maskf])
+
+
+def _prod_vjp(g, x, y, ct, dims, keepdim):
+    zero, one = scalar(g, 0.0, x.dtype), scalar(g, 1.0, x.dtype)
+    ctf = restore_reduced(g, ct, x.shape, dims, keepdim)
+    is_zero = g.add("eq", [x, zero])
+    zeros_in_slice = g.add("sum", [g.add("convert", [is_zero], dtype=x.dtype)], dims=dims, keepdim=True)
+    no_zero = g.add("mul", [ctf, g.add("div", [restore_reduced(g, y, x.shape, dims, keepdim), x])])
+    others = g.add("prod", [g.add("where", [is_zero, one, x])], dims=dims, keepdim=True)
+    one_zero = g.add("where", [is_zero, g.add("mul", [ctf, others]), zero])
+    return g.add("where", [g.add("eq", [zeros_in_slice, zero]), no_zero,
+                           g.add("where", [g.add("eq", [zeros_in_slice, one]), one_zero, zero])])
+
+
+for _name, _fn, _out, _combine, _vjp in [
+    ("sum", lambda x, d, k: torch.sum(x, dim=d, keepdim=k), "acc", "sum", _sum_vjp),
+    ("prod", lambda x, d, k: torch.prod(x, dim=d, keepdim=k), "acc", "prod", _prod_vjp),
+    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max", _extremum_vjp),
+    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min", _extremum_vjp),
 ]:
-    register(OpDef(_name, "reduction", _reduce_infer(_name, _out), _reduce_impl(_fn, _out), combine=_combine))
+    register(OpDef(_name, "reduction", _reduce_infer(_name, _out), _reduce_impl(_fn, _out), combine=_combine,
+                   vjp=_float_only(_vjp)))
 
 
 def _arg_infer(name: str):
@@ -123,11 +166,31 @@ def _float_reduce_infer(name):
     return infer
 
 
+def _mean_vjp(g, x, y, ct, dims, keepdim):
+    n = _scalar(g, float(_count(x.type, dims)), x.dtype)
+    return g.add("div", [restore_reduced(g, ct, x.shape, dims, keepdim), n])
+
+
+def _var_vjp(g, x, y, ct, dims, keepdim, correction=1):
+    # torch: (2 / (N - correction)) * grad * (x - mean(x))
+    denom = max(_count(x.type, dims) - correction, 0)
+    factor = _scalar(g, 2.0 / denom if denom else float("inf"), x.dtype)
+    centered = g.add("sub", [x, g.add("mean", [x], dims=dims, keepdim=True)])
+    return g.add("mul", [g.add("mul", [factor, restore_reduced(g, ct, x.shape, dims, keepdim)]), centered])
+
+
+def _std_vjp(g, x, y, ct, dims, keepdim, correction=1):
+    # torch: var's rule applied to grad / (2 * result)
+    ct = g.add("div", [ct, g.add("mul", [y, _scalar(g, 2.0, x.dtype)])])
+    return _var_vjp(g, x, y, ct, dims, keepdim, correction)
+
+
 register(OpDef("mean", "composite", _float_reduce_infer("mean"),
                lambda x, dims=(), keepdim=False: torch.mean(x, dim=tuple(dims), keepdim=keepdim) if dims else x.clone(),
-               decompose=_mean_decompose))
-for _name, _fn, _rule in [("var", torch.var, _var_decompose), ("std", torch.std, _std_decompose)]:
+               decompose=_mean_decompose, vjp=_float_only(_mean_vjp)))
+for _name, _fn, _rule, _vjp in [("var", torch.var, _var_decompose, _var_vjp),
+                                ("std", torch.std, _std_decompose, _std_vjp)]:
     register(OpDef(_name, "composite", _float_reduce_infer(_name),
                    (lambda fn: lambda x, dims=(), correction=1, keepdim=False:
                     fn(x, dim=tuple(dims), correction=correction, keepdim=keepdim))(_fn),
-                   decompose=_rule))
+                   decompose=_rule, vjp=_float_only(_vjp)))
