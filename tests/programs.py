@@ -1,9 +1,13 @@
 """Random PyTorch programs for differential testing (hypothesis strategies).
 
 A program is a list of steps over a growing pool of tensors: pointwise ops with broadcasting,
-reductions, matmuls and layout ops. Values stay bounded (no exp of large numbers, safe denominators)
-so float32 comparisons with tight tolerances are meaningful. Every choice is drawn from hypothesis, so
-a failing program shrinks to a small one and prints as readable Python (`Program.source`).
+reductions (over one or two dims, keepdim or not), row patterns (softmax, log_softmax, layernorm,
+rmsnorm), matmuls (with a constant weight, or batched between pool tensors), and layout ops
+(transpose, permute, expand, slices, reshapes that split and merge dims, flip, cat, select). Values
+stay bounded (no exp of large numbers, safe denominators, weights scaled by 1/K) so comparisons with
+tight tolerances are meaningful. Inputs are float32 or float16. Every choice is drawn from
+hypothesis, so a failing program shrinks to a small one and prints as readable Python
+(`Program.source`).
 """
 
 from __future__ import annotations
@@ -17,20 +21,31 @@ UNARY = {
     "tanh": "torch.tanh({})", "sigmoid": "torch.sigmoid({})", "relu": "torch.relu({})", "neg": "-{}",
     "abs": "torch.abs({})", "sin": "torch.sin({})", "gelu": "torch.nn.functional.gelu({})",
     "exp_bounded": "torch.exp(torch.tanh({}))", "log_safe": "torch.log(torch.abs({}) + 1)",
-    "square": "{} * {}",
+    "square": "{} * {}", "silu": "torch.nn.functional.silu({})", "scale": "{} * 0.5 + 1",
+    "clamp": "{}.clamp(-1, 1)", "rsqrt_safe": "torch.rsqrt({} * {} + 1)",
 }
 BINARY = {
     "add": "{} + {}", "sub": "{} - {}", "mul": "{} * {}", "max": "torch.maximum({}, {})",
     "div_safe": "{} / (torch.abs({}) + 1)", "where": "torch.where({0} > 0, {0}, {1})",
 }
 REDUCE = {"sum": "{}.sum({dim}, keepdim={k})", "mean": "{}.mean({dim}, keepdim={k})",
-          "amax": "{}.amax({dim}, keepdim={k})", "softmax": "torch.softmax({}, {dim})",
+          "amax": "{}.amax({dim}, keepdim={k})", "amin": "{}.amin({dim}, keepdim={k})",
+          "softmax": "torch.softmax({}, {dim})", "log_softmax": "torch.log_softmax({}, {dim})",
           "var": "{}.var({dim}, keepdim={k})"}
+# row patterns over the last dim (shape-preserving)
+NORMS = {
+    "layer_norm": "torch.nn.functional.layer_norm({0}, {0}.shape[-1:])",
+    "rmsnorm": "{0} * torch.rsqrt(({0} * {0}).mean(-1, keepdim=True) + 1e-6)",
+    "center": "{0} - {0}.mean(-1, keepdim=True)",
+}
+# eager float16 rounds after every op, ember after every kernel: compare with looser tolerances
+TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2)}
 
 
 @dataclass
 class Program:
     shapes: list[tuple[int, ...]]
+    dtype: torch.dtype = torch.float32
     lines: list[str] = field(default_factory=list)
     pool: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
@@ -39,7 +54,8 @@ class Program:
     def source(self) -> str:
         args = ", ".join(f"x{i}" for i in range(len(self.shapes)))
         body = "\n".join(f"    {ln}" for ln in self.lines)
-        return f"def program({args}):\n{body}\n    return ({', '.join(self.outputs)},)\n"
+        head = f"# inputs: {self.shapes}, {self.dtype}\n"
+        return f"{head}def program({args}):\n{body}\n    return ({', '.join(self.outputs)},)\n"
 
     def function(self):
         scope: dict = {"torch": torch}
@@ -47,7 +63,11 @@ class Program:
         return scope["program"]
 
     def inputs(self) -> list[torch.Tensor]:
-        return [torch.randn(s) for s in self.shapes]
+        return [torch.randn(s).to(self.dtype) for s in self.shapes]
+
+    @property
+    def tolerances(self) -> tuple[float, float]:
+        return TOLERANCES[self.dtype]
 
 
 def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -57,21 +77,74 @@ def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None
         return None
 
 
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _reduced(shape: tuple[int, ...], dims: list[int], keep: bool) -> tuple[int, ...]:
+    dims = [d % len(shape) for d in dims]
+    if keep:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def _layout(draw, a: str, sa: tuple[int, ...]) -> tuple[str | None, tuple | None]:
+    choice = draw(st.sampled_from(["transpose", "unsqueeze_expand", "slice", "flatten", "flip", "cat",
+                                   "permute", "split_last", "select", "narrow", "transpose_reshape"]))
+    r = len(sa)
+    if choice == "transpose" and r >= 2:
+        return f"{a}.transpose(0, -1)", (sa[-1],) + sa[1:-1] + (sa[0],)
+    if choice == "unsqueeze_expand":
+        return f"{a}.unsqueeze(0).expand(2, *{a}.shape)", (2,) + sa
+    if choice == "slice" and sa[-1] >= 2:
+        return f"{a}[..., ::2]", sa[:-1] + ((sa[-1] + 1) // 2,)
+    if choice == "narrow" and sa[0] >= 2:
+        return f"{a}[1:]", (sa[0] - 1,) + sa[1:]
+    if choice == "flatten":
+        return f"{a}.reshape({_numel(sa)})", (_numel(sa),)
+    if choice == "flip":
+        return f"{a}.flip(-1)", sa
+    if choice == "cat":
+        return f"torch.cat([{a}, {a} * 2], dim=-1)", sa[:-1] + (2 * sa[-1],)
+    if choice == "permute" and r >= 2:
+        perm = draw(st.permutations(range(r)))
+        return f"{a}.permute{tuple(perm)}", tuple(sa[p] for p in perm)
+    if choice == "split_last" and sa[-1] in (4, 6, 8, 10, 16):
+        return f"{a}.reshape(*{a}.shape[:-1], 2, {sa[-1] // 2})", sa[:-1] + (2, sa[-1] // 2)
+    if choice == "select" and r >= 2:
+        return f"{a}.select(-1, {sa[-1] - 1})", sa[:-1]
+    if choice == "transpose_reshape" and r >= 2:  # a non-viewable reshape: needs a copy or index math
+        t = (sa[-1],) + sa[1:-1] + (sa[0],)
+        return f"{a}.transpose(0, -1).reshape(-1)", (_numel(t),)
+    return None, None
+
+
 @st.composite
-def programs(draw, max_steps: int = 6) -> Program:
+def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.float32,),
+             long_dims: bool = False) -> Program:
     dims = st.sampled_from([1, 2, 3, 5, 8])
     base = draw(st.lists(dims, min_size=1, max_size=3))
+    if long_dims and draw(st.integers(0, 9)) == 0:
+        # now and then a long dim: several programs per kernel, rows that loop (> 4096 columns)
+        base[draw(st.integers(0, len(base) - 1))] = draw(st.sampled_from([33, 130, 1100, 4100]))
+        while _numel(tuple(base)) > 9000:
+            base[base.index(max(base))] //= 4
     shapes = [tuple(base)]
     for _ in range(draw(st.integers(0, 2))):
         # a second input broadcasting against the first: some dims replaced by 1 or dropped
         s = [d if draw(st.booleans()) else 1 for d in base]
         shapes.append(tuple(s[draw(st.integers(0, len(s) - 1)):]))
-    prog = Program(shapes)
+    prog = Program(shapes, draw(st.sampled_from(dtypes)))
+    half = prog.dtype != torch.float32
     prog.pool = [(f"x{i}", s) for i, s in enumerate(shapes)]
     for step in range(draw(st.integers(1, max_steps))):
         name = f"t{step}"
         a, sa = draw(st.sampled_from(prog.pool))
-        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "matmul", "layout"]))
+        kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "norm", "matmul", "bmm",
+                                     "layout", "layout"]))
         line, shape = None, None
         if kind == "binary":
             b, sb = draw(st.sampled_from(prog.pool))
@@ -81,37 +154,45 @@ def programs(draw, max_steps: int = 6) -> Program:
         elif kind == "reduce" and len(sa) > 0:
             op = draw(st.sampled_from(sorted(REDUCE)))
             dim = draw(st.integers(-len(sa), len(sa) - 1))
-            keep = draw(st.booleans()) or op == "softmax"
-            if op == "var" and sa[dim] < 2:
-                op = "sum"
-            line = REDUCE[op].format(a, dim=dim, k=keep)
-            shape = tuple(1 if i == dim % len(sa) else d for i, d in enumerate(sa)) if keep else \
-                tuple(d for i, d in enumerate(sa) if i != dim % len(sa))
+            keep = draw(st.booleans()) or op in ("softmax", "log_softmax")
+            two = len(sa) >= 2 and op in ("sum", "mean", "amax") and draw(st.booleans())
+            if two:  # a reduction over two dims
+                other = draw(st.sampled_from([d for d in range(len(sa)) if d != dim % len(sa)]))
+                line = REDUCE[op].format(a, dim=(dim % len(sa), other), k=keep)
+                shape = _reduced(sa, [dim, other], keep)
+            else:
+                if op == "var" and sa[dim] < 2:
+                    op = "sum"
+                line = REDUCE[op].format(a, dim=dim, k=keep)
+                shape = sa if op in ("softmax", "log_softmax") else _reduced(sa, [dim], keep)
+        elif kind == "norm" and len(sa) > 0:
+            line, shape = NORMS[draw(st.sampled_from(sorted(NORMS)))].format(a), sa
         elif kind == "matmul" and len(sa) >= 2:
             n = draw(st.sampled_from([1, 3, 4]))
-            w = f"torch.linspace(-1, 1, {sa[-1] * n}).reshape({sa[-1]}, {n})"
-            line, shape = f"{a} @ {w}", sa[:-1] + (n,)
+            w = f"torch.linspace(-1, 1, {sa[-1] * n}, dtype={a}.dtype).reshape({sa[-1]}, {n}) / {sa[-1]}"
+            line, shape = f"{a} @ ({w})", sa[:-1] + (n,)
+        elif kind == "bmm" and len(sa) >= 2:
+            # a Gram matrix of a pool tensor: batched, the second operand transposed (strided)
+            line, shape = f"{a} @ {a}.transpose(-2, -1) / {sa[-1]}", sa[:-1] + (sa[-2],)
         elif kind == "layout" and len(sa) >= 1:
-            choice = draw(st.sampled_from(["transpose", "unsqueeze_expand", "slice", "flatten", "flip", "cat"]))
-            if choice == "transpose" and len(sa) >= 2:
-                line, shape = f"{a}.transpose(0, -1)", (sa[-1],) + sa[1:-1] + (sa[0],)
-            elif choice == "unsqueeze_expand":
-                line, shape = f"{a}.unsqueeze(0).expand(2, *{a}.shape)", (2,) + sa
-            elif choice == "slice" and sa[-1] >= 2:
-                line, shape = f"{a}[..., ::2]", sa[:-1] + ((sa[-1] + 1) // 2,)
-            elif choice == "flatten":
-                n = 1
-                for d in sa:
-                    n *= d
-                line, shape = f"{a}.reshape({n})", (n,)
-            elif choice == "flip":
-                line, shape = f"{a}.flip(-1)", sa
-            elif choice == "cat":
-                line, shape = f"torch.cat([{a}, {a} * 2], dim=-1)", sa[:-1] + (2 * sa[-1],)
+            line, shape = _layout(draw, a, sa)
         if line is None:  # unary as the fallback keeps every step productive
-            line, shape = UNARY[draw(st.sampled_from(sorted(UNARY)))].format(a, a), sa
+            names = sorted(u for u in UNARY if not (half and u == "square"))
+            line, shape = UNARY[draw(st.sampled_from(names))].format(a, a), sa
         prog.lines.append(f"{name} = {line}")
         prog.pool.append((name, shape))
     n_out = draw(st.integers(1, 2))
     prog.outputs = [v for v, _ in prog.pool[-n_out:]]
     return prog
+
+
+def graph_inputs(sg, args: tuple, kwargs: dict | None = None) -> list[torch.Tensor]:
+    """The tensors a StaticGraph feeds its IR graph for a call: the tensor leaves of (args, kwargs),
+    then the module's parameters and buffers, then lifted constants (closed-over tensors)."""
+    from torch.utils import _pytree as pytree
+
+    from ember.frontend.capture import module_state
+
+    leaves = pytree.tree_leaves((tuple(args), dict(kwargs or {})))
+    tensors = [leaves[i] for i in sg.captured.tensor_positions]
+    return tensors + list(module_state(sg._module).values()) + list(sg.lowered.constants)
