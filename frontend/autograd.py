@@ -1,0 +1,86 @@
+"""The bridge from ember's IR autodiff to PyTorch autograd.
+
+`AutogradGraph(graph, wrt, outputs)` differentiates a captured graph with ember's own reverse-mode
+AD (`passes.autodiff.forward_backward`: VJP rules from the op registry, then a min-cut partition that
+recomputes cheap pointwise values in the backward instead of saving them), compiles the forward and
+the backward graphs like any other graph (same passes, same fusion), and runs them inside one
+`torch.autograd.Function`: the outputs take part in autograd, so `loss.backward()` fills `.grad` of
+parameters and inputs as eager would. The backward is `once_differentiable`: asking for a double
+backward raises torch's error instead of returning a wrong gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import runtime
+from ..ir import Graph
+from ..passes import run_pipeline
+from ..passes.autodiff import forward_backward
+
+
+class AutogradGraph:
+    """Callable like `runtime.compile_graph(graph)`; outputs in `outputs` are differentiable w.r.t.
+    the graph inputs listed in `wrt` (indices)."""
+
+    def __init__(self, graph: Graph, wrt: Sequence[int], outputs: Sequence[int]):
+        self.graph = graph
+        self.wrt = list(wrt)
+        self.diff_outputs = list(outputs)
+        self.partition = forward_backward(graph, self.wrt, self.diff_outputs)
+        self.forward = runtime.compile_graph(run_pipeline(self.partition.forward).graph)
+        self.backward = runtime.compile_graph(run_pipeline(self.partition.backward).graph)
+
+    # The runtime-facing view StaticGraph forwards (`kernels`, `num_kernels`, `externs`): the forward's.
+    @property
+    def kernels(self):
+        return self.forward.kernels
+
+    @property
+    def num_kernels(self) -> int:
+        return self.forward.num_kernels
+
+    @property
+    def externs(self) -> list[str]:
+        return self.forward.externs
+
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes kept from forward to backward: saved activations plus inputs the backward re-reads."""
+        return self.partition.saved_bytes
+
+    def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return list(_Bridge.apply(self, *inputs))
+
+
+class _Bridge(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ag: AutogradGraph, *inputs: torch.Tensor):
+        outs = ag.forward(list(inputs))
+        n = ag.partition.num_outputs
+        ctx.ag = ag
+        ctx.num_inputs = len(inputs)
+        ctx.shapes = [(o.shape, o.dtype, o.device) for o in outs[:n]]
+        ctx.save_for_backward(*outs[n:], *[inputs[i] for i in ag.partition.saved_inputs])
+        results = tuple(outs[:n])
+        diff = set(ag.diff_outputs)
+        ctx.mark_non_differentiable(*[o for i, o in enumerate(results) if i not in diff])
+        return results
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *cotangents):
+        ag: AutogradGraph = ctx.ag
+        cts = []
+        for i in ag.diff_outputs:  # autograd passes None for outputs that did not reach the loss
+            ct = cotangents[i]
+            shape, dtype, device = ctx.shapes[i]
+            cts.append(torch.zeros(shape, dtype=dtype, device=device) if ct is None else ct.contiguous())
+        grads = ag.backward(list(ctx.saved_tensors) + cts)
+        result: list[torch.Tensor | None] = [None] * ctx.num_inputs
+        for i, g in zip(ag.wrt, grads):
+            result[i] = g
+        return (None, *result)
