@@ -190,7 +190,7 @@ class Planner:
         br = 1024 if looped else _pow2(r)
         # A whole group reduces across rows too, so one program holds them all (the partition
         # checked they fit); otherwise a program takes as many rows as fit 4096 elements.
-        bm = _pow2(m) if g.whole else max(1, min(_pow2(m), 4096 // br))
+        bm = _pow2(m) if g.whole else max(1, min(_pow2(m), (16384 if self.cpu else 4096) // br))
         kernel = codegen.emit_row(layout, looped, _wide(m * r, loads + [self.views[v] for v in g.outputs]))
         self._launch(kernel, g.ops, ((m + bm - 1) // bm,), args, {"BM": bm, "BR": br})
 
@@ -308,7 +308,9 @@ class Planner:
 
     def _launch_matmul(self, kernel, ops: list[str], m: int, n: int, k: int, nb: int, args: list) -> None:
         blk = lambda s, hi: min(max(_pow2(s), 16), hi)
-        bm, bn, bk = blk(m, 64), blk(n, 64), blk(k, 32)
+        # The interpreter pays per program instance: on CPU, large tiles; on a GPU, tiles that fit SRAM.
+        hi = (256, 256, 256) if self.cpu else (64, 64, 32)
+        bm, bn, bk = blk(m, hi[0]), blk(n, hi[1]), blk(k, hi[2])
         prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
         grid = (((m + bm - 1) // bm) * ((n + bn - 1) // bn), nb)
         self._launch(kernel, ops, grid, args, {"BM": bm, "BN": bn, "BK": bk, "PREC": prec, "INTERP": self.cpu})
