@@ -18,10 +18,11 @@ from torch.utils import _pytree as pytree
 from .. import runtime
 from ..ir import Graph
 from ..passes import run_pipeline
+from .autograd import AutogradGraph
 from .capture import Captured, capture, module_state
 from .guards import CallSignature, SymbolicTrace, call_signature, describe_changes, size_changes
 from .lowering import lower
-from .signature import check_arity, check_autograd, check_devices, fn_name, named_leaves, signature_key
+from .signature import check_arity, check_devices, fn_name, named_leaves, signature_key
 
 logger = logging.getLogger("ember")
 
@@ -70,6 +71,7 @@ class StaticGraph:
         self.graph: Graph = result.graph
         self.snapshots = result.snapshots
         self.compiled = runtime.compile_graph(self.graph)
+        self._autograd: dict[tuple, AutogradGraph] = {}
         self._example = self._leaf_specs(args, kwargs)
         self._arity = (len(args), sorted(kwargs))
 
@@ -132,13 +134,26 @@ class StaticGraph:
             raise ValueError(f"{fn_name(self.fn)}(): the module's parameters/buffers changed since tracing")
         return self.run(args, kwargs)
 
+    def _differentiable(self, tensors: list[torch.Tensor]) -> AutogradGraph:
+        """The forward/backward pair for the inputs that require grad now (built once per such set):
+        ember's IR autodiff, bridged into torch.autograd (see frontend/autograd.py)."""
+        wrt = tuple(i for i, t in enumerate(tensors) if t.requires_grad and t.is_floating_point())
+        ag = self._autograd.get(wrt)
+        if ag is None:
+            outs = [i for i in range(self.lowered.num_user_outputs) if self.graph.outputs[i].dtype.is_floating_point]
+            ag = self._autograd[wrt] = AutogradGraph(self.graph, wrt, outs)
+        return ag
+
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Call without the signature checks (for callers that matched the signature already)."""
         leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
         tensors = [leaves[i] for i in self.captured.tensor_positions]
         tensors += list(module_state(self._module).values())
-        check_autograd(tensors)
-        outs = self.compiled(tensors + self.lowered.constants)
+        inputs = tensors + self.lowered.constants
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            outs = self._differentiable(tensors)(inputs)
+        else:  # torch.no_grad() / inference: the forward graph alone, nothing saved
+            outs = self.compiled(inputs)
         n = self.lowered.num_user_outputs
         with torch.no_grad():  # write back functionalized mutations into the caller's tensors
             for k, i in enumerate(self.lowered.mutated_inputs):
@@ -236,8 +251,6 @@ class CompiledFunction:
     # -- a call no graph has seen -------------------------------------------------------------------
     def _miss(self, key: Hashable, args: tuple, kwargs: dict) -> Any:
         check_arity(self.fn, args, kwargs)
-        named = [x for _, x in named_leaves(args, kwargs) if isinstance(x, torch.Tensor)]
-        check_autograd(named + list(module_state(self._module).values()))
         sig = call_signature(self.fn, args, kwargs)
         mismatch: list[tuple[_Program, str]] = []
         for program in reversed(self.programs):

@@ -14,8 +14,6 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-AUTOGRAD_MESSAGE = ("ember static mode: autograd lands in issue 4; wrap the call in torch.no_grad()")
-
 
 def fn_name(fn: Callable) -> str:
     if isinstance(fn, torch.nn.Module):
@@ -69,11 +67,6 @@ def check_devices(named: Iterable[tuple[str, torch.Tensor]]) -> None:
         where = "; ".join(f"{dev}: {', '.join(names)}" for dev, names in by_device.items())
         raise ValueError(f"ember: all tensors of a call must be on one device, but they are on "
                          f"{len(by_device)} devices ({where})")
-
-
-def check_autograd(tensors: Iterable[torch.Tensor]) -> None:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise NotImplementedError(AUTOGRAD_MESSAGE)
 
 
 def _leaf_key(x: Any) -> Hashable:
