@@ -6,7 +6,7 @@
 
 __version__ = "0.1.0"
 
-from . import ir  # noqa: E402,F401
+from . import ir, optim  # noqa: E402,F401
 from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa: E402,F401
 from .frontend.capture import CaptureError  # noqa: E402,F401
 from .frontend.dynamo import register as _register_dynamo_backend  # noqa: E402

@@ -1,0 +1,247 @@
+"""Fused optimizer steps: every parameter update of one step as one ember IR graph, run in place.
+
+An optimizer describes each parameter's update as a `ParamUpdate`: a *rule* (a function appending
+pointwise IR nodes: new parameter and new state values from the old ones and the gradient), the
+rule's structural *flags* (momentum on/off, nesterov, amsgrad, ...: they shape the graph), and the
+values of its *scalar slots* for this step (lr, betas, bias corrections, ...).
+
+`FusedStep` puts the updates of all parameters that share a device and a compute dtype into one
+graph. The graph's first input is a 1-D tensor `hp` holding every scalar slot of every parameter;
+rules read slots as 0-dim `select` views of it, so hyperparameters that change between steps (lr
+from a scheduler, Adam's bias corrections) are data, never constants: a new step count, learning
+rate or beta reuses the compiled graph, its plan and its kernels, and a step costs one host-to-device
+copy of `hp`. Only a change of structure (a new shape, a flag, a parameter gaining or losing its
+gradient) builds a new graph; the kernels themselves stay cached by source in `ember.codegen`.
+
+The graph goes through `ember.passes.run_pipeline` and `ember.runtime.compile_graph`; the fusion
+pass makes each parameter's whole update one pointwise kernel (independent parameters of different
+shapes do not share an iteration space), so a step launches one kernel per parameter tensor.
+
+In place: the runtime allocates fresh buffers for graph outputs. For an update whose every output
+is stored by exactly one pointwise kernel, which is also the only kernel reading the input that the
+output replaces, `FusedStep` rewrites the plan so that the kernel stores into the input tensor itself
+(pointer, offset and strides of the input). That is safe because a pointwise kernel loads all its
+inputs before it stores, at the same element index. When a plan does not meet those conditions the
+step falls back to fresh outputs copied back with `Tensor.copy_` (one extra read and write per
+updated tensor); `FusedStep.in_place` says which path the last step took.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .. import runtime
+from ..ir import Graph, TensorType, Value
+from ..passes import run_pipeline
+from ..runtime.executor import execute
+from ..runtime.plan import Buf, LaunchStep, Plan
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype an update computes in (torch's opmath type): float32 for half types."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Builder:
+    """What a rule sees: pointwise helpers over IR values and its parameter's scalar slots."""
+
+    def __init__(self, graph: Graph, hp: Value, dtype: torch.dtype):
+        self.graph = graph
+        self.hp = hp
+        self.dtype = dtype
+        self._base = 0
+        self._slots = 0
+
+    def s(self, i: int) -> Value:
+        """Scalar slot `i` of the current parameter: a 0-dim view of `hp`."""
+        if not 0 <= i < self._slots:
+            raise IndexError(f"rule reads scalar slot {i}; the update declares {self._slots}")
+        return self.graph.add("select", [self.hp], dim=0, index=self._base + i)
+
+    def op(self, name: str, *xs: Value, **attrs) -> Value:
+        return self.graph.add(name, list(xs), **attrs)
+
+    def add(self, a: Value, b: Value) -> Value:
+        return self.op("add", a, b)
+
+    def sub(self, a: Value, b: Value) -> Value:
+        return self.op("sub", a, b)
+
+    def mul(self, a: Value, b: Value) -> Value:
+        return self.op("mul", a, b)
+
+    def div(self, a: Value, b: Value) -> Value:
+        return self.op("div", a, b)
+
+    def sqrt(self, a: Value) -> Value:
+        return self.op("sqrt", a)
+
+    def neg(self, a: Value) -> Value:
+        return self.op("neg", a)
+
+    def maximum(self, a: Value, b: Value) -> Value:
+        return self.op("maximum", a, b)
+
+    def lerp(self, a: Value, b: Value, small: bool, w: Value, one_minus_w: Value) -> Value:
+        """torch.lerp(a, b, w) as torch's CPU kernel computes it: a + w*(b-a) for |w| < 0.5, else
+        b - (b-a)*(1-w). `small` (|w| < 0.5) is a flag of the rule; `one_minus_w` a slot."""
+        d = self.sub(b, a)
+        return self.add(a, self.mul(w, d)) if small else self.sub(b, self.mul(d, one_minus_w))
+
+
+# rule(builder, param, grad, states, flags) -> (new param, new states); values in the compute dtype.
+Rule = Callable[[Builder, Value, Value, list, tuple], tuple]
+
+
+@dataclass
+class ParamUpdate:
+    rule: Rule
+    flags: tuple
+    scalars: Sequence[float]
+    param: torch.Tensor
+    grad: torch.Tensor
+    states: Sequence[torch.Tensor]  # read and overwritten, in the order the rule takes them
+
+    def tensors(self) -> list[torch.Tensor]:
+        """(param, grad, *states) as the graph takes them: flattened to 1-D when all are contiguous
+        (an elementwise update does not care about shape, and 1-D kernels do the least index math
+        and share one kernel source across parameters)."""
+        ts = [self.param.detach(), self.grad.detach(), *self.states]
+        return [t.view(-1) for t in ts] if all(t.is_contiguous() for t in ts) else ts
+
+    def key(self) -> tuple:
+        return (self.rule, self.flags, len(self.scalars),
+                tuple((t.dtype, tuple(t.shape)) for t in self.tensors()))
+
+
+def build_graph(updates: Sequence[ParamUpdate], dtype: torch.dtype) -> Graph:
+    """The IR graph of one step: inputs hp, then (param, grad, *states) per update; outputs
+    (new param, *new states) per update."""
+    g = Graph()
+    hp = g.add_input(TensorType((sum(len(u.scalars) for u in updates),), dtype), "hp")
+    b = Builder(g, hp, dtype)
+    outputs = []
+    for i, u in enumerate(updates):
+        names = ["p", "g"] + [f"s{k}_" for k in range(len(u.states))]
+        ins = [g.add_input(TensorType(tuple(t.shape), t.dtype), f"{name}{i}") for name, t in zip(names, u.tensors())]
+        up = [x if x.dtype == dtype else g.add("convert", [x], dtype=dtype) for x in ins]
+        b._slots = len(u.scalars)
+        new_p, new_states = u.rule(b, up[0], up[1], up[2:], u.flags)
+        b._base += len(u.scalars)
+        if len(new_states) != len(u.states):
+            raise ValueError(f"{u.rule.__name__}: returned {len(new_states)} states for {len(u.states)}")
+        for x, v in zip([ins[0]] + ins[2:], [new_p, *new_states]):
+            outputs.append(v if v.dtype == x.dtype else g.add("convert", [v], dtype=x.dtype))
+    g.set_outputs(outputs)
+    return g
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: its strides are a permutation of some contiguous layout's."""
+    expected = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def alias_plan(plan: Plan, aliases: Sequence[int], inputs: Sequence[torch.Tensor]) -> Plan | None:
+    """`plan` rewritten so that output k is stored into input `aliases[k]`, or None when that is
+    not safe (see the module docstring)."""
+    if any(not isinstance(s, LaunchStep) for s in plan.steps) or len(plan.outputs) != len(aliases):
+        return None
+    users: dict[int, set[int]] = {}
+    for i, step in enumerate(plan.steps):
+        for a in step.args:
+            if isinstance(a, Buf):
+                users.setdefault(a.index, set()).add(i)
+    rewrite: dict[int, int] = {}
+    for view, j in zip(plan.outputs, aliases):
+        t = inputs[j]
+        writers = users.get(view.buf, set())
+        if (view.buf in rewrite or plan.bufs[view.buf].kind != "alloc" or len(writers) != 1
+                or not users.get(j, set()) <= writers or tuple(view.shape) != tuple(t.shape) or not _dense(t)
+                or plan.steps[next(iter(writers))].kernel.kind != "pointwise"):
+            return None
+        rewrite[view.buf] = j
+    steps = []
+    for step in plan.steps:
+        args = list(step.args)
+        for i, a in enumerate(args):
+            if isinstance(a, Buf) and a.index in rewrite:
+                j = rewrite[a.index]
+                view = plan.outputs[aliases.index(j)]
+                rank = len(view.shape)
+                # A pointwise output's args are (pointer, offset, strides...): check, then retarget.
+                if args[i + 1] != view.offset or list(args[i + 2:i + 2 + rank]) != list(view.strides):
+                    return None
+                args[i:i + 2 + rank] = [Buf(j), 0, *inputs[j].stride()]
+        steps.append(dataclasses.replace(step, args=args))
+    bufs = [dataclasses.replace(b, kind="aliased") if i in rewrite else b for i, b in enumerate(plan.bufs)]
+    return Plan(bufs, steps, [])
+
+
+class _Program:
+    """One compiled step graph; runs in place when its plan allows (else copies back)."""
+
+    def __init__(self, graph: Graph, aliases: list[int]):
+        self.graph = run_pipeline(graph).graph
+        self.compiled = runtime.compile_graph(self.graph)
+        self.aliases = aliases
+        self._derived: dict[int, tuple[Plan, Plan | None]] = {}
+
+    def __call__(self, inputs: list[torch.Tensor]) -> tuple[int, bool]:
+        plan = self.compiled.plan_for(inputs)
+        entry = self._derived.get(id(plan))
+        if entry is None:
+            entry = self._derived[id(plan)] = (plan, alias_plan(plan, self.aliases, inputs))
+        inplace = entry[1]
+        if inplace is not None:
+            execute(inplace, inputs, inputs[0].device)
+        else:
+            for k, out in enumerate(self.compiled(inputs)):
+                inputs[self.aliases[k]].copy_(out)
+        return len(plan.launches), inplace is not None
+
+
+class FusedStep:
+    """Runs the updates of one optimizer step: one graph per (device, compute dtype), cached by the
+    structure of the updates. Counters of the last call: `num_kernels`, `in_place`."""
+
+    def __init__(self) -> None:
+        self._programs: dict[tuple, _Program] = {}
+        self.num_kernels = 0
+        self.in_place = True
+        self.num_graphs_built = 0
+
+    def __call__(self, updates: Sequence[ParamUpdate]) -> int:
+        buckets: dict[tuple, list[ParamUpdate]] = {}
+        for u in updates:
+            buckets.setdefault((u.param.device, compute_dtype(u.param.dtype)), []).append(u)
+        self.num_kernels, self.in_place = 0, True
+        for (device, dtype), group in buckets.items():
+            key = (device, dtype, tuple(u.key() for u in group))  # also checks shapes and dtypes
+            program = self._programs.get(key)
+            if program is None:
+                aliases, n = [], 1
+                for u in group:
+                    aliases += [n] + [n + 2 + k for k in range(len(u.states))]
+                    n += 2 + len(u.states)
+                program = self._programs[key] = _Program(build_graph(group, dtype), aliases)
+                self.num_graphs_built += 1
+            hp = torch.tensor([float(x) for u in group for x in u.scalars], dtype=dtype, device=device)
+            inputs = [hp]
+            for u in group:
+                inputs += u.tensors()
+            launched, inplace = program(inputs)
+            self.num_kernels += launched
+            self.in_place &= inplace
+        return self.num_kernels
+
+    def programs(self) -> list[_Program]:
+        return list(self._programs.values())
