@@ -31,7 +31,7 @@ from ..ir.ops.extern import resolve_target
 from ..ir.types import COMPILABLE_DTYPES
 from ..passes.cost import compulsory_bytes, group_cost, is_kernel
 from ..passes.fusion import partition, singleton_groups
-from .api import StaticGraph
+from .api import CompiledFunction, StaticGraph
 from .capture import module_state
 from .lowering import LOWERINGS
 
@@ -117,6 +117,7 @@ class ExplainReport:
     graph: Graph = field(repr=False)
     static_graph: StaticGraph = field(repr=False)
     show_passes: bool = False
+    guards: str | None = None                # an ember.compile'd function's programs and recompile reasons
 
     @property
     def bytes_moved(self) -> int:
@@ -155,6 +156,8 @@ class ExplainReport:
             out += ["IR before passes", textwrap.indent(self.ir_before, "  "), "",
                     "IR after passes", textwrap.indent(self.ir_after, "  "), ""]
         out += self._kernel_lines() + [""] + self._total_lines() + [""] + self._fallback_lines()
+        if self.guards:
+            out += ["", "Guards and recompiles", self.guards]
         return "\n".join(out)
 
     __repr__ = __str__
@@ -324,6 +327,9 @@ def explain(fn: Callable, *args: Any, passes: bool = False, **kwargs: Any) -> Ex
 
     `passes=True` shows the IR after every pass instead of only before and after the pipeline.
     """
+    # An ember.compile'd function: explain the function it wraps and say why it recompiled.
+    guards = fn.guard_report() if isinstance(fn, CompiledFunction) else None
+    fn = fn.fn if isinstance(fn, CompiledFunction) else fn
     with torch.no_grad():
         sg = StaticGraph(fn, args, kwargs)
     graph = sg.graph
@@ -345,4 +351,4 @@ def explain(fn: Callable, *args: Any, passes: bool = False, **kwargs: Any) -> Ex
         compulsory_bytes=compulsory_bytes(graph), eager_ops=eager_ops(fn, args, kwargs),
         unfused_kernels=len(unfused), unfused_bytes=sum(group_cost(g).bytes_moved for g in unfused),
         fallbacks=[FallbackInfo(t, reasons[t], c) for t, c in counts.items()],
-        graph=graph, static_graph=sg, show_passes=passes)
+        graph=graph, static_graph=sg, show_passes=passes, guards=guards)

@@ -189,3 +189,12 @@ def test_dynamic_builds_each_kernel_once(model, shapes):
     assert all(b == (0, 0) for b in built[1:]), built          # later sizes: no new source, no cache miss
     assert all(n == names[0] for n in names), names             # the same kernels serve every size
     assert cf.recompile_reasons == [] and len(cf.programs) == 1 and len(cf.cache) == len(shapes)
+
+
+def test_explain_reports_recompile_reasons():
+    cf = ember.compile(lambda x: x.exp() + 1, dynamic=False)
+    with torch.no_grad():
+        cf(torch.randn(3))
+        cf(torch.randn(3, dtype=torch.float64))
+    report = str(ember.explain(cf, torch.randn(3)))
+    assert "Guards and recompiles" in report and "dtype changed float32 -> float64" in report
