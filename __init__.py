@@ -12,8 +12,10 @@ from .frontend.capture import CaptureError  # noqa: E402,F401
 from .frontend.dynamo import register as _register_dynamo_backend  # noqa: E402
 from .frontend.eager import EagerStats, clear_eager_cache, eager, eager_stats, reset_eager_stats  # noqa: E402,F401
 from .frontend.explain import explain  # noqa: E402,F401
+from .frontend.train import CompiledStep, compile_step  # noqa: E402,F401
 
 _register_dynamo_backend()  # torch.compile(model, backend="ember"); also an entry point in pyproject.toml
 
-__all__ = ["ir", "trace", "compile", "explain", "StaticGraph", "CompiledFunction", "CaptureError",
+__all__ = ["ir", "optim", "trace", "compile", "compile_step", "CompiledStep", "explain",
+           "StaticGraph", "CompiledFunction", "CaptureError",
            "eager", "eager_stats", "reset_eager_stats", "clear_eager_cache", "EagerStats"]

@@ -1,0 +1,174 @@
+"""`ember.compile_step`: a whole training step (forward, loss, backward, optimizer update) as one
+static graph.
+
+    step = ember.compile_step(model, loss_fn, optimizer)   # optimizer: an ember.optim optimizer
+    loss = step(x, y)                                      # updates parameters and state in place
+
+The step graph is built from three pieces ember already has: the captured graph of
+`loss_fn(model(x), y)` (parameters and buffers are its inputs), its reverse-mode derivative with
+respect to the optimizer's parameters (`passes.autodiff.grad_graph`: the gradients never leave the
+graph, `.grad` stays untouched), and the optimizer's update graph (`ember.optim.engine.build_graph`:
+the rule of each parameter, hyperparameters as a run-time tensor so the step count and learning rate
+never recompile), inlined with the gradient outputs as its gradient inputs. The pass pipeline and
+fusion then see all three at once, so the update of a parameter fuses with the kernel that produces
+its gradient where shapes allow. Outputs (new parameters, new optimizer state, updated buffers such
+as batch-norm running statistics) are copied back into the model's and the optimizer's tensors.
+
+One graph per (input shapes/dtypes/devices, training flag, optimizer structure); it is rebuilt when
+one of those changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import runtime
+from ..ir import Graph, Value
+from ..passes import run_pipeline
+from ..passes.autodiff import grad_graph
+from .api import StaticGraph
+from .capture import module_state
+
+
+class _LossOf(nn.Module):
+    def __init__(self, model: nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, x, y):
+        return self.loss_fn(self.model(x), y)
+
+
+def _inline(target: Graph, source: Graph, inputs: list[Value]) -> list[Value]:
+    """Append `source`'s nodes to `target` with source.inputs bound to `inputs`; returns its outputs."""
+    env = dict(zip(source.inputs, inputs))
+    for node in source.nodes:
+        outs = target.add(node.op, [env[v] for v in node.inputs], [v.type for v in node.outputs], **node.attrs)
+        for old, new in zip(node.outputs, outs if isinstance(outs, list) else [outs]):
+            env[old] = new
+    return [env[v] for v in source.outputs]
+
+
+def _fit(g: Graph, v: Value, like: Value) -> Value:
+    """`v` reshaped / converted to `like`'s type (the update graph works on flattened tensors)."""
+    if v.dtype != like.dtype:
+        v = g.add("convert", [v], dtype=like.dtype)
+    return v if v.shape == like.shape else g.add("reshape", [v], shape=like.shape)
+
+
+class _StepProgram:
+    def __init__(self, loss_module: _LossOf, x, y, optimizer, updates):
+        from ..optim.engine import build_graph, compute_dtype
+
+        with torch.no_grad():
+            self.static = StaticGraph(loss_module, (x, y))
+        params = [p for _, p in updates]
+        tensors = self.tensors(loss_module, x, y)
+        index = {id(t): i for i, t in enumerate(tensors)}
+        missing = [p for p in params if id(p) not in index]
+        if missing:
+            raise ValueError("compile_step: the optimizer holds parameters the model does not use")
+        self.wrt = [index[id(p)] for p in params]
+        graph = self.static.graph
+        joint = grad_graph(graph, self.wrt, out_index=0)  # outputs: loss, mutations, gradients
+        n_out = len(graph.outputs)
+        dtypes = {compute_dtype(p.dtype) for p in params} | {p.device for p in params}
+        if len(dtypes) != 2:
+            raise NotImplementedError("compile_step: parameters of several dtypes or devices")
+        update_graph = build_graph([u for u, _ in updates], compute_dtype(params[0].dtype))
+        # Bind the update graph: hp and optimizer states become new inputs; params and gradients
+        # come from the joint graph (reshaped to the flattened forms the update rules use).
+        hp = joint.add_input(update_graph.inputs[0].type, "hp")
+        self.hp_dtype = hp.dtype
+        bound, k = [hp], 1
+        self.num_states = 0
+        for j, (u, _) in enumerate(updates):
+            p_in, g_in = update_graph.inputs[k], update_graph.inputs[k + 1]
+            bound.append(_fit(joint, joint.inputs[self.wrt[j]], p_in))
+            bound.append(_fit(joint, joint.outputs[n_out + j], g_in))
+            for s_in in update_graph.inputs[k + 2:k + 2 + len(u.states)]:
+                bound.append(joint.add_input(s_in.type, f"state{self.num_states}"))
+                self.num_states += 1
+            k += 2 + len(u.states)
+        new_values = _inline(joint, update_graph, bound)
+        joint.set_outputs(joint.outputs[:n_out] + new_values)
+        self.graph = run_pipeline(joint).graph
+        self.compiled = runtime.compile_graph(self.graph)
+        self.n_out = n_out
+
+    def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
+        return [x, y] + list(module_state(loss_module).values()) + self.static.lowered.constants
+
+
+class CompiledStep:
+    """`step(x, y) -> loss`: one fused training step; `num_kernels` launches per step."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, optimizer):
+        if not hasattr(optimizer, "_update"):
+            raise TypeError("compile_step needs an ember.optim optimizer (SGD, RMSprop, Adam, AdamW): its update "
+                            "rules are compiled into the step; got " + type(optimizer).__name__)
+        self.loss_module = _LossOf(model, loss_fn)
+        self.optimizer = optimizer
+        self._programs: dict[tuple, _StepProgram] = {}
+        self._grad_dummies: dict[int, torch.Tensor] = {}
+        self.last: _StepProgram | None = None
+
+    def _updates(self) -> list:
+        """This step's ParamUpdate per parameter (advances the optimizer's step counters)."""
+        out = []
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                # The rules read only shapes from the gradient: the real one lives inside the graph.
+                dummy = self._grad_dummies.setdefault(id(p), torch.zeros_like(p))
+                saved, p.grad = p.grad, dummy
+                try:
+                    out.append((self.optimizer._update(group, p), p))
+                finally:
+                    p.grad = saved
+        return out
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            updates = self._updates()
+            key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
+                   tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
+            program = self._programs.get(key)
+            if program is None:
+                program = self._programs[key] = _StepProgram(self.loss_module, x, y, self.optimizer, updates)
+            self.last = program
+            hp = torch.tensor([float(s) for u, _ in updates for s in u.scalars], dtype=program.hp_dtype,
+                              device=x.device)
+            states = [t for u, _ in updates for t in u.tensors()[2:]]
+            tensors = program.tensors(self.loss_module, x, y)
+            outs = program.compiled(tensors + [hp] + states)
+            n = program.n_out
+            lowered = program.static.lowered
+            for k, i in enumerate(lowered.mutated_inputs):  # buffers (batch-norm statistics)
+                tensors[i].copy_(outs[lowered.num_user_outputs + k])
+            new = outs[n:]
+            pos = 0
+            for u, p in updates:
+                p.copy_(new[pos].view(p.shape))
+                for s, v in zip(u.states, new[pos + 1:pos + 1 + len(u.states)]):
+                    s.copy_(v.view(s.shape))
+                pos += 1 + len(u.states)
+            return outs[0]
+
+    @property
+    def num_kernels(self) -> int:
+        return self.last.compiled.num_kernels if self.last else 0
+
+    @property
+    def graph(self) -> Graph | None:
+        return self.last.graph if self.last else None
+
+
+def compile_step(model: nn.Module, loss_fn: Callable, optimizer) -> CompiledStep:
+    """Compile `loss = loss_fn(model(x), y); loss.backward(); optimizer.step()` into one static graph."""
+    return CompiledStep(model, loss_fn, optimizer)
