@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..ir import Graph, Node, Value, get_op
+from ..ir.types import broadcast_shapes
 from .rewrite import GraphRewriter
 
 
@@ -116,9 +117,44 @@ RULES: list[tuple[str, Callable]] = [
 ]
 
 
+def _broadcast_source(v: Value) -> Value | None:
+    """The value `v` broadcasts from, when `v` only spells broadcasting out: an expand, or a reshape
+    that adds or removes leading size-1 dims (or reshapes a single element)."""
+    p = v.producer
+    if p is None or p.op not in ("expand", "reshape"):
+        return None
+    src = p.inputs[0]
+    if p.op == "expand" or src.type.numel == 1:
+        return src
+    strip = lambda shape: shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
+    return src if strip(src.shape) == strip(v.shape) else None
+
+
+def _implicit_broadcast(node: Node, ins: list[Value], g: Graph):
+    """op(expand(a), b) -> op(a, b): pointwise ops broadcast by themselves, and an expand or a
+    reshape feeding one is a layout op that would cut a fused kernel in two (the VJPs of reductions
+    and broadcasts produce many)."""
+    new_ins = list(ins)
+    while True:  # strip chains (reshape then expand)
+        nxt = [(_broadcast_source(v) or v) for v in new_ins]
+        if nxt == new_ins:
+            break
+        new_ins = nxt
+    if new_ins == ins:
+        return None
+    try:
+        shape = broadcast_shapes(*(v.shape for v in new_ins))
+    except ValueError:
+        return None
+    if shape != node.out.shape:  # the layout op decided the output shape: keep it
+        return None
+    return g.add(node.op, new_ins, **node.attrs)
+
+
 # Rules that build new nodes in the graph under construction: (predicate on the node, rule).
 BUILDING_RULES: list[tuple[Callable[[Node], bool], Callable]] = [
     (lambda n: n.op == "matmul", _batched_matmul),
+    (lambda n: get_op(n.op).kind == "pointwise" and bool(n.inputs), _implicit_broadcast),
     (lambda n: get_op(n.op).kind == "pointwise" and bool(n.inputs), _sink_reshape),
 ]
 

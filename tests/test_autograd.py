@@ -116,3 +116,15 @@ def test_classification_losses(reduction):
     for case in cases:
         logits.grad = None
         grads_match(case, logits)
+
+
+def test_cross_entropy_backward_is_one_kernel():
+    x, t = torch.randn(8, 32, requires_grad=True), torch.randint(0, 32, (8,))
+    cf = ember.compile(lambda x, t: F.cross_entropy(x, t))
+    cf(x, t).backward()
+    xr = x.detach().clone().requires_grad_()
+    F.cross_entropy(xr, t).backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    (sg,) = cf.cache.values()
+    (ag,) = sg._autograd.values()
+    assert ag.forward.num_kernels == 1 and ag.backward.num_kernels == 1, [k.ops for k in ag.backward.kernels]

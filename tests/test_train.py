@@ -37,10 +37,12 @@ def mlp():
     return nn.Sequential(nn.Linear(12, 24), nn.GELU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 5))
 
 
+# eps well above float32 rounding of near-zero gradients: Adam's and RMSprop's g / (sqrt(v) + eps) would
+# otherwise turn a 1e-9 difference in a vanishing gradient into a visible parameter difference.
 OPTIMIZERS = {
     "sgd_momentum": (ember.optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    "adamw": (ember.optim.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2)),
-    "rmsprop": (ember.optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-3, centered=True, momentum=0.5)),
+    "adamw": (ember.optim.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=1e-2, eps=1e-6)),
+    "rmsprop": (ember.optim.RMSprop, torch.optim.RMSprop, dict(lr=1e-3, centered=True, momentum=0.5, eps=1e-5)),
 }
 
 
@@ -79,8 +81,8 @@ def test_compile_step_matches_the_eager_loop_mlp(opt_name):
 
 
 # Kernels per training step, as compiled today (a drop means better fusion: update the number).
-KERNELS_PER_STEP = {("mlp", "sgd_momentum"): 18, ("mlp", "adamw"): 18, ("mlp", "rmsprop"): 18,
-                    ("transformer", "sgd_momentum"): 60}
+KERNELS_PER_STEP = {("mlp", "sgd_momentum"): 15, ("mlp", "adamw"): 15, ("mlp", "rmsprop"): 15,
+                    ("transformer", "sgd_momentum"): 53}
 
 
 def test_compile_step_matches_the_eager_loop_transformer():
