@@ -9,6 +9,7 @@ lowering form a small set). Module parameters and buffers are traced as inputs v
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,43 @@ def module_state(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
+def flat_function(fn: Callable, module: torch.nn.Module | None, leaves: list, in_spec, cap: Captured,
+                  context: Callable[[], Any] = contextlib.nullcontext) -> Callable[..., list[torch.Tensor]]:
+    """`fn` as a function of a flat list of tensors (the call's tensors, then the module's state),
+    returning the flat list of output tensors; records the output structure in `cap`. `context`
+    wraps the call (the symbolic trace rewrites F.linear there)."""
+
+    def flat_fn(*tensors: torch.Tensor) -> list[torch.Tensor]:
+        user, params = tensors[:len(cap.tensor_positions)], tensors[len(cap.tensor_positions):]
+        flat = list(leaves)
+        for i, t in zip(cap.tensor_positions, user):
+            flat[i] = t
+        a, kw = pytree.tree_unflatten(flat, in_spec)
+        with context():
+            if module is not None:
+                out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
+            else:
+                out = fn(*a, **kw)
+        out_leaves, cap.out_spec = pytree.tree_flatten(out)
+        outs: list[torch.Tensor] = []
+        cap.out_leaves = []
+        for leaf in out_leaves:
+            if isinstance(leaf, torch.Tensor):
+                cap.out_leaves.append(("tensor", len(outs)))
+                outs.append(leaf)
+            elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                raise SymbolicTraceError("the program returns a size as a Python number")
+            else:
+                cap.out_leaves.append(("const", leaf))
+        return outs
+
+    return flat_fn
+
+
+class SymbolicTraceError(RuntimeError):
+    """A dynamic-shape trace cannot represent the program (e.g. it returns a size as a number)."""
+
+
 def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
     """Trace `fn(*args, **kwargs)` into an fx graph of functional aten ops (see module doc)."""
     module = fn if isinstance(fn, torch.nn.Module) else None
@@ -89,26 +127,7 @@ def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
     state = module_state(module)
     cap = Captured(None, in_spec, positions, constants, list(state))  # type: ignore[arg-type]
 
-    def flat_fn(*tensors: torch.Tensor) -> list[torch.Tensor]:
-        user, params = tensors[:len(positions)], tensors[len(positions):]
-        flat = list(leaves)
-        for i, t in zip(positions, user):
-            flat[i] = t
-        a, kw = pytree.tree_unflatten(flat, in_spec)
-        if module is not None:
-            out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
-        else:
-            out = fn(*a, **kw)
-        out_leaves, cap.out_spec = pytree.tree_flatten(out)
-        outs: list[torch.Tensor] = []
-        cap.out_leaves = []
-        for leaf in out_leaves:
-            if isinstance(leaf, torch.Tensor):
-                cap.out_leaves.append(("tensor", len(outs)))
-                outs.append(leaf)
-            else:
-                cap.out_leaves.append(("const", leaf))
-        return outs
+    flat_fn = flat_function(fn, module, leaves, in_spec, cap)
 
     tensors = [leaves[i] for i in positions] + list(state.values())
     traced = torch.func.functionalize(flat_fn, remove="mutations")

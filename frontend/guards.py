@@ -44,7 +44,7 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
-from .capture import DECOMPOSITIONS, Captured, _check_static, module_state
+from .capture import DECOMPOSITIONS, Captured, SymbolicTraceError, _check_static, flat_function, module_state
 from .signature import named_leaves
 
 logger = logging.getLogger("ember")
@@ -218,10 +218,6 @@ class _LinearAsMatmul(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class SymbolicTraceError(RuntimeError):
-    pass
-
-
 class SymbolicTrace:
     """The program traced once with the `dynamic` dims of its tensor arguments as symbols.
 
@@ -258,28 +254,7 @@ class SymbolicTrace:
         cap = Captured(None, in_spec, positions, {i: x for i, x in enumerate(leaves) if i not in positions},
                        list(state))  # type: ignore[arg-type]
 
-        def flat_fn(*tensors: torch.Tensor) -> list[torch.Tensor]:
-            user, params = tensors[:len(positions)], tensors[len(positions):]
-            flat = list(leaves)
-            for i, t in zip(positions, user):
-                flat[i] = t
-            a, kw = pytree.tree_unflatten(flat, in_spec)
-            with _LinearAsMatmul():
-                if module is not None:
-                    out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
-                else:
-                    out = fn(*a, **kw)
-            out_leaves, cap.out_spec = pytree.tree_flatten(out)
-            outs, cap.out_leaves = [], []
-            for leaf in out_leaves:
-                if isinstance(leaf, torch.Tensor):
-                    cap.out_leaves.append(("tensor", len(outs)))
-                    outs.append(leaf)
-                elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-                    raise SymbolicTraceError("the program returns a size as a Python number")
-                else:
-                    cap.out_leaves.append(("const", leaf))
-            return outs
+        flat_fn = flat_function(fn, module, leaves, in_spec, cap, _LinearAsMatmul)
 
         try:
             with torch.no_grad():
