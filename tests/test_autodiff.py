@@ -3,7 +3,7 @@ the joint graph through the compiled Triton path (float32), and the forward/back
 
 import pytest
 import torch
-import torch.nn as nn
+from models import MLP, TransformerBlock
 
 import ember
 from ember.ir import OPS, Graph, TensorType, evaluate, parse_graph, verify
@@ -266,35 +266,8 @@ def test_grad_graph_seeds_ones():
 
 # -- whole models (frontend-lowered graphs) against eager autograd ----------------------------------
 
-class MLP(nn.Module):
-    def __init__(self, d_in=8, d_hidden=16, d_out=4):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden)
-        self.fc3 = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.fc3(nn.functional.silu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with causal attention (as in test_models)."""
-
-    def __init__(self, d=16, heads=2):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5
-        scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
-        att = torch.softmax(scores, dim=-1) @ v
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.down(nn.functional.gelu(self.up(self.ln2(x))))
+def Block():
+    return TransformerBlock(16, 2, 4, causal=True)
 
 
 def traced(module, x):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from models import TransformerBlock
 from programs import graph_inputs
 
 import ember
@@ -30,23 +31,8 @@ class MLPBlock(nn.Module):
         return self.ln(x + self.fc2(F.gelu(self.fc1(x))))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: 4-head attention from matmul + softmax, GELU MLP, residuals."""
-
-    def __init__(self, d=32, heads=4):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1) @ v
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.down(F.gelu(self.up(self.ln2(x))))
+def Block():
+    return TransformerBlock(32, 4, 4)
 
 
 MODELS = {"mlp_block": MLPBlock, "transformer_block": Block}

@@ -1,44 +1,15 @@
-"""Whole models through ember.compile against eager, forward only (static mode, no autograd yet)."""
+"""Whole models through ember.compile against eager, forward (gradients: test_autograd.py, test_train.py)."""
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from models import MLP, TransformerBlock
 
 import ember
 from ember.frontend.testing import assert_close, assert_matches
 
 
-class MLP(nn.Module):
-    def __init__(self, d_in=8, d_hidden=16, d_out=4):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_in, d_hidden), nn.Linear(d_hidden, d_hidden)
-        self.fc3 = nn.Linear(d_hidden, d_out)
-
-    def forward(self, x):
-        return self.fc3(F.silu(self.fc2(torch.relu(self.fc1(x)))))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: attention from matmul + softmax, GELU MLP, residuals."""
-
-    def __init__(self, d=16, heads=2):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x, causal: bool = True):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5
-        if causal:
-            mask = torch.ones(t, t, dtype=torch.bool).tril()
-            scores = scores.masked_fill(~mask, float("-inf"))
-        att = torch.softmax(scores, dim=-1) @ v
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        return x + self.down(F.gelu(self.up(self.ln2(x))))
+def Block():
+    return TransformerBlock(16, 2, 4, causal=True)
 
 
 def test_mlp_matches_eager():

@@ -8,29 +8,14 @@ import pathlib
 import pytest
 import torch
 import torch.nn.functional as F
+from models import TransformerBlock
 from torch import nn
 
 import ember
 
 
-class Block(nn.Module):
-    """A small pre-norm transformer block feeding a classifier head."""
-
-    def __init__(self, d=16, heads=2, classes=5):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.up, self.down, self.head = nn.Linear(d, 2 * d), nn.Linear(2 * d, d), nn.Linear(d, classes)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
-        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1) @ v
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
-        x = x + self.down(F.gelu(self.up(self.ln2(x))))
-        return self.head(x.mean(1))
+def Block():
+    return TransformerBlock(16, 2, 2, classes=5)
 
 
 def mlp():
