@@ -133,6 +133,15 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
 def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: list[str], nb: int) -> None:
     # Round to the matmul's dtype first: eager stores the matmul result before the next op reads it.
     env: dict[Value, str] = {ep.mm: e.tmp(f"acc.to({tl_dtype(dtype)}).to({tl_compute(dtype)})", "v")}
+    # Element indices of the [*batch, M, N] output as [BM, BN] tiles (`iota`, `rand` ask for them).
+    z2 = e.tmp("rm[:, None] * 0 + rn[None, :] * 0", "z")
+
+    def index(k: int) -> str:
+        if k >= -2:
+            return f"(rn[None, :] + {z2})" if k == -1 else f"(rm[:, None] + {z2})"
+        return f"({bidx[nb + k + 2]} + {z2})" if nb + k + 2 >= 0 else z2
+
+    e.index = index
     for i, v in enumerate(ep.loads):
         off = " + ".join([f"e{i}_off"] + [f"{b} * e{i}_bst{k}" for k, b in enumerate(bidx)])
         x = e.tmp(f"tl.load(e{i}_ptr + ({off} + rm[:, None] * e{i}_sm + rn[None, :] * e{i}_sn), mask=cmask, other=0)",

@@ -162,7 +162,11 @@ class _RowEmitter:
         return f"({i}[:, None] + z2)" if tile else f"({i} + rzero)"
 
     def pointwise(self, node: Node, tile: bool) -> str:
-        self.e.index = lambda k: self.index(k, tile)
+        if not tile and 0 < node.out.type.rank == self.nk < len(self.L.group.shape):
+            # a squeezed row value (reduction with keepdim=False): its dims are the kept dims
+            self.e.index = lambda k: f"({self.kidx[self.nk + k]} + rzero)"
+        else:
+            self.e.index = lambda k: self.index(k, tile)
         if node.op == "full":
             shape = "[BM, BR]" if tile else "[BM]"
             return self.e.tmp(f"tl.full({shape}, {py_literal(node.attrs['value'], node.out.dtype)}, "
