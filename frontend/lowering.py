@@ -128,12 +128,28 @@ def norm_dims(dims: Any, rank: int) -> tuple[int, ...]:
 # -- the lowerer ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RandomSeed:
+    """A trailing graph input that takes a fresh 0-dim int64 seed from torch's default generator (of
+    `device`) at every call: how random ops (frontend/lower_random.py) follow `torch.manual_seed`."""
+
+    device: torch.device
+
+    def draw(self) -> torch.Tensor:
+        return torch.randint(0, 2**63 - 1, (), dtype=torch.int64, device=self.device)
+
+
 @dataclass
 class Lowered:
     graph: Graph
     num_user_outputs: int
     mutated_inputs: list[int] = field(default_factory=list)   # graph output num_user_outputs+k updates input k
-    constants: list[torch.Tensor] = field(default_factory=list)  # lifted tensors, the last graph inputs
+    lifted: list[torch.Tensor | RandomSeed] = field(default_factory=list)  # the last graph inputs
+
+    @property
+    def constants(self) -> list[torch.Tensor]:
+        """The trailing inputs of one call: lifted tensors, and a fresh seed per `RandomSeed`."""
+        return [t.draw() if isinstance(t, RandomSeed) else t for t in self.lifted]
 
 
 class Lowerer:
@@ -142,13 +158,27 @@ class Lowerer:
         self.g = Graph()
         self.env: dict[torch.fx.Node, Any] = {}
         self.input_names = input_names or []
-        self.constants: list[torch.Tensor] = []
+        self.constants: list[torch.Tensor | RandomSeed] = []
+        self.seeds: dict[torch.device, Value] = {}
+        self.streams = 0
 
     def lift(self, t: torch.Tensor, name: str) -> Value:
         """A tensor the program closes over becomes a trailing graph input; its value travels with the
         program (fx lists placeholders first, so lifted inputs always follow the traced ones)."""
         self.constants.append(t)
         return self.g.add_input(TensorType.of(t), name)
+
+    def seed(self, device: torch.device) -> Value:
+        """The graph's random seed input on `device` (one per graph, fed per call; see RandomSeed)."""
+        if device not in self.seeds:
+            self.constants.append(RandomSeed(device))
+            self.seeds[device] = self.g.add_input(TensorType((), torch.int64), "seed")
+        return self.seeds[device]
+
+    def stream(self) -> int:
+        """A fresh stream id: each random op of a graph draws independent numbers from the one seed."""
+        self.streams += 1
+        return self.streams - 1
 
     # IR building helpers ----------------------------------------------------------------------
     def add(self, op: str, inputs: list[Value], **attrs: Any) -> Any:
@@ -290,6 +320,6 @@ def _compilable(args: tuple, kwargs: dict, val: Any) -> bool:
 
 def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Lowered:
     """Lower a captured fx graph to an IR graph (see module doc)."""
-    from . import lower_layout, lower_matmul, lower_pointwise, lower_reduction  # noqa: F401  (fill LOWERINGS)
+    from . import lower_layout, lower_matmul, lower_pointwise, lower_random, lower_reduction  # noqa: F401
 
     return Lowerer(gm, input_names).run()
