@@ -90,25 +90,34 @@ class _Partitioner:
             row, other = (a, b) if a.kind == "row" else (b, a)
             if other.kind == "row" and (other.shape, other.dims) == (row.shape, row.dims):
                 return "row", row.shape, row.dims
-            if all(self._row_member(row, n) for n in other.nodes):
+            members = set(row.nodes) | set(other.nodes)
+            if all(self._row_member(row, n, members) for n in other.nodes):
                 return "row", row.shape, row.dims
-            if other.kind == "row" and all(self._row_member(other, n) for n in row.nodes):
+            if other.kind == "row" and all(self._row_member(other, n, members) for n in row.nodes):
                 return "row", other.shape, other.dims
             return None
         if kinds == {"matmul", "pointwise"}:
             mm, pw = (a, b) if a.kind == "matmul" else (b, a)
+            matmul = next(n for n in mm.nodes if n.op == "matmul")
+            if any(v.producer in pw.nodes for v in matmul.inputs):
+                return None  # a producer of the operands: the kernel has epilogues, not prologues
             if all(v.shape == mm.shape for n in pw.nodes for v in n.outputs):
                 return "matmul", mm.shape, ()
         return None
 
-    def _row_member(self, row: KernelGroup, node: Node) -> bool:
-        """Can `node` run inside row group `row`? Tiles and rows always; across rows only when the
-        whole group fits one program (then rows are reduced again: a loss's mean)."""
+    def _row_member(self, row: KernelGroup, node: Node, members: set[Node]) -> bool:
+        """Can `node` run inside row group `row` (whose nodes would be `members`)? Tiles and rows
+        always; across rows only when the whole group fits one program (a loss's mean)."""
         keep, squeezed = row_shapes(row.shape, row.dims)
         rows = {keep, squeezed}
         kind = get_op(node.op).kind
         whole = _fits_one_program(row)
         if kind == "pointwise":
+            if node.out.shape == row.shape and any(
+                    v.producer in members and v.shape == squeezed != keep and v.type.numel > 1 for v in node.inputs):
+                # A squeezed row used by a tile broadcasts along the *last* dims (torch's rule), not
+                # along the rows: the row kernel would read it the wrong way round.
+                return False
             return node.out.shape in rows | {row.shape} or (whole and node.out.type.numel == 1)
         if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
             shapes = {node.inputs[0].shape, node.out.shape}
@@ -163,7 +172,8 @@ class _Partitioner:
         while changed:
             changed = False
             for p in list(self.dag.predecessors(group)):
-                if p.kind in ("pointwise", "layout") and all(self._row_member(group, n) for n in p.nodes) \
+                members = set(group.nodes) | set(p.nodes)
+                if p.kind in ("pointwise", "layout") and all(self._row_member(group, n, members) for n in p.nodes) \
                         and self._can_merge(group, p):
                     self._merge(group, p, ("row", group.shape, group.dims))
                     changed = True

@@ -74,3 +74,30 @@ def test_random_programs_long_sweep(prog):
 def _run(source_lines: list[str], shapes: list[tuple[int, ...]], outputs: list[str],
          dtype: torch.dtype = torch.float32) -> None:
     check_program(Program(shapes, dtype, source_lines, outputs=outputs))
+
+
+def test_regression_squeezed_row_broadcast_along_columns():
+    # amax without keepdim gives a [2] row value; `x0 + t1` broadcasts it along the *last* dim.
+    # The row kernel once read it per row (found by test_random_half_programs_match_eager).
+    def program(x0):
+        t0 = x0 @ x0.transpose(-2, -1)
+        t1 = t0.amax(1, keepdim=False)
+        return (x0 + t1,)
+
+    x = torch.randn(2, 1)
+    with torch.no_grad():
+        got = ember.compile(program)(x)
+    torch.testing.assert_close(got[0], program(x)[0])
+
+
+def test_regression_matmul_operand_producer_stays_out_of_its_epilogue():
+    # abs(x0) feeds the matmul and the add after it; with equal shapes it once joined the matmul's
+    # group as if it were epilogue (found by test_random_programs_match_eager).
+    def program(x0):
+        t0 = torch.abs(x0)
+        return (t0 + t0 @ torch.full((1, 1), 0.5),)
+
+    x = torch.randn(1, 1)
+    with torch.no_grad():
+        got = ember.compile(program)(x)
+    torch.testing.assert_close(got[0], program(x)[0])
