@@ -6,7 +6,8 @@ For every pattern (benchmarks/fusion_patterns.py) it runs ember on the inputs an
 against eager, then reports kernels and bytes from `ember.explain` (eager: one kernel per aten op;
 ember: one per fused group) against the compulsory bytes. On a CUDA machine it also times torch
 eager, torch.compile and ember with `triton.testing.do_bench` and relates the compulsory bytes per
-second to a measured device-to-device copy. "ember eager mode" is not built yet: n/a.
+second to a measured device-to-device copy. "ember eager" runs the pattern op by op in `ember.eager()`
+(one ember kernel per supported aten op): the dynamic-graph side of the static-versus-dynamic contrast.
 """
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
+def _in_eager_mode(fn):
+    def run(*args):
+        with ember.eager():
+            return fn(*args)
+
+    return run
+
+
+def _ember_eager_launches(fn, args) -> int:
+    """Kernels ember's eager mode launches for one call (after a warm-up call builds them)."""
+    with torch.no_grad():
+        _in_eager_mode(fn)(*args)
+        ember.reset_eager_stats()
+        _in_eager_mode(fn)(*args)
+    return ember.eager_stats().launches
+
+
 def run_pattern(pattern: Pattern, size: str = "small", device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, timing: bool = False) -> dict[str, Any]:
     """Explain, run and check one pattern; time it when `timing` (CUDA only)."""
@@ -72,6 +90,7 @@ def run_pattern(pattern: Pattern, size: str = "small", device: str | torch.devic
         ref = fn(*args)
         out = sg(*args)
     ok, err = _close(out, ref, pattern, size)
+    eager_mode_launches = _ember_eager_launches(fn, args)
     row: dict[str, Any] = {
         "pattern": pattern.name, "size": size, "dtype": str(dtype).replace("torch.", ""),
         "inputs": [list(a.shape) for a in args if isinstance(a, torch.Tensor)],
@@ -82,7 +101,7 @@ def run_pattern(pattern: Pattern, size: str = "small", device: str | torch.devic
         "eager_ratio": report.eager_bytes / report.compulsory_bytes,
         "ember_ratio": report.bytes_moved / report.compulsory_bytes,
         "fallbacks": [f.target for f in report.fallbacks],
-        "matches_eager": ok, "max_abs_error": err, "ember_eager_mode": None,
+        "matches_eager": ok, "max_abs_error": err, "ember_eager_mode_kernels": eager_mode_launches,
         "seconds_to_run_on_this_machine": round(time.perf_counter() - start, 2),
     }
     if timing:
@@ -90,7 +109,7 @@ def run_pattern(pattern: Pattern, size: str = "small", device: str | torch.devic
             compiled = torch.compile(fn)
             compiled(*args)
             row["ms"] = {"eager": _bench_ms(fn, args), "torch_compile": _bench_ms(compiled, args),
-                         "ember": _bench_ms(sg, args), "ember_eager_mode": None}
+                         "ember": _bench_ms(sg, args), "ember_eager_mode": _bench_ms(_in_eager_mode(fn), args)}
         row["gbps"] = {k: (report.compulsory_bytes / (v * 1e-3) / 1e9 if v else None) for k, v in row["ms"].items()}
     return row
 
@@ -156,7 +175,7 @@ def _kb(n: float) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    head = ["pattern", "eager k", "eager bytes", "ember k", "launched", "ember bytes", "compulsory",
+    head = ["pattern", "eager k", "ember-eager k", "eager bytes", "ember k", "launched", "ember bytes", "compulsory",
             "eager/comp", "ember/comp", "check"]
     timed = result["copy_gbps"] is not None
     if timed:
@@ -166,13 +185,15 @@ def format_table(result: dict[str, Any]) -> str:
         if "error" in r:
             rows.append([r["pattern"], "error: " + r["error"]])
             continue
-        cells = [r["pattern"], str(r["eager_kernels"]), _kb(r["eager_bytes"]), str(r["ember_kernels"]),
+        cells = [r["pattern"], str(r["eager_kernels"]), str(r["ember_eager_mode_kernels"]), _kb(r["eager_bytes"]),
+                 str(r["ember_kernels"]),
                  str(r["ember_launches"]), _kb(r["ember_bytes"]), _kb(r["compulsory_bytes"]),
                  f"{r['eager_ratio']:.2f}", f"{r['ember_ratio']:.2f}",
                  "ok" if r["matches_eager"] else f"MISMATCH {r['max_abs_error']:.1e}"]
         if timed:
             ms, gb, frac = r["ms"], r["gbps"], r["copy_fraction"]
-            cells += [f"{ms['eager']:.3f}", f"{ms['torch_compile']:.3f}", f"{ms['ember']:.3f}", "n/a",
+            cells += [f"{ms['eager']:.3f}", f"{ms['torch_compile']:.3f}", f"{ms['ember']:.3f}",
+                      f"{ms['ember_eager_mode']:.3f}",
                       f"{gb['ember']:.0f}", f"{frac['ember']:.0%}"]
         rows.append(cells)
     widths = [max(len(r[i]) for r in [head] + rows if i < len(r) and len(r) > 2) for i in range(len(head))]
@@ -186,7 +207,7 @@ def format_table(result: dict[str, Any]) -> str:
              f"size={result['size']}",
              "eager k: non-view aten ops eager PyTorch runs; ember k: fused kernels ember's partition forms "
              "(incl. torch fallbacks); launched: kernels the runtime launches per call; bytes at kernel boundaries.",
-             "ember eager mode: n/a (not built yet)."]
+             "ember-eager k: kernels ember's eager mode (ember.eager(), op by op) launches per call."]
     if timed:
         notes.append(f"copy bandwidth (dst.copy_(src), 1 GiB): {result['copy_gbps']:.0f} GB/s; "
                      "GB/s = compulsory bytes / median time.")
