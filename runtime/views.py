@@ -6,6 +6,7 @@ runtime strides; a view only needs a copy when torch must see it (graph outputs,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -18,10 +19,7 @@ class View:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     def extent(self) -> int:
         """Largest |element offset| any index of the view can reach (decides int64 indexing)."""
