@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .emitter import int_sig
@@ -51,7 +52,9 @@ class Kernel:
                 from triton.runtime.interpreter import InterpretedFunction
 
                 self._interp = InterpretedFunction(self.jit.fn)
-            self._interp[grid](*args, **constexprs)
+            # Masked-off lanes compute on padding (0/0, log 0): numpy would warn; the lanes are never stored.
+            with np.errstate(all="ignore"):
+                self._interp[grid](*args, **constexprs)
         else:
             self.jit[grid](*args, **constexprs)
 
