@@ -117,17 +117,22 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
         e.line(f"ci = {_reduce(f'tl.where(hit, {cols}[None, :], R)', 'min')}")
         return "cm", "ci", "cnan"
 
+    def finish(t: str) -> None:
+        """Reduce tile `t` (the row itself, or the loop's accumulator) along the columns into `res`."""
+        if combine == "sum":
+            e.line(f"res = {_reduce(t, 'sum')}")
+        elif combine == "prod":
+            e.line(f"res = {prod_tree(t)}")
+        else:
+            e.line(f"res = {nan_max(t, combine)}")
+
     if not looped:
         x = load_tile("cols0")
-        if combine == "sum":
-            e.line(f"res = {_reduce(x, 'sum')}")
-        elif combine == "prod":
-            e.line(f"res = {prod_tree(x)}")
-        elif combine in ("max", "min"):
-            e.line(f"res = {nan_max(x, combine)}")
-        else:
+        if combine in ("argmax", "argmin"):
             _, ci, _ = arg_chunk(x, "cols0")
             e.line(f"res = {ci}")
+        else:
+            finish(x)
     else:
         if combine in ("argmax", "argmin"):
             e.line(f"best_v = tl.full([BM], {pad}, {tl_dtype(wt)})")
@@ -157,14 +162,10 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
             e.line(f"best_i = tl.where(take, {ci}, best_i)")
             e.line(f"best_nan = best_nan | {cnan}")
         e.indent -= 1
-        if combine == "sum":
-            e.line(f"res = {_reduce('acc', 'sum')}")
-        elif combine == "prod":
-            e.line(f"res = {prod_tree('acc')}")
-        elif combine in ("max", "min"):
-            e.line(f"res = {nan_max('acc', combine)}")
-        else:
+        if combine in ("argmax", "argmin"):
             e.line("res = best_i")
+        else:
+            finish("acc")
     e.line(f"tl.store(out_ptr + rows, res.to({tl_dtype(out_dtype)}), mask=rmask)")
     params = reduction_params(x_dtype, out_dtype, nk, nr)
     return make_kernel(f"red_{op}", render(params, e.text()), "reduction", [op], params)

@@ -61,7 +61,7 @@ def _fit(g: Graph, v: Value, like: Value) -> Value:
 
 
 class _StepProgram:
-    def __init__(self, loss_module: _LossOf, x, y, optimizer, updates):
+    def __init__(self, loss_module: _LossOf, x, y, updates):
         from ..optim.engine import build_graph, compute_dtype
 
         with torch.no_grad():
@@ -140,7 +140,7 @@ class CompiledStep:
                    tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
             program = self._programs.get(key)
             if program is None:
-                program = self._programs[key] = _StepProgram(self.loss_module, x, y, self.optimizer, updates)
+                program = self._programs[key] = _StepProgram(self.loss_module, x, y, updates)
             self.last = program
             hp = torch.tensor([float(s) for u, _ in updates for s in u.scalars], dtype=program.hp_dtype,
                               device=x.device)

@@ -42,6 +42,10 @@ class _EmberOptimizer:
 
     _unsupported = ("differentiable", "capturable", "fused")
 
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)  # the torch.optim class after this mixin in the MRO
+        self._check_supported()
+
     def _check_supported(self) -> None:
         for group in self.param_groups:
             for flag in self._unsupported:
@@ -112,10 +116,6 @@ def sgd_rule(b: Builder, p, g, states, flags):
 class SGD(_EmberOptimizer, torch.optim.SGD):
     """torch.optim.SGD (lr, momentum, dampening, weight_decay, nesterov, maximize), fused."""
 
-    def __init__(self, params, *args, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._check_supported()
-
     def _update(self, group, p):
         momentum = float(group["momentum"])
         wd = float(group["weight_decay"])
@@ -165,10 +165,6 @@ def rmsprop_rule(b: Builder, p, g, states, flags):
 
 class RMSprop(_EmberOptimizer, torch.optim.RMSprop):
     """torch.optim.RMSprop (lr, alpha, eps, weight_decay, momentum, centered, maximize), fused."""
-
-    def __init__(self, params, *args, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._check_supported()
 
     def _update(self, group, p):
         state = self.state[p]
@@ -221,10 +217,6 @@ def adam_rule(b: Builder, p, g, states, flags):
 
 class _AdamBase(_EmberOptimizer):
     _decoupled = False
-
-    def __init__(self, params, *args, **kwargs):
-        super().__init__(params, *args, **kwargs)
-        self._check_supported()
 
     def _update(self, group, p):
         state = self.state[p]
