@@ -7,6 +7,7 @@
 __version__ = "0.1.0"
 
 from . import ir, optim  # noqa: E402,F401
+from .codegen.source_cache import clear_cache  # noqa: E402,F401
 from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa: E402,F401
 from .frontend.capture import CaptureError  # noqa: E402,F401
 from .frontend.dynamo import register as _register_dynamo_backend  # noqa: E402
@@ -17,5 +18,5 @@ from .frontend.train import CompiledStep, compile_step  # noqa: E402,F401
 _register_dynamo_backend()  # torch.compile(model, backend="ember"); also an entry point in pyproject.toml
 
 __all__ = ["ir", "optim", "trace", "compile", "compile_step", "CompiledStep", "explain",
-           "StaticGraph", "CompiledFunction", "CaptureError",
+           "StaticGraph", "CompiledFunction", "CaptureError", "clear_cache",
            "eager", "eager_stats", "reset_eager_stats", "clear_eager_cache", "EagerStats"]

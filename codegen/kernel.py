@@ -6,6 +6,7 @@ Every kernel launch the planner prepares is recorded with its concrete signature
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ from .emitter import int_sig
 from .source_cache import load_module, source_hash
 
 _kernels: dict[str, Kernel] = {}
+# Triton's interpreter patches `triton.language` process-wide for the duration of a launch, so two
+# threads interpreting at once break each other ("Did you forget to add @triton.jit?"): one at a time.
+_INTERPRETER_LOCK = threading.Lock()
+# (thread id, grid) of the interpreter launch running now, for progress reports (`interpreter_position`).
+_interpreting: tuple[int, tuple[int, ...]] | None = None
 
 
 @dataclass(eq=False)
@@ -48,15 +54,37 @@ class Kernel:
     def launch(self, grid: tuple[int, ...], args: list, constexprs: dict[str, Any], device: torch.device) -> None:
         # Per launch, never process-wide: CPU tensors go through Triton's interpreter.
         if device.type == "cpu":
-            if self._interp is None:
-                from triton.runtime.interpreter import InterpretedFunction
+            with _INTERPRETER_LOCK:
+                if self._interp is None:
+                    from triton.runtime.interpreter import InterpretedFunction
 
-                self._interp = InterpretedFunction(self.jit.fn)
-            # Masked-off lanes compute on padding (0/0, log 0): numpy would warn; the lanes are never stored.
-            with np.errstate(all="ignore"):
-                self._interp[grid](*args, **constexprs)
+                    self._interp = InterpretedFunction(self.jit.fn)
+                global _interpreting
+                _interpreting = (threading.get_ident(), grid)
+                try:
+                    # Masked-off lanes compute on padding (0/0, log 0): numpy would warn; never stored.
+                    with np.errstate(all="ignore"):
+                        self._interp[grid](*args, **constexprs)
+                finally:
+                    _interpreting = None
         else:
             self.jit[grid](*args, **constexprs)
+
+
+def interpreter_position(thread: int) -> tuple[int, int] | None:
+    """(program instance being interpreted, 1-based; instances in the grid) of the interpreter launch
+    `thread` is running, or None. Read from the interpreter's own state: no cost per instance."""
+    running = _interpreting
+    if running is None or running[0] != thread:
+        return None
+    from triton.runtime.interpreter import interpreter_builder
+
+    grid = tuple(running[1]) + (1,) * (3 - len(running[1]))
+    idx = getattr(interpreter_builder, "grid_idx", None)
+    if not idx or len(idx) != 3 or any(i >= n for i, n in zip(idx, grid)):
+        idx = (0, 0, 0)  # not started yet (the interpreter's index is the previous launch's)
+    # the interpreter walks x, then y, then z innermost
+    return (idx[0] * grid[1] + idx[1]) * grid[2] + idx[2] + 1, grid[0] * grid[1] * grid[2]
 
 
 def make_kernel(prefix: str, body_source: str, kind: str, ops: list[str], params: list[tuple[str, str]]) -> Kernel:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir import Node, Value, get_op
+from ..ir.ops.half import HALF_TYPES, load_cast, round_half, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import Emitter, ptr_sig, py_literal, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -110,9 +111,11 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
     e.line("b = tl.load(b_ptr + (b_base + ka[:, None] * b_sk + rn[None, :] * b_sn), "
            "mask=(ka[:, None] < K) & (rn[None, :] < N), other=0)")
     if dtype in (torch.float16, torch.bfloat16):
-        e.line("if INTERP:")
-        e.line("    a = a.to(tl.float32)")
-        e.line("    b = b.to(tl.float32)")
+        e.line("if INTERP:")  # the interpreter's bfloat16 widening mangles subnormals: widen by bits
+        e.indent += 1
+        e.line(f"a = {load_cast(e, 'a', dtype)}")
+        e.line(f"b = {load_cast(e, 'b', dtype)}")
+        e.indent -= 1
     if dtype == torch.float32:
         e.line("acc = tl.dot(a, b, acc, input_precision=PREC)")
     else:
@@ -120,7 +123,7 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
     e.indent -= 1
     e.line("cmask = (rm[:, None] < M) & (rn[None, :] < N)")
     if ep is None:
-        e.line(f"tl.store(o0_ptr + ({_out_offset(0, bidx)}), acc.to({tl_dtype(dtype)}), mask=cmask)")
+        e.line(f"tl.store(o0_ptr + ({_out_offset(0, bidx)}), {store_cast(e, 'acc', dtype)}, mask=cmask)")
         ops = ["matmul"]
     else:
         _emit_epilogue(e, ep, dtype, bidx, nb)
@@ -132,7 +135,8 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
 
 def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: list[str], nb: int) -> None:
     # Round to the matmul's dtype first: eager stores the matmul result before the next op reads it.
-    env: dict[Value, str] = {ep.mm: e.tmp(f"acc.to({tl_dtype(dtype)}).to({tl_compute(dtype)})", "v")}
+    rounded = round_half(e, "acc", torch.float32, dtype) if dtype in HALF_TYPES else "acc"
+    env: dict[Value, str] = {ep.mm: e.tmp(f"{rounded}.to({tl_compute(dtype)})", "v")}
     # Element indices of the [*batch, M, N] output as [BM, BN] tiles (`iota`, `rand` ask for them).
     z2 = e.tmp("rm[:, None] * 0 + rn[None, :] * 0", "z")
 
@@ -146,7 +150,7 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
         off = " + ".join([f"e{i}_off"] + [f"{b} * e{i}_bst{k}" for k, b in enumerate(bidx)])
         x = e.tmp(f"tl.load(e{i}_ptr + ({off} + rm[:, None] * e{i}_sm + rn[None, :] * e{i}_sn), mask=cmask, other=0)",
                   "x")
-        env[v] = e.tmp(f"{x}.to({tl_compute(v.dtype)})", "x") if compute_dtype(v.dtype) != v.dtype else x
+        env[v] = e.tmp(load_cast(e, x, v.dtype), "x") if compute_dtype(v.dtype) != v.dtype else x
     for node in ep.scalars + ep.nodes:
         if node.op == "full":  # block-shaped: see codegen/pointwise.py
             value = py_literal(node.attrs["value"], node.out.dtype)
@@ -156,7 +160,7 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
         expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
         env[node.out] = e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
     for j, v in enumerate(ep.outputs):
-        e.line(f"tl.store(o{j}_ptr + ({_out_offset(j, bidx)}), {env[v]}.to({tl_dtype(v.dtype)}), mask=cmask)")
+        e.line(f"tl.store(o{j}_ptr + ({_out_offset(j, bidx)}), {store_cast(e, env[v], v.dtype)}, mask=cmask)")
 
 
 def _out_offset(j: int, bidx: list[str]) -> str:

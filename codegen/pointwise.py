@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Node, Value, get_op
+from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, offset_expr, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import Emitter, offset_expr, ptr_sig, py_literal, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -91,7 +92,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
         off = offset_expr(f"in{i}_off", index, [f"in{i}_st{d}" for d in range(v.type.rank)], "zero")
         x = e.tmp(f"tl.load(in{i}_ptr + ({off}), mask={mask}, other=0)", "x")
         if compute_dtype(v.dtype) != v.dtype:
-            x = e.tmp(f"{x}.to({tl_compute(v.dtype)})", "x")
+            x = e.tmp(load_cast(e, x, v.dtype), "x")
         return x
 
     for i, v in enumerate(group.inputs):
@@ -125,7 +126,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
 
     for j, v in enumerate(group.outputs):
         off = offset_expr(f"out{j}_off", idx, [f"out{j}_st{d}" for d in range(rank)], "zero")
-        e.line(f"tl.store(out{j}_ptr + ({off}), {env[v]}.to({tl_dtype(v.dtype)}), mask=mask)")
+        e.line(f"tl.store(out{j}_ptr + ({off}), {store_cast(e, env[v], v.dtype)}, mask=mask)")
 
     params = pointwise_params(group)
     ops = group.ops

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
 from .emitter import Emitter, literal, offset_expr, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
@@ -85,7 +86,7 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
         ridx = unravel(e, cols, [f"rs{j}" for j in range(nr)], "r")
         col_off = " + ".join(f"{i} * x_rst{j}" for j, i in enumerate(ridx)) or f"{cols} * 0"
         e.line(f"x = tl.load(x_ptr + (row_off[:, None] + ({col_off})[None, :]), mask=m2, other=0)")
-        e.line(f"x = tl.where(m2, x.to({tl_dtype(wt)}), {pad})")
+        e.line(f"x = tl.where(m2, ({load_cast(e, 'x', x_dtype)}).to({tl_dtype(wt)}), {pad})")
         return "x"
 
     def nan_max(t: str, fn: str) -> str:
@@ -166,6 +167,6 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
             e.line("res = best_i")
         else:
             finish("acc")
-    e.line(f"tl.store(out_ptr + rows, res.to({tl_dtype(out_dtype)}), mask=rmask)")
+    e.line(f"tl.store(out_ptr + rows, {store_cast(e, 'res', out_dtype)}, mask=rmask)")
     params = reduction_params(x_dtype, out_dtype, nk, nr)
     return make_kernel(f"red_{op}", render(params, e.text()), "reduction", [op], params)

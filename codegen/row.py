@@ -23,6 +23,7 @@ import torch
 
 from ..ir import Node, Value, get_op
 from ..ir.kernel_group import KernelGroup
+from ..ir.ops.half import load_cast, store_cast
 from ..ir.ops.reduction import reduced_shape
 from ..ir.types import compute_dtype
 from .emitter import Emitter, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
@@ -132,7 +133,7 @@ class _RowEmitter:
         return self.up(x, v.dtype)
 
     def up(self, x: str, dtype: torch.dtype) -> str:
-        return self.e.tmp(f"{x}.to({tl_compute(dtype)})", "x") if compute_dtype(dtype) != dtype else x
+        return self.e.tmp(load_cast(self.e, x, dtype), "x") if compute_dtype(dtype) != dtype else x
 
     def operand(self, v: Value, tile: bool) -> str:
         """v as a tile (rows broadcast with [:, None]) or as a row."""
@@ -256,7 +257,7 @@ class _RowEmitter:
             row = " + ".join([f"{k} * to{j}_k{d}" for d, k in enumerate(self.kidx)] + ["rzero"])
             col = " + ".join([f"{r} * to{j}_r{d}" for d, r in enumerate(self.ridx)] + ["czero"])
             val = self.operand(v, True)
-            e.line(f"tl.store(to{j}_ptr + (({row})[:, None] + ({col})[None, :]), {val}.to({tl_dtype(v.dtype)}), "
+            e.line(f"tl.store(to{j}_ptr + (({row})[:, None] + ({col})[None, :]), {store_cast(e, val, v.dtype)}, "
                    "mask=m2)")
 
     def emit(self) -> str:
@@ -280,7 +281,7 @@ class _RowEmitter:
         for j, v in enumerate(self.L.row_outputs):
             # A one-element output (a loss) is written once, by row 0; rows go to their own places.
             where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else ("rows", "rmask")
-            e.line(f"tl.store(ro{j}_ptr + {where}, {self.operand(v, False)}.to({tl_dtype(v.dtype)}), mask={mask})")
+            e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, self.operand(v, False), v.dtype)}, mask={mask})")
         if self.L.tile_outputs:
             if self.looped:
                 self.chunk_loop()

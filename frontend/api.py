@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable, Hashable
@@ -18,11 +19,26 @@ from torch.utils import _pytree as pytree
 from .. import runtime
 from ..ir import Graph
 from ..passes import run_pipeline
+from ..passes.autodiff import active_outputs
+from ..runtime.progress import Progress, note
+from .aliasing import (
+    alias_groups,
+    check_input_mutations,
+    check_outputs,
+    describe_groups,
+    drop_outputs,
+    mutated_alias_clash,
+    output_views,
+    untracked_writes,
+)
 from .autograd import AutogradGraph
 from .capture import Captured, capture, module_state
+from .complex_outputs import refuse_complex_gradients
+from .errors import boundary
 from .guards import CallSignature, SymbolicTrace, call_signature, describe_changes, size_changes
 from .lowering import lower
 from .signature import check_arity, check_devices, fn_name, named_leaves, signature_key
+from .sources import Guards, source_name
 
 logger = logging.getLogger("ember")
 
@@ -45,6 +61,15 @@ class _TensorSpec(NamedTuple):
         return f"a tensor of shape {list(self.shape)}, {self.dtype} on {self.device}"
 
 
+def _reports_progress(init: Callable) -> Callable:
+    """A compile that lasts shows which phase it is in (runtime/progress.py)."""
+    @functools.wraps(init)
+    def wrapper(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
+        with Progress(title=f"compiling {fn_name(fn)}"):
+            init(self, fn, *args, **kwargs)
+    return wrapper
+
+
 class StaticGraph:
     """`fn` captured for the signature of one example call; callable on new inputs of that signature.
 
@@ -53,6 +78,8 @@ class StaticGraph:
     returned by the graph as extra outputs and copied back into the caller's tensors after each call.
     """
 
+    @_reports_progress
+    @boundary  # errors name the user's line (frontend/errors.py)
     def __init__(self, fn: Callable, args: tuple, kwargs: dict | None = None, captured: Captured | None = None):
         kwargs = dict(kwargs or {})
         check_arity(fn, args, kwargs)
@@ -61,16 +88,29 @@ class StaticGraph:
         check_devices(self._named_tensors(args, kwargs))
         self.key: Hashable = signature_key(fn, args, kwargs)
         # `captured`: an aten graph derived for these sizes from a symbolic trace (see guards.py)
+        note("capture")
         self.captured = captured if captured is not None else capture(fn, args, kwargs)
+        named = self._named_tensors(args, kwargs)
+        self._aliases = alias_groups([t for _, t in named])  # inputs sharing memory (part of `key`)
+        check_input_mutations(self.captured.gm, [n for n, _ in named])
+        check_outputs(self.captured.out_leaves, self.captured.out_spec)
         names = [_sanitize(n) for n, x in named_leaves(args, kwargs, self.fn) if isinstance(x, torch.Tensor)]
         params = {n for n, _ in self._module.named_parameters()} if self._module is not None else set()
         names += [("p_" if n in params else "b_") + _sanitize(n) for n in self.captured.state_names]
+        names += ["c_" + _sanitize(source_name(s)) for s in self.captured.sources]
+        note("lower")
         self.lowered = lower(self.captured.gm, names)
+        # outputs eager returns as inputs or views (of inputs or of other outputs): replayed on the
+        # caller's tensors after each call (frontend/aliasing.py), not computed by the graph
+        self.views = output_views(self.captured.gm)
+        self._out_index = drop_outputs(self.lowered, self.views)
+        self.eager_reason: str | None = None  # set when a call had to run eagerly (aliased mutation)
+        self._untracked = untracked_writes(self.captured.gm)  # in-place updates made under no_grad / .data
         self.captured_graph: Graph = self.lowered.graph
-        result = run_pipeline(self.captured_graph)
+        result = run_pipeline(self.captured_graph, on_pass=lambda name: note(f"passes ({name})"))
         self.graph: Graph = result.graph
         self.snapshots = result.snapshots
-        self.compiled = runtime.compile_graph(self.graph)
+        self.compiled = runtime.compile_graph(self.graph, name=fn_name(fn))
         self._autograd: dict[tuple, AutogradGraph] = {}
         self._example = self._leaf_specs(args, kwargs)
         self._arity = (len(args), sorted(kwargs))
@@ -100,7 +140,14 @@ class StaticGraph:
     def _named_tensors(self, args: tuple, kwargs: dict) -> list[tuple[str, torch.Tensor]]:
         named = [(n, x) for n, x in named_leaves(args, kwargs, self.fn) if isinstance(x, torch.Tensor)]
         named += [(f"parameter/buffer '{n}'", t) for n, t in module_state(self._module).items()]
+        if hasattr(self, "captured"):  # tensors read through closures, globals, attributes
+            named += [(s.label, t) for s, t in zip(self.captured.sources, self.captured.source_tensors())]
         return named
+
+    def stale(self) -> str | None:
+        """Why this graph may no longer be the program (a Python value it read changed, a tensor it
+        reads through a closure/global/attribute changed shape...), or None."""
+        return self.captured.guards.check()
 
     def _leaf_specs(self, args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
         return [(n, _TensorSpec(tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else x)
@@ -126,39 +173,102 @@ class StaticGraph:
                 raise ValueError(f"{name}(): non-tensor argument {path} was traced as {want!r} and is baked into "
                                  f"the graph; got {got!r} (ember.compile traces again for new values)")
 
+    @boundary
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._check_call(args, kwargs)
+        why = self.stale()
+        if why is not None:
+            raise ValueError(f"{fn_name(self.fn)}(): {why} since tracing, and the traced graph depends on it "
+                             f"(ember.compile traces again when such a value changes)")
         check_devices(self._named_tensors(args, kwargs))
         state = module_state(self._module)
         if list(state) != self.captured.state_names:
             raise ValueError(f"{fn_name(self.fn)}(): the module's parameters/buffers changed since tracing")
+        named = self._named_tensors(args, kwargs)
+        groups = alias_groups([t for _, t in named])
+        if groups != self._aliases:  # a trace of f(t, t) reads one placeholder for both inputs
+            names = [n for n, _ in named]
+            was = describe_groups(self._aliases, names) or "no inputs sharing memory"
+            now = describe_groups(groups, names) or "none sharing memory"
+            raise ValueError(f"{fn_name(self.fn)}(): traced with {was}, called with {now} "
+                             f"(ember.compile traces again when the aliasing of the inputs changes)")
         return self.run(args, kwargs)
 
     def _differentiable(self, tensors: list[torch.Tensor]) -> AutogradGraph:
         """The forward/backward pair for the inputs that require grad now (built once per such set):
-        ember's IR autodiff, bridged into torch.autograd (see frontend/autograd.py)."""
+        ember's IR autodiff, bridged into torch.autograd (see frontend/autograd.py). The new values of
+        inputs that require grad and are updated in place are differentiable outputs too: their
+        write-back records the update in autograd, as eager's in-place op does."""
         wrt = tuple(i for i, t in enumerate(tensors) if t.requires_grad and t.is_floating_point())
-        ag = self._autograd.get(wrt)
+        n, mutated = self.lowered.num_user_outputs, self.lowered.mutated_inputs
+        outs = [i for i in range(n) if self.graph.outputs[i].dtype.is_floating_point]
+        outs += [n + k for k, i in enumerate(mutated)
+                 if i in wrt and i not in self._untracked and self.graph.outputs[n + k].dtype.is_floating_point]
+        active = set(active_outputs(self.graph, wrt))  # a no_grad / detached result does not require grad
+        outs = [i for i in outs if i in active]
+        ag = self._autograd.get((wrt, tuple(outs)))
         if ag is None:
-            outs = [i for i in range(self.lowered.num_user_outputs) if self.graph.outputs[i].dtype.is_floating_point]
-            ag = self._autograd[wrt] = AutogradGraph(self.graph, wrt, outs)
+            ag = self._autograd[wrt, tuple(outs)] = AutogradGraph(self.graph, wrt, outs, mutated)
         return ag
+
+    def _check_aliasing(self, args: tuple, kwargs: dict, tensors: list, inputs: list) -> str | None:
+        """Why this call cannot run on the graph, or None: an input the graph updates in place shares
+        memory with another input (the graph would read the other one's old value), or a tensor read
+        through a closure/global (not part of the signature key) aliases the inputs unlike at trace."""
+        def names() -> list[str]:  # only when there is something to say (this runs on every call)
+            out = [n for n, _ in self._named_tensors(args, kwargs)]
+            return out + [f"closed-over tensor {k}" for k in range(len(inputs) - len(out))]
+
+        clash = mutated_alias_clash(alias_groups(inputs), self.lowered.mutated_inputs)
+        if clash:
+            return f"{describe_groups(clash, names())}, and the program writes to that memory in place"
+        if self.captured.sources:
+            groups = alias_groups(tensors)
+            if groups != self._aliases:
+                return f"the call's tensors alias unlike at trace ({describe_groups(groups, names()) or 'none'})"
+        return None
+
+    def _run_eagerly(self, args: tuple, kwargs: dict, why: str) -> Any:
+        """Run this call as plain PyTorch (exact), saying why once per graph."""
+        if self.eager_reason is None:
+            self.eager_reason = f"{why}: running such calls eagerly (plain PyTorch)"
+            logger.warning("ember(%s): %s", fn_name(self.fn), self.eager_reason)
+        return self.fn(*args, **kwargs)
 
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Call without the signature checks (for callers that matched the signature already)."""
         leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
         tensors = [leaves[i] for i in self.captured.tensor_positions]
         tensors += list(module_state(self._module).values())
+        tensors += self.captured.source_tensors()
         inputs = tensors + self.lowered.constants
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            outs = self._differentiable(tensors)(inputs)
-        else:  # torch.no_grad() / inference: the forward graph alone, nothing saved
-            outs = self.compiled(inputs)
+        mutated = self.lowered.mutated_inputs
+        if mutated or self.captured.sources:  # (aliasing among the arguments is in the signature key)
+            why = self._check_aliasing(args, kwargs, tensors, inputs)
+            if why is not None:
+                return self._run_eagerly(args, kwargs, why)
+        # eager refuses an in-place update autograd records on a leaf that requires grad
+        tracked = [i for i in mutated if i not in self._untracked and tensors[i].requires_grad]
+        if tracked and torch.is_grad_enabled() and any(tensors[i].is_leaf for i in tracked):
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation. "
+                               f"(ember: {fn_name(self.fn)} updates an input in place; call it under "
+                               "torch.no_grad() if the update is not meant to be differentiated)")
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        # torch.no_grad() / inference: the forward graph alone, nothing saved
+        outs = self._differentiable(tensors)(inputs) if grad else self.compiled(inputs)
+        if grad:  # complex outputs: their gradient raises in backward instead of going missing
+            outs = refuse_complex_gradients(self.graph, outs, inputs)
         n = self.lowered.num_user_outputs
-        with torch.no_grad():  # write back functionalized mutations into the caller's tensors
-            for k, i in enumerate(self.lowered.mutated_inputs):
+        for k, i in enumerate(mutated):  # write back functionalized mutations into the caller's tensors
+            with torch.set_grad_enabled(grad and i in tracked):  # recorded by autograd as eager would
                 tensors[i].copy_(outs[n + k])
-        leaves = [outs[v] if kind == "tensor" else v for kind, v in self.captured.out_leaves]
+        results: dict[int, torch.Tensor] = {}
+        for k, chain in sorted(self.views.items(), key=lambda kv: kv[1].kind == "output"):
+            root = (inputs[chain.index] if chain.kind == "input" else chain.attr if chain.kind == "attr"
+                    else outs[self._out_index[chain.index]])
+            results[k] = chain.replay(root)
+        leaves = [(results[v] if v in results else outs[self._out_index[v]]) if kind == "tensor" else v
+                  for kind, v in self.captured.out_leaves]
         return pytree.tree_unflatten(leaves, self.captured.out_spec)
 
 
@@ -177,6 +287,7 @@ class _Program:
     def __init__(self, sig: CallSignature, dynamic: frozenset, symbolic: SymbolicTrace | None):
         self.sig = sig
         self.symbolic = symbolic
+        self.guards: Guards | None = None  # Python values the trace read (sources.py), set once traced
         self.dynamic = symbolic.dims if symbolic is not None else frozenset()
         self.key = sig.key(self.dynamic)
         self.requested = dynamic  # dims asked to be dynamic (some may have specialized)
@@ -185,6 +296,9 @@ class _Program:
         """(guard holds, why not when only the symbolic size guards failed)."""
         if sig.key(self.dynamic) != self.key:
             return False, None
+        why = self.guards.check() if self.guards is not None else None
+        if why is not None:  # a Python value the trace read changed: this program is stale
+            return False, why
         if self.symbolic is None:
             return True, None
         why = self.symbolic.check(args, kwargs)
@@ -222,19 +336,30 @@ class CompiledFunction:
         self._eager_keys: set[Hashable] = set()
         self._module = fn if isinstance(fn, torch.nn.Module) else None
         self._state_ids: dict[Hashable, tuple[int, ...]] = {}
+        self._stale: dict[Hashable, list[StaticGraph]] = {}  # graphs whose guards failed (they may hold again)
+        self._lock = threading.RLock()
         if not isinstance(fn, torch.nn.Module):
             functools.update_wrapper(self, fn)
 
+    @boundary
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = signature_key(self.fn, args, kwargs)
-        sg = self.cache.get(key)
-        if sg is not None:
-            if self._module is not None:
+        # Guards, caches and compiles are serialized; running a compiled graph is not (it shares no buffers).
+        with self._lock:
+            sg = self.cache.get(key)
+            if sg is not None and sg.stale() is not None:  # re-trace (_miss names the change) or an older graph
+                self._stale.setdefault(key, []).append(self.cache.pop(key))
+                sg = next((g for g in self._stale[key] if g.stale() is None), None)
+                if sg is not None:
+                    self._stale[key].remove(sg)
+                    self.cache[key] = sg
+            if sg is None and key not in self._eager_keys:
+                return self._miss(key, args, kwargs)
+            if sg is not None and self._module is not None:
                 self._check_identity(key, args, kwargs)
-            return sg.run(args, kwargs)  # the key matched: shapes, dtypes, devices and constants agree
-        if key in self._eager_keys:
+        if sg is None:
             return self.fn(*args, **kwargs)
-        return self._miss(key, args, kwargs)
+        return sg.run(args, kwargs)  # the key matched: shapes, dtypes, devices and constants agree
 
     def _check_identity(self, key: Hashable, args: tuple, kwargs: dict) -> None:
         ids = tuple(map(id, module_state(self._module).values()))
@@ -301,7 +426,9 @@ class CompiledFunction:
         program = _Program(sig, dynamic, symbolic)
         self.programs.append(program)
         captured = symbolic.derive(args, kwargs) if symbolic is not None else None
-        return self._store(key, StaticGraph(self.fn, args, kwargs, captured=captured), args, kwargs)
+        sg = StaticGraph(self.fn, args, kwargs, captured=captured)
+        program.guards = sg.captured.guards
+        return self._store(key, sg, args, kwargs)
 
     def _store(self, key: Hashable, sg: StaticGraph, args: tuple, kwargs: dict) -> Any:
         self.cache[key] = sg
@@ -336,6 +463,8 @@ class CompiledFunction:
             lines.append(f"  program {k}: dynamic dims: {dims}")
         lines += [f"  recompile {k + 1}: {r}" for k, r in enumerate(self.recompile_reasons)]
         lines += [f"  notice: {n}" for n in self.notices]
+        lines += [f"  runs eagerly: {r}" for r in dict.fromkeys(g.eager_reason for g in self.cache.values()
+                                                               if g.eager_reason)]
         if self.fallback_reason is not None:
             lines.append(f"  recompile limit reached: new programs run eagerly (last change: {self.fallback_reason})")
         return "\n".join(lines)

@@ -5,8 +5,11 @@ AD (`passes.autodiff.forward_backward`: VJP rules from the op registry, then a m
 recomputes cheap pointwise values in the backward instead of saving them), compiles the forward and
 the backward graphs like any other graph (same passes, same fusion), and runs them inside one
 `torch.autograd.Function`: the outputs take part in autograd, so `loss.backward()` fills `.grad` of
-parameters and inputs as eager would. The backward is `once_differentiable`: asking for a double
-backward raises torch's error instead of returning a wrong gradient.
+parameters and inputs as eager would. The backward graph is not itself differentiable, so a double
+backward (`torch.autograd.grad(..., create_graph=True)`, `backward(create_graph=True)`) raises
+`DoubleBackwardError` at once, instead of returning a first gradient that silently has no history.
+Inputs the program updates in place, and that the backward re-reads, are saved as copies: the
+caller's tensor gets the new value after the forward.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .. import runtime
 from ..ir import Graph
@@ -26,10 +28,11 @@ class AutogradGraph:
     """Callable like `runtime.compile_graph(graph)`; outputs in `outputs` are differentiable w.r.t.
     the graph inputs listed in `wrt` (indices)."""
 
-    def __init__(self, graph: Graph, wrt: Sequence[int], outputs: Sequence[int]):
+    def __init__(self, graph: Graph, wrt: Sequence[int], outputs: Sequence[int], mutated: Sequence[int] = ()):
         self.graph = graph
         self.wrt = list(wrt)
         self.diff_outputs = list(outputs)
+        self.mutated = set(mutated)  # inputs written after the forward (see the module doc)
         self.partition = forward_backward(graph, self.wrt, self.diff_outputs)
         self.forward = runtime.compile_graph(run_pipeline(self.partition.forward).graph)
         self.backward = runtime.compile_graph(run_pipeline(self.partition.backward).graph)
@@ -64,15 +67,20 @@ class _Bridge(torch.autograd.Function):
         ctx.ag = ag
         ctx.num_inputs = len(inputs)
         ctx.shapes = [(o.shape, o.dtype, o.device) for o in outs[:n]]
-        ctx.save_for_backward(*outs[n:], *[inputs[i] for i in ag.partition.saved_inputs])
+        ctx.save_for_backward(*outs[n:], *[inputs[i].clone() if i in ag.mutated else inputs[i]
+                                           for i in ag.partition.saved_inputs])
         results = tuple(outs[:n])
         diff = set(ag.diff_outputs)
         ctx.mark_non_differentiable(*[o for i, o in enumerate(results) if i not in diff])
         return results
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *cotangents):
+        if torch.is_grad_enabled():  # create_graph=True: autograd would record the backward for a second one
+            raise DoubleBackwardError(
+                "ember: double backward (create_graph=True) through a compiled function is not supported: ember's "
+                "backward graph is not differentiable, and the gradient would silently lack its history. Compute "
+                "higher-order gradients eagerly (plain PyTorch, or under ember.eager())")
         ag: AutogradGraph = ctx.ag
         cts = []
         for i in ag.diff_outputs:  # autograd passes None for outputs that did not reach the loss
@@ -84,3 +92,7 @@ class _Bridge(torch.autograd.Function):
         for i, g in zip(ag.wrt, grads):
             result[i] = g
         return (None, *result)
+
+
+class DoubleBackwardError(RuntimeError):
+    """A gradient of a compiled function was asked for with create_graph=True."""

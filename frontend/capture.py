@@ -4,7 +4,13 @@
 `torch.func.functionalize` (in-place updates of inputs become `copy_` nodes at the end of the graph,
 which lowering turns into extra outputs), with ember's decomposition table (so the ops that reach
 lowering form a small set). Module parameters and buffers are traced as inputs via
-`torch.func.functional_call`, never baked in as constants.
+`torch.func.functional_call`, never baked in as constants; so are the tensors the program reaches
+through closures, globals and attributes (`frontend/sources.py`), placeholders after the state.
+
+The program runs with grad mode on (the caller's no_grad, or ember's own around a capture, must not
+leak in) over detached inputs, under `CaptureMode` (`frontend/capture_mode.py`), which keeps the
+stop-gradients eager autograd would apply (`.detach()`, `.data`, `torch.no_grad()` blocks, in-place
+updates autograd does not record) as IR-visible ops.
 """
 
 from __future__ import annotations
@@ -15,44 +21,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch._decomp import core_aten_decompositions, get_decompositions
-from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
+
+from .capture_mode import CaptureError, CaptureMode
+from .decompositions import DECOMPOSITIONS
+from .errors import Watch, data_dependent_message, has_unbacked
+from .rng_guard import RngGuard
+from .sources import Guards, Source, reach
+from .tracing import make_fx
 
 aten = torch.ops.aten
 
 
-def _decomposition_table() -> dict:
-    table = dict(core_aten_decompositions())
-    # Composites that core ATen keeps but ember wants as primitives it can fuse.
-    table.update(get_decompositions([
-        aten.native_layer_norm, aten._softmax, aten._log_softmax, aten.native_batch_norm,
-        aten._native_batch_norm_legit, aten._native_batch_norm_legit_functional,
-        aten._native_batch_norm_legit_no_training, aten.native_group_norm, aten.native_dropout,
-        aten.hardtanh, aten.leaky_relu, aten.elu, aten.isinf, aten.repeat, aten.clamp.Tensor,
-    ]))
-    # Ops the IR has as primitives (or lowers to matmul) must not be decomposed further.
-    for op in (aten.silu, aten.gelu, aten.sigmoid, aten.tanh, aten.mv, aten.dot, aten.addmm, aten.embedding):
-        for overload in op.overloads():
-            table.pop(getattr(op, overload), None)
-    return table
-
-
-DECOMPOSITIONS = _decomposition_table()
-
-
-# How make_fx reports reading a tensor's values while tracing with fake tensors.
-_DATA_DEPENDENT = ("data-dependent", "DataDependent", "item() cannot be called", "cannot be called on meta tensors")
-
-
-class CaptureError(RuntimeError):
-    """The program cannot be captured as a static graph (e.g. data-dependent control flow)."""
+# How make_fx reports reading a tensor's values while tracing with fake tensors ("data is not allocated
+# yet": an op without a meta kernel run on a fake tensor's missing data, e.g. tensor_split(x, tensor)).
+_DATA_DEPENDENT = ("data-dependent", "DataDependent", "item() cannot be called", "cannot be called on meta tensors",
+                   "data is not allocated yet")
 
 
 @dataclass
 class Captured:
     """An fx graph whose placeholders are, in order: the tensor leaves of the user's (args, kwargs),
-    then the module's parameters and buffers (`state_names`)."""
+    then the module's parameters and buffers (`state_names`), then the tensors read through
+    closures, globals and attributes (`sources`, read again at every call)."""
 
     gm: torch.fx.GraphModule
     in_spec: pytree.TreeSpec
@@ -61,6 +52,22 @@ class Captured:
     state_names: list[str]               # parameter/buffer names, as placeholders after the user tensors
     out_spec: pytree.TreeSpec | None = None
     out_leaves: list[tuple[str, Any]] = field(default_factory=list)  # ("tensor", k) or ("const", value)
+    sources: list[Source] = field(default_factory=list)
+    guards: Guards = field(default_factory=Guards)  # Python values and objects the program reads
+
+    def source_tensors(self) -> list[torch.Tensor]:
+        """The tensors at `sources` now (a rebinding is seen); `SourceChanged` if one is gone."""
+        out = []
+        for src in self.sources:
+            t = src.read()
+            if not isinstance(t, torch.Tensor):
+                raise SourceChanged(f"{src.label} is no longer a tensor")
+            out.append(t)
+        return out
+
+
+class SourceChanged(RuntimeError):
+    """A tensor the program reads through a closure, global or attribute is gone."""
 
 
 def _check_static(gm: torch.fx.GraphModule) -> None:
@@ -71,8 +78,8 @@ def _check_static(gm: torch.fx.GraphModule) -> None:
         for v in pytree.tree_leaves(node.meta.get("val")):
             if isinstance(v, symbolic) or (isinstance(v, torch.Tensor) and not all(
                     isinstance(s, int) for s in v.shape)):
-                raise CaptureError(f"ember.trace: {node.target} gives a data-dependent value (e.g. .item(), "
-                                   f"nonzero, or control flow on tensor values), which a static graph cannot hold")
+                # the line is in node.meta["ember_where"] (frontend/errors.py puts it in the message)
+                raise CaptureError(data_dependent_message(node.meta.get("ember_call"), node.target))
 
 
 def module_state(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
@@ -82,22 +89,27 @@ def module_state(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
 
 
 def flat_function(fn: Callable, module: torch.nn.Module | None, leaves: list, in_spec, cap: Captured,
-                  context: Callable[[], Any] = contextlib.nullcontext) -> Callable[..., list[torch.Tensor]]:
-    """`fn` as a function of a flat list of tensors (the call's tensors, then the module's state),
-    returning the flat list of output tensors; records the output structure in `cap`. `context`
-    wraps the call (the symbolic trace rewrites F.linear there)."""
+                  context: Callable[[], Any] = contextlib.nullcontext,
+                  closed: list[torch.Tensor] = ()) -> Callable[..., list[torch.Tensor]]:
+    """`fn` as a function of a flat list of tensors (the call's tensors, the module's state, then
+    stand-ins for `closed`, the tensors the program reaches through closures, globals and
+    attributes), returning the flat list of output tensors; records the output structure in `cap`.
+    `context` wraps the call (the symbolic trace rewrites F.linear there)."""
 
     def flat_fn(*tensors: torch.Tensor) -> list[torch.Tensor]:
-        user, params = tensors[:len(cap.tensor_positions)], tensors[len(cap.tensor_positions):]
+        n, m = len(cap.tensor_positions), len(cap.state_names)
+        user, params, stand_ins = tensors[:n], tensors[n:n + m], tensors[n + m:]
+        substitute = {id(t): s for t, s in zip(closed, stand_ins)}
         flat = list(leaves)
         for i, t in zip(cap.tensor_positions, user):
             flat[i] = t
         a, kw = pytree.tree_unflatten(flat, in_spec)
-        with context():
+        with context(), CaptureMode(substitute), Watch():  # Watch: the user's line for errors (errors.py)
             if module is not None:
                 out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
             else:
                 out = fn(*a, **kw)
+        out = pytree.tree_map_only(torch.Tensor, lambda t: substitute.get(id(t), t), out)  # `return w`
         out_leaves, cap.out_spec = pytree.tree_flatten(out)
         outs: list[torch.Tensor] = []
         cap.out_leaves = []
@@ -106,6 +118,8 @@ def flat_function(fn: Callable, module: torch.nn.Module | None, leaves: list, in
                 cap.out_leaves.append(("tensor", len(outs)))
                 outs.append(leaf)
             elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                if has_unbacked(leaf):  # `return x.sum().item()`: a value, not a size
+                    raise CaptureError(data_dependent_message("returning a tensor's value as a Python number"))
                 raise SymbolicTraceError("the program returns a size as a Python number")
             else:
                 cap.out_leaves.append(("const", leaf))
@@ -126,23 +140,55 @@ def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
     constants = {i: x for i, x in enumerate(leaves) if not isinstance(x, torch.Tensor)}
     state = module_state(module)
     cap = Captured(None, in_spec, positions, constants, list(state))  # type: ignore[arg-type]
+    reached = reach(fn)
+    closed = [t for _, t in reached.tensors]
+    flat_fn = flat_function(fn, module, leaves, in_spec, cap, closed=closed)
 
-    flat_fn = flat_function(fn, module, leaves, in_spec, cap)
-
-    tensors = [leaves[i] for i in positions] + list(state.values())
+    tensors = [leaves[i] for i in positions] + list(state.values()) + closed
     traced = torch.func.functionalize(flat_fn, remove="mutations")
     try:
-        # no_grad: static mode captures the forward only; _allow_non_fake_inputs lets closed-over
-        # tensors through, which make_fx records as get_attr constants.
-        with torch.no_grad():
+        # Grad mode on, inputs detached: the program sees grad mode as eager would, autograd records
+        # nothing, and CaptureMode tells a no_grad block from the rest. _allow_non_fake_inputs lets
+        # tensors the walk did not find through (make_fx records them as get_attr constants).
+        # RngGuard: torch.manual_seed in a program that draws random numbers cannot be replayed per call.
+        rng = RngGuard()
+        with torch.enable_grad(), rng:
             gm = make_fx(traced, tracing_mode="fake", decomposition_table=DECOMPOSITIONS,
-                         _allow_non_fake_inputs=True)(*tensors)
+                         _allow_non_fake_inputs=True)(*[t.detach() for t in tensors])
     except Exception as e:  # make_fx wraps many failure kinds; name the cause for the user
-        if any(m in str(e) or m in type(e).__name__ for m in _DATA_DEPENDENT):
-            raise CaptureError(f"ember.trace: the program has data-dependent behaviour "
-                               f"(e.g. .item(), or control flow on tensor values): {e}") from e
+        if not isinstance(e, CaptureError) and any(m in str(e) or m in type(e).__name__ for m in _DATA_DEPENDENT):
+            raise CaptureError(data_dependent_message(getattr(e, "ember_call", None))) from e  # errors.py
         raise
     gm.graph.eliminate_dead_code()  # copy_ is impure, so input mutations survive
+    rng.check(gm)
     _check_static(gm)
+    _check_constants(gm)
+    cap.sources = prune_sources(gm, len(positions) + len(state), [src for src, _ in reached.tensors])
+    cap.guards = reached.guards
+    reached.guards.refresh()  # after the program's own side effects (sources.py)
     cap.gm = gm
     return cap
+
+
+def _check_constants(gm: torch.fx.GraphModule) -> None:
+    """A tensor the walk did not find is a constant of the graph: its gradient would be lost."""
+    for node in gm.graph.nodes:
+        t = getattr(gm, node.target, None) if node.op == "get_attr" else None
+        if isinstance(t, torch.Tensor) and t.requires_grad:
+            raise CaptureError(
+                f"ember.trace: the program uses a tensor that requires grad ({type(t).__name__} of shape "
+                f"{list(t.shape)}) reached in a way ember does not follow (frontend/sources.py: closures, "
+                f"globals, module and object attributes); its gradient would be lost. Pass it as an argument")
+
+
+def prune_sources(gm: torch.fx.GraphModule, first: int, sources: list[Source]) -> list[Source]:
+    """Drop the placeholders of reachable tensors the program does not use; the sources of the rest."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"][first:]
+    kept = []
+    for node, src in zip(placeholders, sources):
+        if node.users:
+            kept.append(src)
+        else:
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return kept

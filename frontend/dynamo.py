@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.utils import _pytree as pytree
 
 from .. import runtime
 from ..passes import run_pipeline
-from .capture import DECOMPOSITIONS
+from .decompositions import DECOMPOSITIONS
 from .lowering import lower
 
 
@@ -105,12 +106,15 @@ def compile_aten_graph(gm: torch.fx.GraphModule, example_inputs: list, kind: str
     out_spec = pytree.tree_structure(original[0], is_leaf=lambda x: x is None)
     strides = [tuple(n.meta["val"].stride()) for n in computed]
     out_node.args = (tuple(computed),)
-    try:
-        lowered = lower(gm)
-    finally:
-        out_node.args = original
-    graph = run_pipeline(lowered.graph).graph
-    compiled = runtime.compile_graph(graph)
+    # AOTAutograd calls its compilers under its fake mode; ember's lowering reads real tensors (a
+    # 0-dim constant such as `torch.tensor(2.0)` folds into the IR by its value), so leave it.
+    with unset_fake_temporarily():
+        try:
+            lowered = lower(gm)
+        finally:
+            out_node.args = original
+        graph = run_pipeline(lowered.graph).graph
+        compiled = runtime.compile_graph(graph)
     record = DynamoGraph(kind, graph)
     _compiled.append(record)
     n_user = lowered.num_user_outputs

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -212,6 +213,7 @@ def _build(func: torch._ops.OpOverload, args: tuple, kwargs: dict, tls: tuple, i
     args, kwargs = pytree.tree_map_only(torch.Tensor, torch.Tensor.detach, (args, kwargs))
     with torch._C._ForceDispatchKeyGuard(*tls):
         cap = capture(lambda *a, **kw: func(*a, **kw), args, kwargs)
+        want = _torch_results(func, args, kwargs)
     lowered = lower(cap.gm)
     externs = sorted({n.attrs["target"] for n in lowered.graph.nodes if n.op == "extern"})
     if externs:
@@ -222,12 +224,28 @@ def _build(func: torch._ops.OpOverload, args: tuple, kwargs: dict, tls: tuple, i
         raise _FallThrough("returns non-tensors")
     out_node = next(n for n in cap.gm.graph.nodes if n.op == "output")
     vals = [n.meta["val"] for n in pytree.tree_leaves(out_node.args[0])]
+    got = [(tuple(v.shape), v.dtype) for v in vals]
+    if want is not None and got != want:  # a decomposition that disagrees with torch: a bug, never run it
+        raise RuntimeError(f"the captured graph of {func} gives {got}, torch's kernel gives {want}")
     if inplace:
         self_t = args[0] if args else kwargs["self"]
         if len(vals) != 1 or vals[0].shape != self_t.shape or vals[0].dtype != self_t.dtype:
             raise _FallThrough("in-place result type differs from self")
     graph = run_pipeline(lowered.graph).graph
     return _OpGraph(cap, lowered, runtime.compile_graph(graph), [tuple(v.stride()) for v in vals])
+
+
+def _torch_results(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> list[tuple] | None:
+    """Shape and dtype of each tensor `func` itself returns for these arguments (its meta kernel, on
+    fake copies), to check the decomposed graph against; None where torch cannot say."""
+    mode = FakeTensorMode()
+    try:
+        fake_args, fake_kwargs = pytree.tree_map_only(torch.Tensor, mode.from_tensor, (args, kwargs))
+        with mode:
+            out = func(*fake_args, **fake_kwargs)
+    except Exception:  # no meta kernel, data-dependent output shape: capture has its own checks
+        return None
+    return [(tuple(t.shape), t.dtype) for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
 def _run(op: _OpGraph, leaves: list) -> Any:

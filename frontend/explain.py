@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from ..ir import Graph, Node
@@ -31,9 +30,11 @@ from ..ir.ops.extern import resolve_target
 from ..ir.types import COMPILABLE_DTYPES
 from ..passes.cost import compulsory_bytes, group_cost, is_kernel
 from ..passes.fusion import partition, singleton_groups
+from ..passes.gradient_markers import strip_gradient_markers
 from .api import CompiledFunction, StaticGraph
 from .capture import module_state
 from .lowering import LOWERINGS
+from .tracing import make_fx
 
 aten = torch.ops.aten
 # Ops that allocate or relabel memory without running a kernel.
@@ -334,13 +335,14 @@ def explain(fn: Callable, *args: Any, passes: bool = False, **kwargs: Any) -> Ex
         sg = StaticGraph(fn, args, kwargs)
     graph = sg.graph
     kernels = []
-    for g in partition(graph):
+    planned = strip_gradient_markers(graph)  # as the runtime plans it: stop-gradients cost nothing
+    for g in partition(planned):
         if is_kernel(g) or g.kind == "extern":
             c = group_cost(g)
             ops = [g.nodes[0].attrs["target"]] if g.kind == "extern" else g.ops
             kernels.append(KernelInfo(len(kernels), g.kind, ops, g.shape, c.bytes_read, c.bytes_written,
                                       c.flops, g))
-    unfused = [g for g in singleton_groups(graph) if is_kernel(g) or g.kind == "extern"]
+    unfused = [g for g in singleton_groups(planned) if is_kernel(g) or g.kind == "extern"]
     externs = [n for n in graph.nodes if n.op == "extern"]
     counts = Counter(n.attrs["target"] for n in externs)
     reasons = {n.attrs["target"]: _fallback_reason(n) for n in externs}

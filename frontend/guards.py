@@ -5,7 +5,8 @@ A *program* is what `ember.compile` traced the user's Python for. Its guard cove
 changes the traced program: the pytree structure of (args, kwargs); every tensor's rank, shape (the
 dims not marked dynamic), dtype, device and requires_grad; every non-tensor argument's value (baked
 into the graph); for modules, every submodule's `training` flag and the names and metadata of the
-parameters and buffers. `describe_changes` names each difference ("input 0 (x): dtype changed
+parameters and buffers; which of these tensors share memory (`f(t, t)`, overlapping views: see
+frontend/aliasing.py). `describe_changes` names each difference ("input 0 (x): dtype changed
 float32 -> float16", "module training flag changed: Net True -> False").
 
 Parameters and buffers are graph *inputs*, read from the module at every call, never constants. So:
@@ -44,8 +45,18 @@ import sympy
 import torch
 from torch.utils import _pytree as pytree
 
-from .capture import DECOMPOSITIONS, Captured, SymbolicTraceError, _check_static, flat_function, module_state
+from .aliasing import alias_groups
+from .capture import (
+    DECOMPOSITIONS,
+    Captured,
+    SymbolicTraceError,
+    _check_static,
+    flat_function,
+    module_state,
+    prune_sources,
+)
 from .signature import named_leaves
+from .sources import reach
 
 logger = logging.getLogger("ember")
 
@@ -85,6 +96,7 @@ class CallSignature:
     training: tuple[tuple[str, bool], ...]       # (submodule name, training) for modules
     state: tuple[tuple[str, TensorMeta], ...]    # parameters and buffers, by name
     state_refs: tuple[Any, ...] = field(default=(), compare=False)  # weakrefs, for identity
+    aliases: tuple[tuple[str, ...], ...] = ()     # names of tensors sharing memory (frontend/aliasing.py)
 
     @property
     def tensor_dims(self) -> set[Dim]:
@@ -98,7 +110,7 @@ class CallSignature:
                 shape = tuple(None if (i, d) in dynamic else s for d, s in enumerate(m.shape))
                 m = TensorMeta(shape, m.dtype, m.device, m.requires_grad)  # type: ignore[arg-type]
             leaves.append(m)
-        return (self.spec, tuple(leaves), self.training, self.state)
+        return (self.spec, tuple(leaves), self.training, self.state, self.aliases)
 
     def replaced(self, module: torch.nn.Module | None) -> list[str]:
         """Parameters/buffers of `module` that are no longer the objects this signature saw."""
@@ -117,12 +129,15 @@ def call_signature(fn: Callable, args: tuple, kwargs: dict) -> CallSignature:
     training: tuple = ()
     state: tuple = ()
     refs: tuple = ()
+    tensors = [(n, x) for n, x in zip(names, leaves) if isinstance(x, torch.Tensor)]
     if isinstance(fn, torch.nn.Module):
         training = tuple((n or type(fn).__name__, m.training) for n, m in fn.named_modules())
         st = module_state(fn)
         state = tuple((n, TensorMeta.of(t)) for n, t in st.items())
         refs = tuple(weakref.ref(t) for t in st.values())
-    return CallSignature(str(spec), names, metas, training, state, refs)
+        tensors += [(f"parameter/buffer {n}", t) for n, t in st.items()]
+    aliases = tuple(tuple(tensors[i][0] for i in g) for g in alias_groups([t for _, t in tensors]))
+    return CallSignature(str(spec), names, metas, training, state, refs, aliases)
 
 
 def _dt(d: torch.dtype) -> str:
@@ -158,6 +173,10 @@ def _tensor_changes(what: str, a: TensorMeta, b: TensorMeta) -> list[str]:
     return out
 
 
+def _aliases(groups: tuple[tuple[str, ...], ...]) -> str:
+    return "; ".join(" and ".join(g) for g in groups) or "none"
+
+
 def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
     """Every difference between two call signatures, one readable line each."""
     if old.spec != new.spec or len(old.leaves) != len(new.leaves):
@@ -174,6 +193,8 @@ def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
         changed = [f"{n} {was[n]} -> {now[n]}" for n in now if n in was and was[n] != now[n]]
         out.append("module training flag changed" + (f": {', '.join(changed[:3])}" if changed else "")
                    + (f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""))
+    if old.aliases != new.aliases:
+        out.append(f"inputs sharing memory changed: {_aliases(old.aliases)} -> {_aliases(new.aliases)}")
     if old.state != new.state:
         was, now = dict(old.state), dict(new.state)
         added, removed = [n for n in now if n not in was], [n for n in was if n not in now]
@@ -187,7 +208,7 @@ def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
 
 def size_changes(old: CallSignature, new: CallSignature) -> set[Dim] | None:
     """The dims whose sizes differ, when sizes of same-rank tensors are all that differ; else None."""
-    if old.spec != new.spec or old.training != new.training or old.state != new.state:
+    if old.spec != new.spec or old.training != new.training or old.state != new.state or old.aliases != new.aliases:
         return None
     dims: set[Dim] = set()
     for i, (a, b) in enumerate(zip(old.leaves, new.leaves)):
@@ -228,8 +249,10 @@ class SymbolicTrace:
 
     def __init__(self, fn: Callable, args: tuple, kwargs: dict, dynamic: set[Dim]):
         from torch._subclasses.fake_tensor import FakeTensorMode
-        from torch.fx.experimental.proxy_tensor import make_fx
         from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+        from .rng_guard import RngGuard
+        from .tracing import make_fx
 
         self.fn = fn
         module = fn if isinstance(fn, torch.nn.Module) else None
@@ -243,9 +266,11 @@ class SymbolicTrace:
         def fake(t: torch.Tensor, i: int | None) -> torch.Tensor:
             dyn = [DimDynamic.DYNAMIC if i is not None and (i, d) in dynamic else DimDynamic.STATIC
                    for d in range(t.dim())]
-            return fake_mode.from_tensor(t, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dyn))
+            return fake_mode.from_tensor(t.detach(), symbolic_context=StatelessSymbolicContext(dynamic_sizes=dyn))
 
-        fakes = [fake(leaves[i], i) for i in positions] + [fake(t, None) for t in state.values()]
+        reached = reach(fn)  # tensors and Python values read through closures/globals (frontend/sources.py)
+        closed = [t for _, t in reached.tensors]
+        fakes = [fake(leaves[i], i) for i in positions] + [fake(t, None) for t in list(state.values()) + closed]
         self.symbols: dict[sympy.Symbol, Dim] = {}
         for i, t in zip(positions, fakes):
             for d, s in enumerate(t.shape):
@@ -254,10 +279,11 @@ class SymbolicTrace:
         cap = Captured(None, in_spec, positions, {i: x for i, x in enumerate(leaves) if i not in positions},
                        list(state))  # type: ignore[arg-type]
 
-        flat_fn = flat_function(fn, module, leaves, in_spec, cap, _LinearAsMatmul)
+        flat_fn = flat_function(fn, module, leaves, in_spec, cap, _LinearAsMatmul, closed=closed)
 
-        try:
-            with torch.no_grad():
+        rng = RngGuard()  # frontend/rng_guard.py
+        try:  # grad mode on: see capture()
+            with torch.enable_grad(), rng:
                 self.gm = make_fx(torch.func.functionalize(flat_fn, remove="mutations"), tracing_mode="real",
                                   decomposition_table=DECOMPOSITIONS, _allow_non_fake_inputs=True)(*fakes)
         except SymbolicTraceError:
@@ -266,6 +292,10 @@ class SymbolicTrace:
             first = str(e).splitlines()[0][:200] if str(e) else ""
             raise SymbolicTraceError(f"symbolic trace failed: {type(e).__name__}: {first}") from e
         self.gm.graph.eliminate_dead_code()
+        rng.check(self.gm)
+        cap.sources = prune_sources(self.gm, len(positions) + len(state), [src for src, _ in reached.tensors])
+        cap.guards = reached.guards
+        reached.guards.refresh()  # after the program's own side effects (sources.py)
         self.template = cap
         self.guards = [g.expr for g in self.shape_env.guards]
         self.ranges = {s: self.shape_env.var_to_range[s] for s in self.symbols if s in self.shape_env.var_to_range}
@@ -304,15 +334,16 @@ class SymbolicTrace:
     def derive(self, args: tuple, kwargs: dict) -> Captured:
         """A static capture for this call's sizes, from the symbolic aten graph (the user's Python is
         not run again)."""
-        from torch.fx.experimental.proxy_tensor import make_fx
+        from .tracing import make_fx
 
         leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
         module = self.fn if isinstance(self.fn, torch.nn.Module) else None
         tensors = [leaves[i] for i in self.template.tensor_positions] + list(module_state(module).values())
+        tensors += self.template.source_tensors()
         with torch.no_grad():
             gm = make_fx(self.gm, tracing_mode="fake", _allow_non_fake_inputs=True)(*tensors)
         gm.graph.eliminate_dead_code()
         _check_static(gm)
         t = self.template
         return Captured(gm, t.in_spec, list(t.tensor_positions), dict(t.constants), list(t.state_names),
-                        t.out_spec, list(t.out_leaves))
+                        t.out_spec, list(t.out_leaves), list(t.sources), t.guards)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import capture_mode  # noqa: F401  (registers torch.ops.ember.untracked_update)
 from .lowering import Fallback, aten, norm_dim, norm_dims, out_dtype, out_shape, overloads, register, typed
 
 prims = torch.ops.prims
@@ -27,10 +28,21 @@ def _reshape(L, node, a):
 
 @register(*overloads(aten.alias, "default"), *overloads(aten.alias_copy, "default"),
           *overloads(aten.clone, "default"), *overloads(aten.contiguous, "default"),
-          *overloads(aten.lift_fresh_copy, "default"), *overloads(aten.detach, "default"),
-          *overloads(aten.detach_copy, "default"))
+          *overloads(aten.lift_fresh_copy, "default"))
 def _identity(L, node, a):
     return a.self
+
+
+# Stop-gradients (frontend/capture_mode.py puts them where eager autograd records nothing): markers
+# for the IR autodiff, dropped by the runtime before fusion (ir/ops/gradient.py).
+@register(*overloads(aten.detach, "default"), *overloads(aten.detach_copy, "default"))
+def _stop_gradient(L, node, a):
+    return L.add("stop_gradient", [a.self])
+
+
+@register(torch.ops.ember.untracked_update.default)
+def _untracked_update(L, node, a):
+    return L.add("untracked_update", [a.new, L.cast(a.old, a.new.dtype)])
 
 
 @register(*overloads(aten.expand, "default"), *overloads(aten.expand_copy, "default"))
@@ -191,11 +203,19 @@ def _copy(L, node, a):
 # -- factories --------------------------------------------------------------------------------------
 
 
+def _stored(value, dtype: torch.dtype):
+    """`value` as a tensor of `dtype` holds it: a factory's half-precision fill is rounded once, here
+    (Python scalar operands of arithmetic stay unrounded: torch computes them in float32)."""
+    if dtype in (torch.float16, torch.bfloat16) and not isinstance(value, bool):
+        return torch.tensor(value, dtype=dtype).item()
+    return value
+
+
 @register(*overloads(aten.full, "default"), *overloads(aten.full_like, "default"),
           *overloads(aten.new_full, "default"), *overloads(aten.fill, "Scalar"))
 def _full(L, node, a):
     value = a.get("fill_value", a.get("value"))
-    return L.const(value, out_dtype(node), out_shape(node))
+    return L.const(_stored(value, out_dtype(node)), out_dtype(node), out_shape(node))
 
 
 @register(*overloads(aten.zeros, "default"), *overloads(aten.zeros_like, "default"),
@@ -214,7 +234,7 @@ def _ones(L, node, a):
 
 @register(aten.scalar_tensor.default)
 def _scalar_tensor(L, node, a):
-    return L.const(a.s, out_dtype(node))
+    return L.const(_stored(a.s, out_dtype(node)), out_dtype(node))
 
 
 @register(*overloads(aten.fill, "Tensor"))

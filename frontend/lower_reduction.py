@@ -119,17 +119,33 @@ register(aten.all.default, aten.all.dim, aten.all.dims)(_any_all("all"))
 
 @register(aten.linalg_vector_norm.default)
 def _vector_norm(L, node, a):
+    """torch's formulas (computed in float32 for half types), written so that ember's autodiff gives
+    torch's gradient: 0 where the norm is 0 (torch's norm backward masks it), not the NaN of
+    differentiating sqrt / pow at 0. Orders below 1 (whose gradient torch masks per element) run
+    as externs."""
     dt = out_dtype(node)
-    x = L.add("abs", [L.cast(a.self, dt)])
+    x = L.cast(a.self, _acc_dtype(dt))
     attrs = dict(dims=norm_dims(a.dim, x.type.rank), keepdim=bool(a.keepdim))
     p = a.ord
-    if p == 2:
-        return L.add("sqrt", [L.add("sum", [L.add("mul", [x, x])], **attrs)])
+    x = L.add("abs", [x])
+    if p == 0:
+        # The count of nonzeros as sign(|x|) (NaN counted): a float function of x with zero derivative,
+        # so the result requires grad and gets zero gradient, as eager's.
+        nonzero = L.add("where", [L.add("isnan", [x]), L.const(1, x.dtype), L.add("sign", [x])])
+        return L.add("sum", [nonzero], **attrs)
     if p == 1:
         return L.add("sum", [x], **attrs)
     if p in (float("inf"), float("-inf")):
         return L.add("amax" if p > 0 else "amin", [x], **attrs)
-    raise Fallback(f"vector norm of order {p}")
+    if not p > 1:
+        raise Fallback(f"vector norm of order {p}")
+    powered = L.add("mul", [x, x]) if p == 2 else L.add("pow", [x, L.const(p, x.dtype)])
+    total = L.add("sum", [powered], **attrs)
+    # root(where(s == 0, 1, s)) is finite with a finite derivative; the outer where gives 0 there.
+    zero = L.add("eq", [total, L.const(0, x.dtype)])
+    safe = L.add("where", [zero, L.const(1, x.dtype), total])
+    root = L.add("sqrt", [safe]) if p == 2 else L.add("pow", [safe, L.const(1.0 / p, x.dtype)])
+    return L.add("where", [zero, L.const(0, x.dtype), root])
 
 
 @register(aten.gather.default)

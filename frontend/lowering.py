@@ -23,6 +23,7 @@ from ..ir import Graph, TensorType, Value
 from ..ir.ops.extern import INPUT
 from ..ir.printer import format_attr
 from ..ir.types import COMPILABLE_DTYPES
+from .void_ops import is_void, lower_void
 
 aten = torch.ops.aten
 Rule = Callable[..., Any]
@@ -251,13 +252,17 @@ class Lowerer:
         args = map_arg(node.args, lambda n: self.env[n])
         kwargs = map_arg(node.kwargs, lambda n: self.env[n])
         val = node.meta.get("val")
+        if val is None and is_void(op):  # a check such as _linalg_check_errors (frontend/void_ops.py)
+            return lower_void(self, node, op, args, kwargs)
         rule = LOWERINGS.get(op)
         if rule is not None and _compilable(args, kwargs, val):
             try:
                 return self._match(node, rule(self, node, bind(op, args, kwargs)), val)
             except Fallback:
                 pass
-        return self.extern(op, args, kwargs, val)
+        strided = {self.env[n] for n in node.all_input_nodes if isinstance(self.env.get(n), Value)
+                   and isinstance(n.meta.get("val"), torch.Tensor) and not n.meta["val"].is_contiguous()}
+        return self.extern(op, args, kwargs, val, strided)
 
     def _match(self, node: torch.fx.Node, out: Any, val: Any) -> Any:
         """Check a rule's result against torch's (shape must agree; dtype is converted to torch's)."""
@@ -268,7 +273,11 @@ class Lowerer:
                                 f"{list(val.shape)}")
         return self.cast(out, val.dtype)
 
-    def extern(self, op: torch._ops.OpOverload, args: tuple, kwargs: dict, val: Any) -> Any:
+    def extern(self, op: torch._ops.OpOverload, args: tuple, kwargs: dict, val: Any,
+               strided: set[Value] = frozenset(), passthrough: list[Value] = ()) -> Any:
+        """A call of the torch op; `strided`: values torch saw non-contiguous; `passthrough`: values
+        returned unchanged after the call (a check's checked values: frontend/void_ops.py). See
+        ir/ops/extern.py."""
         inputs: list[Value] = []
 
         def template(x: Any) -> Any:
@@ -287,7 +296,10 @@ class Lowerer:
 
         targs = tuple(template(x) for x in args)
         tkwargs = {k: template(v) for k, v in kwargs.items()}
-        out = self.g.add("extern", inputs, target=str(op), args=targs, kwargs=tkwargs)
+        layout = {"strided": tuple(i for i, v in enumerate(inputs) if v in strided)}
+        extra = {"passthrough": len(passthrough)} if passthrough else {}
+        out = self.g.add("extern", inputs + list(passthrough), target=str(op), args=targs, kwargs=tkwargs,
+                         **(layout if layout["strided"] else {}), **extra)
         if isinstance(val, (list, tuple)):
             return out if isinstance(out, list) else [out]
         return out
@@ -321,5 +333,6 @@ def _compilable(args: tuple, kwargs: dict, val: Any) -> bool:
 def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Lowered:
     """Lower a captured fx graph to an IR graph (see module doc)."""
     from . import lower_layout, lower_matmul, lower_pointwise, lower_random, lower_reduction  # noqa: F401
+    from .refunctionalize import refunctionalize
 
-    return Lowerer(gm, input_names).run()
+    return Lowerer(refunctionalize(gm), input_names).run()

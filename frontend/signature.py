@@ -2,7 +2,8 @@
 
 A static graph is valid for one signature: the pytree structure of (args, kwargs), each tensor's
 shape, dtype, device and requires_grad, the value of each non-tensor argument (baked into the graph
-as a constant), and for modules the training flag and the parameters' and buffers' metadata.
+as a constant), for modules the training flag and the parameters' and buffers' metadata, and which
+of these tensors share memory (frontend/aliasing.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
+
+from .aliasing import alias_groups
 
 
 def fn_name(fn: Callable) -> str:
@@ -79,10 +82,28 @@ def _leaf_key(x: Any) -> Hashable:
         return ("const", type(x), repr(x))
 
 
+def check_initialized(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """A lazy module (nn.LazyLinear, ...) has no parameter shapes before its first eager call."""
+    lazy = [n for n, t in state.items() if isinstance(t, torch.nn.parameter.UninitializedTensorMixin)]
+    if lazy:
+        raise ValueError(f"{fn_name(module)} has uninitialized parameters/buffers of a lazy module "
+                         f"({', '.join(lazy[:3])}{', ...' if len(lazy) > 3 else ''}); call it once eagerly "
+                         f"(e.g. model(x)) to initialize them before compiling")
+
+
 def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Hashable:
     leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     key: tuple = (str(spec), tuple(_leaf_key(x) for x in leaves))
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     if isinstance(fn, torch.nn.Module):
         state = {**dict(fn.named_parameters()), **dict(fn.named_buffers())}
-        key += (tuple(m.training for m in fn.modules()), tuple((n, _leaf_key(t)) for n, t in state.items()))
-    return key
+        try:
+            key += (tuple(m.training for m in fn.modules()), tuple((n, _leaf_key(t)) for n, t in state.items()))
+        except RuntimeError:  # torch's "Can't access the shape of an uninitialized parameter"
+            check_initialized(fn, state)
+            raise
+        tensors += state.values()
+    # which of the call's tensors (then parameters/buffers) share memory: a trace of f(t, t) reads
+    # one placeholder for both, and an in-place update must be seen through every alias
+    groups = alias_groups(tensors) if len(tensors) > 1 else ()
+    return key + (("aliases", groups),) if groups else key

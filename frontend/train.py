@@ -31,6 +31,7 @@ from ..passes import run_pipeline
 from ..passes.autodiff import grad_graph
 from .api import StaticGraph
 from .capture import module_state
+from .errors import boundary
 
 
 class _LossOf(nn.Module):
@@ -101,7 +102,10 @@ class _StepProgram:
         self.n_out = n_out
 
     def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
-        return [x, y] + list(module_state(loss_module).values()) + self.static.lowered.constants
+        """The graph's inputs before hp and states: x, y, the parameters and buffers, the tensors
+        `loss_fn` reaches through closures and globals (read again now), lifted constants."""
+        return ([x, y] + list(module_state(loss_module).values()) + self.static.captured.source_tensors()
+                + self.static.lowered.constants)
 
 
 class CompiledStep:
@@ -116,6 +120,7 @@ class CompiledStep:
         self._programs: dict[tuple, _StepProgram] = {}
         self._grad_dummies: dict[int, torch.Tensor] = {}
         self.last: _StepProgram | None = None
+        self.recompile_reasons: list[str] = []
 
     def _updates(self) -> list:
         """This step's ParamUpdate per parameter (advances the optimizer's step counters)."""
@@ -133,12 +138,17 @@ class CompiledStep:
                     p.grad = saved
         return out
 
+    @boundary  # errors name the user's line (frontend/errors.py)
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             updates = self._updates()
             key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
                    tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
             program = self._programs.get(key)
+            why = program.static.stale() if program is not None else None
+            if why is not None:  # a Python value the trace read changed (frontend/sources.py)
+                self.recompile_reasons.append(why)
+                program = None
             if program is None:
                 program = self._programs[key] = _StepProgram(self.loss_module, x, y, updates)
             self.last = program

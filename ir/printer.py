@@ -36,11 +36,11 @@ def format_attr(v: Any) -> str:
 
 
 def _value(v) -> str:
-    return f"%{v.name}"
+    return f"%{v.name}" if v.name is not None else "%?"  # a node printed before Graph.name_values (an error)
 
 
 def format_node(node) -> str:
-    lhs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
+    lhs = ", ".join(f"{_value(v)}: {v.type}" for v in node.outputs)
     args = ", ".join(_value(v) for v in node.inputs)
     text = f"{lhs} = {node.op}({args})"
     if node.attrs:

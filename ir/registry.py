@@ -44,6 +44,10 @@ class OpDef:
     vjp: Callable[..., list] | None = None
     # reduction: the combine used by the reduction emitter ("sum", "prod", "max", "min", "argmax", ...)
     combine: str | None = None
+    # The inputs whose gradient dependence the output carries (None: all). `passes.autodiff`'s activity
+    # analysis stops elsewhere: nothing downstream of `stop_gradient` is differentiated, so an op with
+    # no VJP there (an extern) is not an error.
+    active_inputs: tuple[int, ...] | None = None
     doc: str = ""
 
     def __post_init__(self) -> None:

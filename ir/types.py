@@ -21,7 +21,15 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.bool: "b8",
     torch.complex64: "c64",
     torch.complex128: "c128",
+    torch.uint16: "u16",
+    torch.uint32: "u32",
+    torch.uint64: "u64",
+    torch.complex32: "c32",
 }
+# Every other torch dtype (float8 variants, quantized, bits types) prints as its torch name: such values
+# only pass through `extern` calls, but the IR must still print, parse and type them.
+DTYPE_NAMES.update({d: str(d).removeprefix("torch.") for d in vars(torch).values()
+                    if isinstance(d, torch.dtype) and d not in DTYPE_NAMES})
 NAME_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_NAMES.items()}
 
 # dtypes that generated Triton kernels can load, compute on and store.

@@ -78,10 +78,7 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
 
     # Activity: float values that depend on a differentiated input. Only they receive cotangents.
     wrt_values = [g.inputs[i] for i in wrt]
-    active: set[Value] = set(wrt_values)
-    for node in forward_nodes:
-        if any(v in active for v in node.inputs):
-            active.update(v for v in node.outputs if is_float(v.dtype))
+    active = _active(g, wrt_values)
 
     for node in reversed(forward_nodes):
         if not any(v in cts for v in node.outputs) or not any(v in active for v in node.inputs):
@@ -89,6 +86,8 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
         opdef = get_op(node.op)
         if opdef.vjp is None:
             what = f"'{node.op}'" + (f" (target {node.attrs['target']})" if "target" in node.attrs else "")
+            if any(v.dtype.is_complex for v in node.inputs + node.outputs):
+                what += " on complex values"
             raise NotImplementedError(
                 f"cannot differentiate through op {what}: it has no VJP rule, and a gradient must flow "
                 f"through it to an input ({node})")
@@ -111,6 +110,27 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
     grads = [cts[v] if v in cts else zeros(g, v.type) for v in wrt_values]
     g.set_outputs(primal_outputs + grads)
     return verify(dce(g))
+
+
+def _active(graph: Graph, wrt_values: list[Value]) -> set[Value]:
+    """Float values that depend on `wrt_values` through ops that carry a gradient (not through integer
+    values, nor `stop_gradient`: `OpDef.active_inputs`). Complex values are active too: only externs
+    make or read them, and externs have no VJP, so a gradient through an FFT raises instead of
+    silently stopping at the complex intermediate."""
+    active: set[Value] = set(wrt_values)
+    for node in graph.nodes:
+        carried = get_op(node.op).active_inputs
+        sources = node.inputs if carried is None else [node.inputs[i] for i in carried]
+        if any(v in active for v in sources):
+            active.update(v for v in node.outputs if is_float(v.dtype) or v.dtype.is_complex)
+    return active
+
+
+def active_outputs(graph: Graph, wrt: Sequence[int]) -> list[int]:
+    """Indices of the outputs that depend on the inputs `wrt` through differentiable ops: those that
+    require grad in eager autograd (a `torch.no_grad()` result or an integer output does not)."""
+    active = _active(graph, [graph.inputs[i] for i in wrt])
+    return [k for k, v in enumerate(graph.outputs) if v in active]
 
 
 def vjp_graph(graph: Graph, wrt: Sequence[int] | None = None, outputs: int | Sequence[int] = 0) -> Graph:

@@ -88,12 +88,14 @@ class _Partitioner:
             return None
         if "row" in kinds and kinds <= {"row", "pointwise", "layout"}:
             row, other = (a, b) if a.kind == "row" else (b, a)
-            if other.kind == "row" and (other.shape, other.dims) == (row.shape, row.dims):
-                return "row", row.shape, row.dims
             members = set(row.nodes) | set(other.nodes)
-            if all(self._row_member(row, n, members) for n in other.nodes):
+            if other.kind == "row" and (other.shape, other.dims) == (row.shape, row.dims):
+                return None if self._tile_misreads_row(row, members) else ("row", row.shape, row.dims)
+            if all(self._row_member(row, n, members) for n in other.nodes) \
+                    and not self._tile_misreads_row(row, members):
                 return "row", row.shape, row.dims
-            if other.kind == "row" and all(self._row_member(other, n, members) for n in row.nodes):
+            if other.kind == "row" and all(self._row_member(other, n, members) for n in row.nodes) \
+                    and not self._tile_misreads_row(other, members):
                 return "row", other.shape, other.dims
             return None
         if kinds == {"matmul", "pointwise"}:
@@ -113,11 +115,6 @@ class _Partitioner:
         kind = get_op(node.op).kind
         whole = _fits_one_program(row)
         if kind == "pointwise":
-            if node.out.shape == row.shape and any(
-                    v.producer in members and v.shape == squeezed != keep and v.type.numel > 1 for v in node.inputs):
-                # A squeezed row used by a tile broadcasts along the *last* dims (torch's rule), not
-                # along the rows: the row kernel would read it the wrong way round.
-                return False
             return node.out.shape in rows | {row.shape} or (whole and node.out.type.numel == 1)
         if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
             shapes = {node.inputs[0].shape, node.out.shape}
@@ -129,6 +126,19 @@ class _Partitioner:
             # a reduction across all rows of a row value
             return whole and x.shape in rows and node.out.type.numel == 1
         return False
+
+    @staticmethod
+    def _tile_misreads_row(row: KernelGroup, members: set[Node]) -> bool:
+        """A squeezed row value (its dims are the kept dims, in order) used by a tile node: torch
+        broadcasts it along the *last* dims of the tile, the row kernel along the kept dims. They
+        agree only when the kept dims are the last ones (a reduction over leading dims). Checked over
+        the whole union, since the producer and the tile consumer may join in either order."""
+        keep, squeezed = row_shapes(row.shape, row.dims)
+        kept = [d for d in range(len(row.shape)) if d not in row.dims]
+        if squeezed == keep or kept == list(range(len(row.shape) - len(kept), len(row.shape))):
+            return False
+        return any(get_op(n.op).kind == "pointwise" and n.out.shape == row.shape and any(
+            v.producer in members and v.shape == squeezed and v.type.numel > 1 for v in n.inputs) for n in members)
 
     def _merge(self, a: KernelGroup, b: KernelGroup, fused: tuple) -> KernelGroup:
         if fused[0] == "row":
@@ -174,7 +184,7 @@ class _Partitioner:
             for p in list(self.dag.predecessors(group)):
                 members = set(group.nodes) | set(p.nodes)
                 if p.kind in ("pointwise", "layout") and all(self._row_member(group, n, members) for n in p.nodes) \
-                        and self._can_merge(group, p):
+                        and not self._tile_misreads_row(group, members) and self._can_merge(group, p):
                     self._merge(group, p, ("row", group.shape, group.dims))
                     changed = True
 

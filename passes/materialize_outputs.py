@@ -1,8 +1,10 @@
 """Give every graph output its own storage.
 
 After simplification an output can be a graph input itself (`x * 1`) or a layout view of one
-(`x.t()` folds to a strided view). Eager PyTorch would return a fresh tensor for most of these, and
-a caller that mutates the result must never change its own input, so such outputs get a `copy`.
+(`(x * 1).t()` folds to a strided view of `x`). Eager PyTorch returns a fresh tensor for these, and a
+caller that mutates the result must never change its own input, so such outputs get a `copy`.
+Outputs that eager itself returns as inputs or views of them (`x`, `x[1:]`, `x.t()`) are not graph
+outputs at all: the frontend replays those views on the caller's tensor (frontend/aliasing.py).
 """
 
 from __future__ import annotations

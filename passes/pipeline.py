@@ -32,10 +32,14 @@ class PipelineResult:
     snapshots: list[tuple[str, str]] = field(default_factory=list)  # (pass name, printed IR after it)
 
 
-def run_pipeline(graph: Graph, passes: list[tuple[str, Pass]] | None = None) -> PipelineResult:
+def run_pipeline(graph: Graph, passes: list[tuple[str, Pass]] | None = None,
+                 on_pass: Callable[[str], None] | None = None) -> PipelineResult:
+    """`on_pass(name)` is called as each pass starts (the frontend's progress report of a long compile)."""
     verify(graph)
     result = PipelineResult(graph, [("input", str(graph))])
     for name, fn in passes if passes is not None else PIPELINE:
+        if on_pass is not None:
+            on_pass(name)
         graph = verify(fn(graph))
         result.snapshots.append((name, str(graph)))
     result.graph = graph

@@ -10,13 +10,15 @@ from .executor import CompiledGraph
 from .plan import Plan, build_plan
 
 
-def compile_graph(graph: Graph, device: torch.device | str | None = None, fuse: bool = True) -> CompiledGraph:
+def compile_graph(graph: Graph, device: torch.device | str | None = None, fuse: bool = True,
+                  name: str | None = None) -> CompiledGraph:
     """Compile `graph` (after ember.passes.run_pipeline: no composite ops) into a callable.
 
     `device` only matters for graphs without inputs; otherwise the inputs' device decides.
-    `fuse=False` runs every op as its own kernel instead of the fusion pass's groups.
+    `fuse=False` runs every op as its own kernel instead of the fusion pass's groups. `name` (the
+    program's) appears in progress reports of long calls (runtime/progress.py).
     """
-    return CompiledGraph(graph, device, fuse)
+    return CompiledGraph(graph, device, fuse, name)
 
 
 __all__ = ["compile_graph", "CompiledGraph", "Plan", "build_plan"]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from ..codegen.kernel import interpreter_position
 from ..ir import Graph
 from ..ir.ops.extern import call_extern
 from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
+from .progress import Progress
 from .views import View, contiguous_strides
 
 
@@ -19,24 +21,35 @@ def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
     return torch.as_strided(base, v.shape, v.strides, base.storage_offset() + v.offset)
 
 
-def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: str = "a graph") -> list[torch.Tensor]:
     bufs: list = list(inputs)
     for spec in plan.bufs[len(inputs):]:
         bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else None)
-    for step in plan.steps:
-        if isinstance(step, LaunchStep):
-            args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
-            step.kernel.launch(step.grid, args, step.constexprs, device)
-        else:
-            _run_extern(step, bufs)
+    # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
+    inner = interpreter_position if device.type == "cpu" else None
+    with Progress("kernel", len(plan.steps), title=f"running {name}", inner=inner) as progress:
+        for i, step in enumerate(plan.steps, 1):
+            if isinstance(step, LaunchStep):
+                progress.update(i, step.kernel.name)
+                args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
+                step.kernel.launch(step.grid, args, step.constexprs, device)
+            else:
+                progress.update(i, step.node.attrs.get("target", "extern"))
+                _run_extern(step, bufs)
     return [_as_tensor(bufs, v) for v in plan.outputs]
 
 
 def _run_extern(step: ExternStep, bufs: list) -> None:
     node = step.node
-    out = call_extern([_as_tensor(bufs, v) for v in step.inputs], **node.attrs)
+    try:
+        out = call_extern([_as_tensor(bufs, v) for v in step.inputs], **node.attrs)
+    except Exception as e:  # torch's own error for the op, as eager raises it: the API names it for the user
+        e.ember_extern = node.attrs.get("target")
+        raise
     outs = out if isinstance(out, (list, tuple)) else [out]
-    for value, b, t in zip(node.outputs, step.outputs, outs):
+    for k, (value, b, t) in enumerate(zip(node.outputs, step.outputs, outs)):
+        if k in step.unused:
+            continue
         if tuple(t.shape) != value.shape or t.dtype != value.dtype:
             raise RuntimeError(f"extern {node.attrs.get('target')}: returned {t.dtype}{list(t.shape)}, "
                                f"IR expects {value.type}")
@@ -47,8 +60,10 @@ def _run_extern(step: ExternStep, bufs: list) -> None:
 class CompiledGraph:
     """`cg(inputs) -> outputs`, matching `ember.ir.evaluate(graph, *inputs)`."""
 
-    def __init__(self, graph: Graph, device: torch.device | str | None = None, fuse: bool = True):
+    def __init__(self, graph: Graph, device: torch.device | str | None = None, fuse: bool = True,
+                 name: str | None = None):
         self.graph = graph
+        self.name = name or f"a graph of {len(graph.nodes)} nodes"  # in progress reports
         self.fuse = fuse
         self.default_device = torch.device(device or "cpu")
         self._plans: dict[tuple, Plan] = {}
@@ -63,8 +78,12 @@ class CompiledGraph:
         plan = self._plans.get(key)
         if plan is None:
             device = torch.device(key[0], key[1]) if key[1] is not None else torch.device(key[0])
-            plan = self._plans[key] = build_plan(self.graph, [k for k in key[2]], device, self.fuse)
+            plan = self._plans[key] = self._build(list(key[2]), device)
         return plan
+
+    def _build(self, strides: list[tuple[int, ...]], device: torch.device) -> Plan:
+        with Progress(title=f"planning {self.name}"):
+            return build_plan(self.graph, strides, device, self.fuse)
 
     def __call__(self, inputs) -> list[torch.Tensor]:
         inputs = list(inputs)
@@ -76,7 +95,7 @@ class CompiledGraph:
         plan = self.plan_for(inputs)
         self._last = plan
         device = inputs[0].device if inputs else self.default_device
-        return execute(plan, inputs, device)
+        return execute(plan, inputs, device, self.name)
 
     @property
     def plan(self) -> Plan:
@@ -85,7 +104,7 @@ class CompiledGraph:
             key = (self.default_device.type, self.default_device.index,
                    tuple(contiguous_strides(v.shape) for v in self.graph.inputs), torch.get_float32_matmul_precision())
             if key not in self._plans:
-                self._plans[key] = build_plan(self.graph, list(key[2]), self.default_device, self.fuse)
+                self._plans[key] = self._build(list(key[2]), self.default_device)
             self._last = self._plans[key]
         return self._last
 

@@ -20,7 +20,9 @@ from ..codegen.pointwise import PointwiseGroup
 from ..ir import Graph, Node, TensorType, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
 from ..passes.fusion import partition, singleton_groups
+from ..passes.gradient_markers import strip_gradient_markers
 from . import views as V
+from .progress import Progress
 from .views import View
 
 
@@ -60,6 +62,9 @@ class ExternStep:
     node: Node
     inputs: list[View]
     outputs: list[int]  # buffer indices
+    # Outputs nothing reads: their shape may differ from the meta kernel's (`_embedding_bag_forward_only`
+    # returns an empty offset2bag in sum mode), so the executor does not check them.
+    unused: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -156,10 +161,20 @@ class Planner:
         view = self.views[v]
         return view if view.torch_viewable() else self.copy(view, v.dtype, "copy")
 
+    def contiguous_view(self, v: Value) -> View:
+        view = self.views[v]
+        if all(st == c for n, st, c in zip(view.shape, view.strides, V.contiguous_strides(view.shape)) if n != 1):
+            return view
+        return self.copy(view, v.dtype, "copy")
+
     # -- nodes ------------------------------------------------------------------------------------
     def run(self) -> Plan:
-        for group in (partition if self.fuse else singleton_groups)(self.graph):
-            getattr(self, f"group_{group.kind}")(group)
+        with Progress("fusion"):
+            groups = (partition if self.fuse else singleton_groups)(self.graph)
+        with Progress("codegen: kernel group", len(groups)) as progress:
+            for i, group in enumerate(groups, 1):
+                progress.update(i, group.kind)
+                getattr(self, f"group_{group.kind}")(group)
         self.plan.outputs = [self.torch_view(v) for v in self.graph.outputs]
         return self.plan
 
@@ -316,16 +331,22 @@ class Planner:
         self._launch(kernel, ops, grid, args, {"BM": bm, "BN": bn, "BK": bk, "PREC": prec, "INTERP": self.cpu})
 
     def node_extern(self, node: Node) -> None:
-        ins = [self.torch_view(v) for v in node.inputs]
+        # torch saw contiguous tensors there when tracing, except at `strided` positions: internal ops
+        # (`_embedding_bag_forward_only`) rely on their caller's `.contiguous()`, which the IR drops.
+        strided = node.attrs.get("strided", ())
+        ins = [self.torch_view(v) if i in strided else self.contiguous_view(v) for i, v in enumerate(node.inputs)]
         outs = [self._buf(v.shape, v.dtype, "extern") for v in node.outputs]
         for v, b in zip(node.outputs, outs):
             self.views[v] = View(b, 0, v.shape, V.contiguous_strides(v.shape))
-        self.plan.steps.append(ExternStep(node, ins, outs))
+        unused = frozenset(k for k, v in enumerate(node.outputs)
+                           if not self.users.get(v) and v not in self.graph_outputs)
+        self.plan.steps.append(ExternStep(node, ins, outs, unused))
 
     def node_composite(self, node: Node) -> None:
         raise ValueError(f"composite op {node.op} reached the runtime: run ember.passes.run_pipeline first")
 
 
 def build_plan(graph: Graph, input_strides: list[tuple[int, ...]], device: torch.device, fuse: bool = True) -> Plan:
-    """`fuse=False` runs every op as its own kernel (the unfused baseline)."""
-    return Planner(graph, input_strides, device, fuse).run()
+    """`fuse=False` runs every op as its own kernel (the unfused baseline). Gradient markers
+    (`stop_gradient`, ...) matter only to autodiff: dropped here, they cost nothing."""
+    return Planner(strip_gradient_markers(graph), input_strides, device, fuse).run()

@@ -5,9 +5,11 @@ reductions (over one or two dims, keepdim or not), row patterns (softmax, log_so
 rmsnorm), matmuls (with a constant weight, or batched between pool tensors), and layout ops
 (transpose, permute, expand, slices, reshapes that split and merge dims, flip, cat, select). Values
 stay bounded (no exp of large numbers, safe denominators, weights scaled by 1/K) so comparisons with
-tight tolerances are meaningful. Inputs are float32 or float16. Every choice is drawn from
+tight tolerances are meaningful. Inputs are float32 or float16, and each is laid out in one of
+`LAYOUTS`: contiguous, transposed, sliced with a step, expanded (stride 0), the same tensor as an
+earlier input, or a view overlapping an earlier input's storage. Every choice is drawn from
 hypothesis, so a failing program shrinks to a small one and prints as readable Python
-(`Program.source`).
+(`Program.source`, with the code that builds its inputs).
 """
 
 from __future__ import annotations
@@ -32,14 +34,31 @@ REDUCE = {"sum": "{}.sum({dim}, keepdim={k})", "mean": "{}.mean({dim}, keepdim={
           "amax": "{}.amax({dim}, keepdim={k})", "amin": "{}.amin({dim}, keepdim={k})",
           "softmax": "torch.softmax({}, {dim})", "log_softmax": "torch.log_softmax({}, {dim})",
           "var": "{}.var({dim}, keepdim={k})"}
-# row patterns over the last dim (shape-preserving)
+# row patterns over the last dim (shape-preserving). layer_norm's eps is 1e-3: a constant row (an
+# expanded input) centers to rounding noise that 1/sqrt(eps) amplifies, and torch's Welford mean is
+# exact there while a sum / n is not (1 ulp * 316 at eps=1e-5 exceeds float32 tolerances).
 NORMS = {
-    "layer_norm": "torch.nn.functional.layer_norm({0}, {0}.shape[-1:])",
+    "layer_norm": "torch.nn.functional.layer_norm({0}, {0}.shape[-1:], eps=1e-3)",
     "rmsnorm": "{0} * torch.rsqrt(({0} * {0}).mean(-1, keepdim=True) + 1e-6)",
     "center": "{0} - {0}.mean(-1, keepdim=True)",
 }
 # eager float16 rounds after every op, ember after every kernel: compare with looser tolerances
 TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2)}
+# How an input is laid out in memory. "alias": the very tensor of an earlier input of the same shape;
+# "overlap": a view of the same storage as an earlier input, shifted by a few elements.
+LAYOUTS = ("contiguous", "transposed", "stepped", "expanded", "alias", "overlap")
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str = "contiguous"
+    of: int | None = None  # the earlier input an alias/overlap shares storage with
+
+
+def _expanded_base(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an expanded input is expanded from: its first dim > 1 becomes 1."""
+    dims = [i for i, d in enumerate(shape) if d > 1]
+    return tuple(1 if dims and i == dims[0] else d for i, d in enumerate(shape))
 
 
 @dataclass
@@ -49,12 +68,49 @@ class Program:
     lines: list[str] = field(default_factory=list)
     pool: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    layouts: list[Layout] = field(default_factory=list)  # per input; missing ones are contiguous
+
+    def layout(self, i: int) -> Layout:
+        return self.layouts[i] if i < len(self.layouts) else Layout()
+
+    @property
+    def input_source(self) -> str:
+        """Python that builds the inputs from leaf tensors `b0, b1, ...` (what gradients are taken of)."""
+        lines, n_bases = [], 0
+        for i, shape in enumerate(self.shapes):
+            lay, s = self.layout(i), list(shape)
+            if lay.kind == "alias":
+                lines.append(f"x{i} = x{lay.of}")
+                continue
+            if lay.kind == "overlap":  # x{of} was built as the first elements of its own flat base
+                n = _numel(shape)
+                lines.append(f"x{i} = flat{lay.of}[{max(1, n // 2)}:{max(1, n // 2) + n}].view({s})")
+                continue
+            b = f"b{n_bases}"
+            n_bases += 1
+            if lay.kind == "transposed" and len(s) >= 2:
+                lines.append(f"{b} = randn({[s[-1]] + s[1:-1] + [s[0]]}); x{i} = {b}.transpose(0, -1)")
+            elif lay.kind == "stepped" and len(s) >= 1:
+                lines.append(f"{b} = randn({s[:-1] + [2 * s[-1]]}); x{i} = {b}[..., ::2]")
+            elif lay.kind == "expanded" and any(d > 1 for d in s):
+                lines.append(f"{b} = randn({list(_expanded_base(shape))}); x{i} = {b}.expand({s})")
+            elif self._overlapped(i):  # a flat base longer than x{i}: a later input overlaps it
+                n = _numel(shape)
+                lines.append(f"{b} = randn([{n + max(1, n // 2)}]); flat{i} = {b}; x{i} = {b}[:{n}].view({s})")
+            else:
+                lines.append(f"{b} = randn({s}); x{i} = {b}")
+        return "\n".join(lines)
+
+    def _overlapped(self, i: int) -> bool:
+        return any(self.layout(j).kind == "overlap" and self.layout(j).of == i for j in range(len(self.shapes)))
 
     @property
     def source(self) -> str:
         args = ", ".join(f"x{i}" for i in range(len(self.shapes)))
         body = "\n".join(f"    {ln}" for ln in self.lines)
         head = f"# inputs: {self.shapes}, {self.dtype}\n"
+        if any(self.layout(i).kind != "contiguous" for i in range(len(self.shapes))):
+            head += "".join(f"#   {ln}\n" for ln in self.input_source.splitlines())
         return f"{head}def program({args}):\n{body}\n    return ({', '.join(self.outputs)},)\n"
 
     def function(self):
@@ -62,8 +118,26 @@ class Program:
         exec(compile(self.source, "<random program>", "exec"), scope)
         return scope["program"]
 
+    def make_inputs(self, requires_grad: bool = False, seed: int | None = None, wide: bool = False
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(leaf tensors, program inputs built from them by `input_source`). The same `seed` gives
+        equal values and the same aliasing: independent copies for eager and ember. `wide`: the
+        same values in float64 (a reference for accuracy)."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        bases: list[torch.Tensor] = []
+
+        def randn(shape: list[int]) -> torch.Tensor:
+            t = torch.randn(shape, generator=gen).to(self.dtype)
+            t = (t.double() if wide else t).requires_grad_(requires_grad)
+            bases.append(t)
+            return t
+
+        scope: dict = {"randn": randn}
+        exec(self.input_source, scope)
+        return bases, [scope[f"x{i}"] for i in range(len(self.shapes))]
+
     def inputs(self) -> list[torch.Tensor]:
-        return [torch.randn(s).to(self.dtype) for s in self.shapes]
+        return self.make_inputs()[1]
 
     @property
     def tolerances(self) -> tuple[float, float]:
@@ -122,9 +196,39 @@ def _layout(draw, a: str, sa: tuple[int, ...]) -> tuple[str | None, tuple | None
     return None, None
 
 
+def _writable(prog: Program, i: int) -> bool:
+    """torch refuses in-place writes into an expanded tensor (elements sharing memory)."""
+    lay = prog.layout(i)
+    lay = prog.layout(lay.of) if lay.kind == "alias" else lay
+    return lay.kind != "expanded" or all(d <= 1 for d in prog.shapes[i])
+
+
+def _inplace(draw, prog: Program) -> tuple[str | None, tuple | None]:
+    """An in-place update of an input (all of it, or a slice of it): aliases, overlapping inputs and
+    views taken of it before see the new values in eager PyTorch."""
+    targets = [i for i in range(len(prog.shapes)) if _writable(prog, i)]
+    if not targets:
+        return None, None
+    i = draw(st.sampled_from(targets))
+    x, sx = f"x{i}", prog.shapes[i]
+    if len(sx) >= 1 and sx[-1] >= 2 and draw(st.booleans()):  # write through a view of the input
+        x, sx = f"x{i}[..., 1:]", sx[:-1] + (sx[-1] - 1,)
+    # sources: fresh values (`t * 0.5`: torch refuses a source that partially overlaps the target)
+    sources = [(n, s) for n, s in prog.pool if n.startswith("t") and _broadcast(s, sx) == sx]
+    choice = draw(st.sampled_from(["mul_", "clamp_", "add_", "copy_"] if sources else ["mul_", "clamp_"]))
+    if choice == "mul_":
+        return f"{x}.mul_(0.5)", sx
+    if choice == "clamp_":
+        return f"{x}.clamp_(-0.5, 0.5)", sx
+    src, _ = draw(st.sampled_from(sources))
+    return f"{x}.{choice}({src} * 0.5)", sx
+
+
 @st.composite
 def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.float32,),
-             long_dims: bool = False) -> Program:
+             long_dims: bool = False, layouts: bool = True, inplace: bool = False) -> Program:
+    """`layouts`: inputs in every layout of LAYOUTS (else contiguous); `inplace`: steps may write
+    into an input in place (the caller compares the inputs after the call)."""
     dims = st.sampled_from([1, 2, 3, 5, 8])
     base = draw(st.lists(dims, min_size=1, max_size=3))
     if long_dims and draw(st.integers(0, 9)) == 0:
@@ -137,16 +241,31 @@ def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.
         # a second input broadcasting against the first: some dims replaced by 1 or dropped
         s = [d if draw(st.booleans()) else 1 for d in base]
         shapes.append(tuple(s[draw(st.integers(0, len(s) - 1)):]))
+    if layouts and draw(st.booleans()):  # an input of x0's shape, to alias or overlap x0
+        shapes.append(tuple(base))
     prog = Program(shapes, draw(st.sampled_from(dtypes)))
+    if layouts:
+        for i, s in enumerate(shapes):
+            kind = draw(st.sampled_from(LAYOUTS))
+            same = [j for j in range(i) if shapes[j] == s and prog.layout(j).kind != "alias"]
+            if kind == "overlap":
+                same = [j for j in same if prog.layout(j).kind != "overlap" and not prog._overlapped(j)]
+            if kind in ("alias", "overlap") and not same:
+                kind = "contiguous"
+            if kind == "overlap":  # the input it overlaps becomes contiguous (the start of a longer flat base)
+                prog.layouts[same[0]] = Layout()
+            prog.layouts.append(Layout(kind, same[0] if kind in ("alias", "overlap") else None))
     half = prog.dtype != torch.float32
     prog.pool = [(f"x{i}", s) for i, s in enumerate(shapes)]
     for step in range(draw(st.integers(1, max_steps))):
         name = f"t{step}"
         a, sa = draw(st.sampled_from(prog.pool))
         kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "norm", "matmul", "bmm",
-                                     "layout", "layout"]))
+                                     "layout", "layout"] + ["inplace"] * inplace))
         line, shape = None, None
-        if kind == "binary":
+        if kind == "inplace":
+            line, shape = _inplace(draw, prog)
+        elif kind == "binary":
             b, sb = draw(st.sampled_from(prog.pool))
             shape = _broadcast(sa, sb)
             if shape is not None:

@@ -57,9 +57,10 @@ def test_no_grad_and_eval_compile_an_inference_graph():
 def test_double_backward_is_refused():
     x = torch.randn(4, requires_grad=True)
     out = ember.compile(lambda x: (x.sin() * x).sum())(x)
-    (g,) = torch.autograd.grad(out, x, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice|once_differentiable|does not require grad"):
-        g.sum().backward()
+    # raised where the second-order graph is asked for: a first gradient without history would
+    # silently drop second-order terms (gradient penalties); tests/test_aliasing.py has more
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out, x, create_graph=True)
 
 
 def test_gradient_through_a_torch_fallback_names_the_op():

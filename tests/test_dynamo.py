@@ -121,3 +121,96 @@ def test_dynamic_shapes_run_on_eager_kernels():
     assert graphs[0].graph is not None  # the first call is static
     # after a size changed Dynamo traces symbolically: those graphs run op by op in ember.eager()
     assert any(g.graph is None for g in graphs[1:])
+
+
+def _sdpa_inputs(mask: bool):
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
+    if not mask:
+        return (q, k, v), {"is_causal": True}
+    m = torch.randn(8, 8)
+    m[3] = float("-inf")  # a fully masked row: output and gradients 0, as torch's CPU kernel gives
+    return (q, k, v), {"attn_mask": m}
+
+
+@pytest.mark.parametrize("mask", [False, True], ids=["causal", "masked_row"])
+def test_sdpa_gradients_match_eager(mask):
+    # torch's decomposition of the CPU flash kernel put the attention probabilities where the
+    # logsumexp belongs, and torch's flash backward read them: gradients off by 4-241.
+    (q, k, v), kw = _sdpa_inputs(mask)
+    f = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kw)
+    g = torch.randn(1, 2, 8, 4)
+    out = torch.compile(f, backend="ember")(q, k, v)
+    got = torch.autograd.grad(out, (q, k, v), g)
+    want_out = f(q, k, v)
+    want = torch.autograd.grad(want_out, (q, k, v), g)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+    graphs = dynamo.compiled_graphs()
+    assert [g.kind for g in graphs] == ["forward", "backward"]
+    assert all(g.num_kernels and not g.externs for g in graphs), [(g.kind, g.externs) for g in graphs]
+
+
+class TinyGPT(nn.Module):
+    """One GPT block: token and position embeddings, pre-norm causal self-attention (SDPA), GELU MLP,
+    final LayerNorm and an LM head. The attention projection has no bias: a key bias has a
+    gradient of exactly 0 in exact arithmetic, so AdamW turns its float32 rounding noise into
+    lr-sized steps of random sign, and no two runs (not even torch float32 vs float64) agree on it."""
+
+    def __init__(self, vocab=16, d=16, heads=2, t=8):
+        super().__init__()
+        self.heads = heads
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(t, d)
+        self.ln1, self.ln2, self.lnf = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx):
+        b, t = idx.shape
+        x = self.tok(idx) + self.pos(torch.arange(t))
+        q, k, v = self.qkv(self.ln1(x)).split(x.size(-1), dim=-1)
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, -1))
+        x = x + self.down(F.gelu(self.up(self.ln2(x))))
+        return self.head(self.lnf(x))
+
+
+def test_gpt_block_trains_with_adamw_like_torch():
+    def train(model, compiled: bool):
+        run = torch.compile(model, backend="ember") if compiled else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for idx, target in batches:
+            F.cross_entropy(run(idx).flatten(0, 1), target.flatten()).backward()
+            opt.step()
+            opt.zero_grad()
+        return [p.detach().double() for p in model.parameters()]
+
+    def dist(a, b):
+        return max((p - q).abs().max().item() for p, q in zip(a, b))
+
+    model = TinyGPT()
+    batches = [(torch.randint(0, 16, (2, 8)), torch.randint(0, 16, (2, 8))) for _ in range(3)]
+    ember_params = train(copy.deepcopy(model), compiled=True)
+    exact = train(copy.deepcopy(model).double(), compiled=False)
+    rounding = dist(train(copy.deepcopy(model), compiled=False), exact)  # torch float32 vs float64
+    # ember is as close to the exact result as torch's float32 is (measured: equal, ~4e-7); the
+    # logsumexp bug put it 0.05 away
+    assert dist(ember_params, exact) <= 5 * rounding, (dist(ember_params, exact), rounding)
+    assert [g.kind for g in dynamo.compiled_graphs()] == ["forward", "backward"]
+
+
+def test_zero_dim_tensor_constants():
+    # `torch.tensor(2.0)` in the program is a real tensor in AOTAutograd's graph, lowered (folded
+    # into the IR by value) while AOTAutograd's fake mode is active
+    f = lambda x: x * torch.tensor(2.0) + torch.tensor([1.0, 2.0, 3.0]) / torch.tensor(4.0)
+    cf = torch.compile(f, backend="ember")
+    x = torch.randn(4, 3, requires_grad=True)
+    out = cf(x)
+    torch.testing.assert_close(out, f(x))
+    (grad,) = torch.autograd.grad(out, x, torch.ones(4, 3))
+    torch.testing.assert_close(grad, torch.full((4, 3), 2.0))
+    with torch.no_grad():
+        torch.testing.assert_close(cf(x), f(x))
+    assert all(g.graph is not None for g in dynamo.compiled_graphs())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from models import TransformerBlock
 
 import ember
-from ember.frontend.eager import EagerStats
+from ember.frontend.eager import EagerError, EagerStats
 
 
 class MLP(nn.Module):
@@ -208,3 +208,50 @@ def test_nested_eager_is_one_mode():
             y = torch.randn(3) + 1
         y = y * 2
     assert ember.eager_stats().ember["add.Tensor"] == 1 and ember.eager_stats().ember["mul.Tensor"] == 1
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "masked_row"])
+def test_sdpa_gradients_match_pytorch(causal):
+    # torch's decomposition of the CPU flash kernel returned the attention probabilities as the
+    # logsumexp, which torch's flash backward then read: gradients off by 4-241
+    q, k, v = (torch.randn(1, 2, 8, 4, requires_grad=True) for _ in range(3))
+    mask = None if causal else torch.randn(8, 8).index_fill(0, torch.tensor([3]), float("-inf"))
+    g = torch.randn(1, 2, 8, 4)
+    f = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    ember.clear_eager_cache()
+    ember.reset_eager_stats()
+    with ember.eager(strict=True):
+        out = f(q, k, v)
+        got = torch.autograd.grad(out, (q, k, v), g)
+    want_out = f(q, k, v)
+    want = torch.autograd.grad(want_out, (q, k, v), g)
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    for name, a, b in zip("qkv", got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"gradient of {name}")
+    stats = ember.eager_stats()
+    assert stats.ember["_scaled_dot_product_flash_attention_for_cpu.default"] == 1, stats.reasons
+    assert stats.ember["_scaled_dot_product_flash_attention_for_cpu_backward.default"] == 1, stats.reasons
+
+
+def test_decomposition_disagreeing_with_torch_never_runs(monkeypatch):
+    # each op's captured graph is checked against torch's own output shapes and dtypes: a wrong
+    # decomposition (here: the old flash attention one, whose logsumexp had the shape of the
+    # attention matrix) is a build error, never a silently wrong result
+    from ember.frontend.decompositions import DECOMPOSITIONS
+
+    aten = torch.ops.aten
+    op = aten._scaled_dot_product_flash_attention_for_cpu.default
+    monkeypatch.setitem(DECOMPOSITIONS, op, lambda q, k, v, *a, **kw: aten._scaled_dot_product_attention_math(
+        q, k, v, *a, **kw))
+    ember.clear_eager_cache()
+    q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
+    with pytest.raises(EagerError, match="flash_attention_for_cpu.* torch's kernel gives"):
+        with ember.eager(strict=True):
+            F.scaled_dot_product_attention(q, k, v)
+    ember.clear_eager_cache()
+    ember.reset_eager_stats()
+    with ember.eager():
+        out = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    assert ember.eager_stats().fallthrough["_scaled_dot_product_flash_attention_for_cpu.default"] == 1
+    ember.clear_eager_cache()

@@ -59,6 +59,8 @@ def _corpus() -> None:
         x, y = g.add_input(T((4, 5, 6), dt)), g.add_input(T((6,), dt))
         outs = [g.add("maximum", [x, y]), g.add("eq", [x, y]), g.add("where", [g.add("ne", [x, y]), x, y]),
                 g.add("cat", [x, x], dim=1), g.add("flip", [x], dims=(0,)), g.add("convert", [x], dtype=torch.float32),
+                # rounding to half types is bit arithmetic (ir/ops/half.py), from every dtype
+                g.add("convert", [x], dtype=torch.bfloat16), g.add("convert", [x], dtype=torch.float16),
                 g.add("full", [], shape=(3,), value=1, dtype=dt),
                 g.add("arange", [], start=0, step=1, length=5, dtype=dt if dt != torch.bool else torch.int64),
                 g.add("sum", [x], dims=(0, 2), keepdim=False), g.add("prod", [x], dims=(1,), keepdim=True),
@@ -112,7 +114,8 @@ def _compile_one(job: tuple) -> str | None:
     return None
 
 
-def _compile_all() -> int:
+def _jobs() -> list[tuple]:
+    """(source, name, signature, constexprs) of every distinct kernel configuration generated so far."""
     jobs, seen = [], set()
     for spec in generated_kernels():
         consts = dict(spec.constexprs)
@@ -126,6 +129,48 @@ def _compile_all() -> int:
             if key not in seen:
                 seen.add(key)
                 jobs.append((spec.source, spec.name, spec.signature, consts))
+    return jobs
+
+
+# The sweep takes minutes in a full run (every kernel the earlier tests generated): split into
+# parametrized chunks, so pytest's progress moves and `-v` names the chunk it is compiling.
+CHUNKS = 16
+
+
+def _say(config: pytest.Config, line: str) -> None:
+    """Write a line to the terminal even under `-q` and output capture (as pytest's live logs do)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def sm90_jobs(request) -> list[tuple]:
+    """This file's corpus planned, then every kernel configuration of the session so far (listed once,
+    at the first test of this file, so every chunk sees the same list)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _corpus()
+        _corpus_fused()
+        _corpus_int64(mp)
+    jobs = _jobs()
+    _say(request.config, f"{__name__}: compiling {len(jobs)} kernel configurations for sm_90 "
+                         f"in {CHUNKS} chunks (~0.3 s a kernel per core)")
+    return jobs
+
+
+def test_corpus_covers_every_kernel_kind(sm90_jobs):
+    kinds = {s.kernel.kind for s in generated_kernels()}
+    assert kinds == {"pointwise", "reduction", "matmul", "row"}
+    assert any(s.kernel.kind == "matmul" and "gelu" in s.kernel.ops for s in generated_kernels())
+    assert any("tl.int64) * " in s.source for s in generated_kernels())
+    assert len(sm90_jobs) >= CHUNKS  # no chunk is empty
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS), ids=lambda c: f"chunk{c + 1}of{CHUNKS}")
+def test_generated_kernels_compile_for_sm90(sm90_jobs, chunk):
+    jobs = sm90_jobs[chunk::CHUNKS]
     # triton.compile is single-threaded and ~0.3 s a kernel: spread the work over the cores.
     workers = min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1:
@@ -134,16 +179,4 @@ def _compile_all() -> int:
     else:
         errors = [e for e in map(_compile_one, jobs) if e]
     if errors:
-        pytest.fail(f"{len(errors)} kernels fail to compile for sm_90; first:\n{errors[0]}")
-    return len(jobs)
-
-
-def test_every_generated_kernel_compiles_for_sm90(monkeypatch):
-    _corpus()
-    _corpus_fused()
-    _corpus_int64(monkeypatch)
-    kinds = {s.kernel.kind for s in generated_kernels()}
-    assert kinds == {"pointwise", "reduction", "matmul", "row"}
-    assert any(s.kernel.kind == "matmul" and "gelu" in s.kernel.ops for s in generated_kernels())
-    assert any("tl.int64) * " in s.source for s in generated_kernels())
-    assert _compile_all() > 0
+        pytest.fail(f"{len(errors)} of {len(jobs)} kernels fail to compile for sm_90; first:\n{errors[0]}")

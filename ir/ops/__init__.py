@@ -1,3 +1,3 @@
 """Importing this package registers every IR op."""
 
-from . import constant, extern, layout, matmul, pointwise, random, reduction  # noqa: F401
+from . import constant, extern, gradient, layout, matmul, pointwise, random, reduction  # noqa: F401

@@ -1,7 +1,15 @@
 """`extern`: a call to a torch op that ember does not lower, so that no program is refused.
 
 attrs: `target` ("aten.name.overload"), `args` and `kwargs` templates in which ("__input__", i)
-stands for the node's i-th input. The type rule runs the target on meta tensors.
+stands for the node's i-th input, and optionally `strided`: the inputs torch saw non-contiguous when
+tracing, which the runtime passes as they are laid out; every other input is passed contiguous (as
+torch saw it: some internal ops rely on their caller's `.contiguous()`), and optionally
+`passthrough`: the number of trailing inputs that are not arguments of the call but are returned
+(copied) after it, as the node's outputs: an op that returns nothing, such as
+`_linalg_check_errors`, checks the values computed with it that way (frontend/void_ops.py). The type
+rule runs the target on meta tensors. An output torch returns as None (`convolution_backward`'s
+gradients masked off by `output_mask`) gets the placeholder type `b8[0]`: nothing reads it, and the
+runtime does not check it.
 """
 
 from __future__ import annotations
@@ -37,17 +45,27 @@ def fill_template(template, inputs):
     return template
 
 
-def call_extern(inputs, target: str, args=(), kwargs=None):
+# The type of an output torch returns as None (see the module doc).
+NONE_TYPE = TensorType((0,), torch.bool)
+
+
+def call_extern(inputs, target: str, args=(), kwargs=None, strided=(), passthrough: int = 0):
     fn = resolve_target(target)
-    out = fn(*fill_template(tuple(args), list(inputs)), **fill_template(dict(kwargs or {}), list(inputs)))
+    inputs = list(inputs)
+    n = len(inputs) - passthrough
+    out = fn(*fill_template(tuple(args), inputs[:n]), **fill_template(dict(kwargs or {}), inputs[:n]))
+    if passthrough:  # copies: an extern's results must not alias its inputs (runtime/executor.py)
+        return [t.clone() for t in inputs[n:]]
     return out
 
 
-def _extern_infer(types: list[TensorType], target: str, args=(), kwargs=None):
+def _extern_infer(types: list[TensorType], target: str, args=(), kwargs=None, strided=(), passthrough: int = 0):
     metas = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in types]
-    out = call_extern(metas, target, args, kwargs)
+    out = call_extern(metas, target, args, kwargs, passthrough=passthrough)
     outs = out if isinstance(out, (list, tuple)) else [out]
-    return [TensorType(tuple(o.shape), o.dtype) for o in outs]
+    if out is None or not outs:
+        raise ValueError(f"extern {target}: the op returns nothing; lower it with `passthrough` values")
+    return [NONE_TYPE if o is None else TensorType(tuple(o.shape), o.dtype) for o in outs]
 
 
 register(OpDef("extern", "extern", _extern_infer, lambda *xs, **attrs: call_extern(xs, **attrs)))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..registry import OpDef, register, scalar, unbroadcast
 from ..types import TRITON_NAMES, TensorType, broadcast_shapes, compute_dtype, is_float, is_int
+from .half import HALF_TYPES, round_half
 
 # -- type rules -----------------------------------------------------------------------------------
 
@@ -171,9 +172,14 @@ def _trunc(e, x: str) -> str:
     return f"tl.where({x} < 0, tl.ceil({x}), tl.floor({x}))"
 
 
-def _pow(e, x: str, y: str) -> str:
+def _pow(e, x: str, y: str, dtype: torch.dtype) -> str:
     ax = e.tmp(f"tl.abs({x})")
-    r = e.tmp(f"tl.exp2({y} * tl.log2({ax}))")
+    if compute_dtype(dtype) == torch.float32:
+        # exp2(y * log2|x|) in float32 is off by |y log2 x| ulps (11 near 1e5); in float64 it rounds
+        # to float32 correctly in practice, like torch's powf.
+        r = e.tmp(f"tl.exp2({y}.to(tl.float64) * tl.log2({ax}.to(tl.float64))).to(tl.float32)")
+    else:
+        r = e.tmp(f"tl.exp2({y} * tl.log2({ax}))")
     yi = e.tmp(f"{y} == tl.floor({y})")
     odd = e.tmp(f"{yi} & (tl.floor({y} * 0.5) * 2.0 != {y})")
     r = e.tmp(f"tl.where(({x} < 0) & {odd}, -{r}, {r})")
@@ -214,9 +220,10 @@ def _sign(e, x: str, dtype: torch.dtype) -> str:
 def _convert(e, x: str, src: torch.dtype, dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return f"{x} != 0"
-    if compute_dtype(dtype) != dtype:
-        # An explicit cast to a half type rounds there, even inside a fused kernel computing in float32.
-        return f"{x}.to({TRITON_NAMES[dtype]}).to({TRITON_NAMES[compute_dtype(dtype)]})"
+    if dtype in HALF_TYPES:
+        # An explicit cast to a half type rounds there (as torch rounds: see ir/ops/half.py), even
+        # inside a fused kernel computing in float32.
+        return round_half(e, x, src, dtype)
     return f"{x}.to({TRITON_NAMES[compute_dtype(dtype)]})"
 
 
@@ -356,7 +363,7 @@ _BINARY = [
      lambda g, a, b, y, ct: [ct, _f(g, "neg", ct)]),
     ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", "any", "same",
      lambda g, a, b, y, ct: [_f(g, "mul", ct, b), _f(g, "mul", ct, a)]),
-    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b), "float", "same",
+    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b, d), "float", "same",
      _pow_vjp),
     ("maximum", torch.maximum, lambda e, a, b, d: f"tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})", "any", "same",
      lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "lt", "gt")),

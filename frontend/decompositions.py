@@ -1,0 +1,164 @@
+"""ember's decomposition table: which aten ops capture splits into simpler ones, and how.
+
+One table serves static mode (`capture`), the Dynamo backend (AOTAutograd's `decompositions`) and
+eager mode (each op captured alone). It is core ATen's table (`torch.export`'s defaults: torch's
+decompositions plus every CompositeImplicitAutograd op mapped to its own kernel), plus composites
+ember wants as fusable primitives, minus ops the IR has as primitives, with these corrections
+(each found by tests/test_decompositions.py, which runs every entry against torch's kernel and
+compares every output and the gradients):
+
+- Mutable overloads (in-place, `out=`) are dropped: every ember trace is functionalized above the
+  decompositions, so they are never consulted, and several of torch's entries neither write `out`
+  nor update `self`.
+- `detach` is not decomposed: its no-op decomposition (an alias) would erase the stop-gradient that static
+  mode's IR autodiff needs.
+- `special_log_ndtr` is not decomposed: torch's decomposition selects between two branches with `where`, and
+  the unselected branch overflows, so its gradient is NaN where torch's is finite.
+- ember's own versions of ops whose torch decomposition gets an output or a gradient wrong:
+  `_scaled_dot_product_flash_attention_for_cpu` (torch's returns the attention probabilities in the
+  logsumexp slot, which torch's flash backward then consumes), its backward (so the backward graph
+  runs on ember too), `_safe_softmax` (NaN gradient on fully masked rows), `index_fill` (the
+  filled value's gradient counted repeated indices several times; negative indices failed) and
+  `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch._decomp import core_aten_decompositions, get_decompositions
+from torch._prims_common import get_computation_dtype
+
+aten = torch.ops.aten
+
+_NEG_INF = float("-inf")
+
+
+def _safe_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Softmax whose rows of only -inf give 0 (SDPA's math path with fully masked rows). The softmax
+    runs on those rows replaced by zeros, so its gradient there is finite (and then discarded by the
+    `where`): torch's decomposition differentiates the softmax of -inf rows and gets NaN."""
+    masked = (x == _NEG_INF).all(dim, keepdim=True)
+    out = torch.softmax(torch.where(masked, 0, x), dim, dtype=dtype)
+    return torch.where(masked, 0, out)
+
+
+def _fill_tensor(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`x`'s shape filled with the 0-dim `value`, as an expand: torch's decomposition copies with
+    `aten.copy`, which autograd cannot differentiate (value's gradient is the sum of x's)."""
+    torch._check(value.dim() == 0, lambda: f"fill only supports 0-dimension value tensor but got {value.dim()}")
+    return value.to(x.dtype).expand(x.shape).clone()
+
+
+def _index_fill(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.Tensor:
+    """`x` with the positions `index` along `dim` set to `value`, as a `where` over a mask of the
+    positions: a position listed twice is still filled once, so `value`'s gradient counts it once
+    (torch's decomposition expands `value` per index entry and copies it in)."""
+    n = x.size(dim) if x.dim() else 1
+    idx = index.reshape(-1)
+    idx = torch.where(idx < 0, idx + n, idx)
+    hit = (torch.arange(n, device=x.device).unsqueeze(1) == idx.unsqueeze(0)).any(1)
+    shape = [1] * x.dim()
+    if x.dim():
+        shape[dim] = n
+    if not isinstance(value, torch.Tensor):
+        value = torch.scalar_tensor(value, dtype=x.dtype, device=x.device)
+    return torch.where(hit.reshape(shape), value.to(x.dtype), x)
+
+
+def _attention_scores(q: torch.Tensor, k: torch.Tensor, is_causal: bool, attn_mask: torch.Tensor | None,
+                      scale: float | None) -> torch.Tensor:
+    """Scaled, masked scores `q @ k^T` of the CPU flash kernel (masked entries -inf)."""
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    s = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:  # top-left aligned, as torch's kernel
+        keep = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
+        s = s.masked_fill(~keep, _NEG_INF)
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, _NEG_INF) if attn_mask.dtype == torch.bool else s + attn_mask.to(s.dtype)
+    return s
+
+
+def _expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """Grouped-query attention: key/value head j serves query heads j*g .. j*g+g-1."""
+    return t if t.size(1) == heads else t.repeat_interleave(heads // t.size(1), dim=1)
+
+
+def _sdpa_flash_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float = 0.0,
+                    is_causal: bool = False, *, attn_mask: torch.Tensor | None = None,
+                    scale: float | None = None):
+    """Both outputs of torch's CPU flash kernel: the attention output and the per-row logsumexp of
+    the scores (in the computation dtype, laid out (B, L, H) as torch's), which the flash backward
+    reads. A fully masked row gives output 0 and logsumexp 0, as torch's kernel does."""
+    if dropout_p != 0.0:
+        return NotImplemented
+    acc = get_computation_dtype(query.dtype)
+    q = query.to(acc)
+    k, v = (_expand_heads(t.to(acc), q.size(1)) for t in (key, value))
+    s = _attention_scores(q, k, is_causal, attn_mask, scale)
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(m == _NEG_INF, 0, m)
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    empty = total == 0
+    out = (e / torch.where(empty, 1, total)) @ v
+    lse = torch.where(empty, 0, m + torch.log(total)).squeeze(-1)
+    return out.to(query.dtype), lse.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _sdpa_flash_cpu_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             out: torch.Tensor, logsumexp: torch.Tensor, dropout_p: float, is_causal: bool,
+                             attn_mask: torch.Tensor | None = None, scale: float | None = None):
+    """Gradients of query, key and value from the saved output and logsumexp (the flash backward's
+    formula: P = exp(S - lse), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)))."""
+    if dropout_p != 0.0:
+        return NotImplemented
+    acc = get_computation_dtype(query.dtype)
+    q, do, o = query.to(acc), grad_out.to(acc), out.to(acc)
+    heads, kv_heads = q.size(1), key.size(1)
+    k, v = (_expand_heads(t.to(acc), heads) for t in (key, value))
+    s = _attention_scores(q, k, is_causal, attn_mask, scale)
+    p = torch.exp(s - logsumexp.unsqueeze(-1))
+    dv = p.transpose(-2, -1) @ do
+    ds = p * (do @ v.transpose(-2, -1) - (do * o).sum(-1, keepdim=True))
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    dq = (ds @ k) * scale
+    dk = (ds.transpose(-2, -1) @ q) * scale
+    if kv_heads != heads:  # each key/value head sums the gradients of its group of query heads
+        dk, dv = (t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2) for t in (dk, dv))
+    return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
+
+
+# ember's own decompositions (see the module doc for why each replaces torch's).
+_EMBER = {
+    aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_flash_cpu,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default: _sdpa_flash_cpu_backward,
+    aten._safe_softmax.default: _safe_softmax,
+    aten.fill.Tensor: _fill_tensor,
+    aten.index_fill.int_Scalar: _index_fill,
+    aten.index_fill.int_Tensor: _index_fill,
+}
+
+
+def _decomposition_table() -> dict:
+    table = dict(core_aten_decompositions())
+    # Composites that core ATen keeps but ember wants as primitives it can fuse.
+    table.update(get_decompositions([
+        aten.native_layer_norm, aten._softmax, aten._log_softmax, aten.native_batch_norm,
+        aten._native_batch_norm_legit, aten._native_batch_norm_legit_functional,
+        aten._native_batch_norm_legit_no_training, aten.native_group_norm, aten.native_dropout,
+        aten.hardtanh, aten.leaky_relu, aten.elu, aten.isinf, aten.repeat, aten.clamp.Tensor,
+    ]))
+    # Ops the IR has as primitives (or lowers to matmul) must not be decomposed further; detach is
+    # the stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients.
+    for op in (aten.silu, aten.gelu, aten.sigmoid, aten.tanh, aten.mv, aten.dot, aten.addmm, aten.baddbmm,
+               aten.embedding, aten.detach, aten.special_log_ndtr):
+        for overload in op.overloads():
+            table.pop(getattr(op, overload), None)
+    table = {op: fn for op, fn in table.items() if not op._schema.is_mutable}
+    table.update(_EMBER)
+    return table
+
+
+DECOMPOSITIONS = _decomposition_table()
