@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..ir.ops.half import HALF_TYPES, ROUNDED_OPS, round_half
 from ..ir.types import TRITON_NAMES, compute_dtype
 
 # Signature spellings of pointer element types (triton.compile / ASTSource).
@@ -54,6 +55,20 @@ def py_literal(value, dtype: torch.dtype) -> str:
 def literal(value, dtype: torch.dtype) -> str:
     """A 0-dim Triton constant of the compute dtype of `dtype`, so it never promotes an expression."""
     return f"tl.full([], {py_literal(value, dtype)}, {tl_compute(dtype)})"
+
+
+def bind_value(e: Emitter, expr: str, dtype: torch.dtype, op: str | None = None) -> str:
+    """Bind `expr` to a temporary holding a value of IR dtype `dtype`, in its compute dtype.
+
+    A half-typed value is rounded to its dtype (and widened back to float32) here, not only on store:
+    eager rounds every op's result, and a later op may depend on the exact bits (the `eq` of an amax
+    VJP comparing a recomputed value with a saved one; floor, comparisons). `op`: the IR op that
+    computed `expr`; ops in `ROUNDED_OPS` already give a value of their half dtype.
+    """
+    v = e.tmp(f"({expr}).to({tl_compute(dtype)})", "v")
+    if dtype in HALF_TYPES and op not in ROUNDED_OPS:
+        v = e.tmp(round_half(e, v, torch.float32, dtype), "v")
+    return v
 
 
 class Emitter:

@@ -19,7 +19,7 @@ import torch
 from ..ir import Node, Value, get_op
 from ..ir.ops.half import HALF_TYPES, load_cast, round_half, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, ptr_sig, py_literal, tl_compute, unravel
+from .emitter import Emitter, bind_value, ptr_sig, py_literal, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -158,7 +158,7 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
             continue
         args = [env[v] for v in node.inputs]
         expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
-        env[node.out] = e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
+        env[node.out] = bind_value(e, expr, node.out.dtype, node.op)
     for j, v in enumerate(ep.outputs):
         e.line(f"tl.store(o{j}_ptr + ({_out_offset(j, bidx)}), {store_cast(e, env[v], v.dtype)}, mask=cmask)")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..ir import Node, Value, get_op
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, offset_expr, ptr_sig, py_literal, tl_compute, unravel
+from .emitter import Emitter, bind_value, offset_expr, ptr_sig, py_literal, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 
 
@@ -113,7 +113,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
             i_last = dims_of(out)[0] if out.shape[0] != 1 else "zero"
             expr = (f"{py_literal(a['start'], a['dtype'])} + {py_literal(a['step'], a['dtype'])} * "
                     f"{i_last}.to({wide})")
-            env[out] = e.tmp(f"({expr}).to({tl_compute(out.dtype)})", "v")
+            env[out] = bind_value(e, expr, out.dtype)
             continue
         if node.op == "cat":
             env[out] = _emit_cat(e, group, node, cat_count, dims_of(out), load)
@@ -122,7 +122,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
         opdef = get_op(node.op)
         args = [env[v] for v in node.inputs]
         expr = opdef.triton(e, args, [v.dtype for v in node.inputs], out.dtype, **node.attrs)
-        env[out] = e.tmp(f"({expr}).to({tl_compute(out.dtype)})", "v")
+        env[out] = bind_value(e, expr, out.dtype, node.op)
 
     for j, v in enumerate(group.outputs):
         off = offset_expr(f"out{j}_off", idx, [f"out{j}_st{d}" for d in range(rank)], "zero")

@@ -26,7 +26,7 @@ from ..ir.kernel_group import KernelGroup
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.ops.reduction import reduced_shape
 from ..ir.types import compute_dtype
-from .emitter import Emitter, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import Emitter, bind_value, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 
 _COMBINE = {"sum": "_sum_combine", "amax": "_elementwise_max", "amin": "_elementwise_min"}
@@ -174,7 +174,7 @@ class _RowEmitter:
                               f"{tl_compute(node.out.dtype)})", "v")
         args = [self.operand(v, tile) for v in node.inputs]
         expr = get_op(node.op).triton(self.e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
-        return self.e.tmp(f"({expr}).to({tl_compute(node.out.dtype)})", "v")
+        return bind_value(self.e, expr, node.out.dtype, node.op)
 
     # -- reductions -------------------------------------------------------------------------------
     def work_dtype(self, node: Node) -> torch.dtype:
@@ -217,7 +217,7 @@ class _RowEmitter:
                 e.line(f"{acc} = tl.where(({t} {cmp} {acc}){nan}, {t}, {acc})")
             self.end_loop()
             r = self.reduce_tile(node, acc, wt)
-        self.rows[node.out] = e.tmp(f"{r}.to({tl_compute(node.out.dtype)})", "row")
+        self.rows[node.out] = bind_value(e, r, node.out.dtype)
 
     def total(self, node: Node) -> None:
         """Reduce a row value across all rows (the group runs as one program holding every row)."""
@@ -229,8 +229,7 @@ class _RowEmitter:
             nan = e.tmp(f"tl.reduce(({t} != {t}).to(tl.int32), 0, tl.standard._elementwise_max)", "r")
             r = e.tmp(f"tl.where({nan} > 0, float('nan'), {r})", "r")
         # Broadcast back to a row block: 0-dim values are awkward under the interpreter.
-        self.rows[node.out] = e.tmp(f"(tl.full([BM], 0, {tl_dtype(wt)}) + {r}).to({tl_compute(node.out.dtype)})",
-                                    "row")
+        self.rows[node.out] = bind_value(e, f"tl.full([BM], 0, {tl_dtype(wt)}) + {r}", node.out.dtype)
 
     # -- structure --------------------------------------------------------------------------------
     def chunk_loop(self) -> None:

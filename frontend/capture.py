@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from .capture_mode import CaptureError, CaptureMode
+from .capture_mode import CaptureError, CaptureMode, is_size
 from .decompositions import DECOMPOSITIONS
 from .errors import Watch, data_dependent_message, has_unbacked
 from .rng_guard import RngGuard
@@ -36,7 +36,7 @@ aten = torch.ops.aten
 # How make_fx reports reading a tensor's values while tracing with fake tensors ("data is not allocated
 # yet": an op without a meta kernel run on a fake tensor's missing data, e.g. tensor_split(x, tensor)).
 _DATA_DEPENDENT = ("data-dependent", "DataDependent", "item() cannot be called", "cannot be called on meta tensors",
-                   "data is not allocated yet")
+                   "data is not allocated yet", "DynamicOutputShape")
 
 
 @dataclass
@@ -109,15 +109,18 @@ def flat_function(fn: Callable, module: torch.nn.Module | None, leaves: list, in
                 out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
             else:
                 out = fn(*a, **kw)
-        out = pytree.tree_map_only(torch.Tensor, lambda t: substitute.get(id(t), t), out)  # `return w`
-        out_leaves, cap.out_spec = pytree.tree_flatten(out)
+        # A torch.Size is one leaf: pytree would rebuild it as a plain tuple (eager returns a Size).
+        out = pytree.tree_map_only(torch.Tensor, lambda t: substitute.get(id(t), t), out,  # `return w`
+                                   is_leaf=is_size)
+        out_leaves, cap.out_spec = pytree.tree_flatten(out, is_leaf=is_size)
         outs: list[torch.Tensor] = []
         cap.out_leaves = []
         for leaf in out_leaves:
             if isinstance(leaf, torch.Tensor):
                 cap.out_leaves.append(("tensor", len(outs)))
                 outs.append(leaf)
-            elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            elif isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)) or (
+                    isinstance(leaf, torch.Size) and not all(isinstance(s, int) for s in leaf)):
                 if has_unbacked(leaf):  # `return x.sum().item()`: a value, not a size
                     raise CaptureError(data_dependent_message("returning a tensor's value as a Python number"))
                 raise SymbolicTraceError("the program returns a size as a Python number")

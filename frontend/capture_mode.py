@@ -35,6 +35,12 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 
+def is_size(x: Any) -> bool:
+    """pytree's `is_leaf` for tree maps over a program's values: torch registers torch.Size as a node
+    whose unflatten builds a plain tuple, and `x.shape` must stay a torch.Size, as in eager."""
+    return isinstance(x, torch.Size)
+
+
 class CaptureError(RuntimeError):
     """The program cannot be captured as a static graph (e.g. data-dependent control flow)."""
 
@@ -119,7 +125,7 @@ class CaptureMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.substitute:
-            args, kwargs = pytree.tree_map_only(torch.Tensor, self._sub, (args, kwargs))
+            args, kwargs = pytree.tree_map_only(torch.Tensor, self._sub, (args, kwargs), is_leaf=is_size)
         if getattr(func, "__self__", None) is _DATA:
             if func.__name__ == "__get__":  # `t.data`: an alias autograd does not see
                 return self._detach(args[0], args[0])
@@ -154,7 +160,7 @@ class CaptureMode(TorchFunctionMode):
                 self.no_grad[t] = True
             return t
 
-        return pytree.tree_map_only(torch.Tensor, result, out)
+        return pytree.tree_map_only(torch.Tensor, result, out, is_leaf=is_size)
 
     def _untracked(self, func, args: tuple, kwargs: dict, updated: list[torch.Tensor],
                    inputs: list[torch.Tensor]) -> Any:

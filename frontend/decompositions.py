@@ -20,6 +20,9 @@ compares every output and the gradients):
   runs on ember too), `_safe_softmax` (NaN gradient on fully masked rows), `index_fill` (the
   filled value's gradient counted repeated indices several times; negative indices failed) and
   `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate).
+- Results that do not depend on an input autograd differentiates (`fill`, `zero`, a `repeat` with no
+  elements) are wrapped in `ember::zero_gradient(result, input)` (IR `zero_gradient`): eager's result
+  requires grad (with a zero gradient), and the IR's activity analysis would otherwise see a constant.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import math
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._prims_common import get_computation_dtype
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 aten = torch.ops.aten
 
@@ -44,11 +48,39 @@ def _safe_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -
     return torch.where(masked, 0, out)
 
 
+@torch.library.custom_op("ember::zero_gradient", mutates_args=())
+def zero_gradient(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The value of `value`, attached to `like` with a zero gradient (see the module doc)."""
+    return value.clone()
+
+
+@zero_gradient.register_fake
+def _(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(value)
+
+
+zero_gradient.register_autograd(lambda ctx, grad: (grad, None))
+
+
 def _fill_tensor(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """`x`'s shape filled with the 0-dim `value`, as an expand: torch's decomposition copies with
     `aten.copy`, which autograd cannot differentiate (value's gradient is the sum of x's)."""
     torch._check(value.dim() == 0, lambda: f"fill only supports 0-dimension value tensor but got {value.dim()}")
-    return value.to(x.dtype).expand(x.shape).clone()
+    return zero_gradient(value.to(x.dtype).expand(x.shape).clone(), x)
+
+
+def _fill_scalar(x: torch.Tensor, value) -> torch.Tensor:
+    return zero_gradient(torch.full_like(x, value), x)
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    return zero_gradient(torch.zeros_like(x), x)
+
+
+def _repeat(x: torch.Tensor, repeats) -> torch.Tensor:
+    """torch's decomposition, attached to `x` when the result has no elements (then it is an `empty`)."""
+    out = _TORCH_REPEAT(x, repeats)
+    return zero_gradient(out, x) if statically_known_true(out.numel() == 0) else out
 
 
 def _index_fill(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.Tensor:
@@ -130,12 +162,17 @@ def _sdpa_flash_cpu_backward(grad_out: torch.Tensor, query: torch.Tensor, key: t
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
 
+_TORCH_REPEAT = get_decompositions([aten.repeat.default])[aten.repeat.default]
+
 # ember's own decompositions (see the module doc for why each replaces torch's).
 _EMBER = {
     aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_flash_cpu,
     aten._scaled_dot_product_flash_attention_for_cpu_backward.default: _sdpa_flash_cpu_backward,
     aten._safe_softmax.default: _safe_softmax,
     aten.fill.Tensor: _fill_tensor,
+    aten.fill.Scalar: _fill_scalar,
+    aten.zero.default: _zero,
+    aten.repeat.default: _repeat,
     aten.index_fill.int_Scalar: _index_fill,
     aten.index_fill.int_Tensor: _index_fill,
 }

@@ -7,7 +7,7 @@ line. So:
 
 - While the user's program is traced, `Watch` (a `TorchFunctionMode` pushed in
   `capture.flat_function`) sees every torch call the program makes: a call that raises gets the
-  call's name attached (`Tensor.__matmul__`), and the fx nodes a call creates get the user's file and
+  call's name attached (`Tensor.matmul`, `torch.cat`), and the fx nodes a call creates get the user's file and
   line in `node.meta["ember_where"]`, so errors found later on the graph (a data-dependent node, a
   lowering refusal) can still name the line. It also silences torch's meta-failure log record for
   the duration (the exception itself carries the message).
@@ -44,21 +44,30 @@ from torch.utils import _pytree as pytree
 _ROOT = Path(__file__).resolve().parents[1]
 _EMBER = tuple(str(_ROOT / d) + os.sep for d in ("frontend", "ir", "passes", "runtime", "codegen", "optim"))
 _EMBER_FILES = (str(_ROOT / "__init__.py"),)
-_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (torch,))
-_LIBRARY_NAMES = ("functorch", "sympy", "triton", "numpy", "typing_extensions", "optree", "_pytest", "pluggy")
+_TORCH = os.path.dirname(torch.__file__) + os.sep
+_LIBRARY_NAMES = ("functorch", "sympy", "triton", "numpy", "typing_extensions", "optree")  # torch's helpers
 _STDLIB = tuple({sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib")})
 # Exception types that mean "ember (or torch) has a bug", never a message for the user's program.
 _INTERNAL = (KeyError, AttributeError, AssertionError, IndexError, NameError, ZeroDivisionError, RecursionError)
 # Modules of torch's exception types that mean nothing to the user (GuardOnDataDependentSymNode, ...).
 _TORCH_INTERNAL = ("torch._subclasses", "torch.fx", "torch._dynamo", "torch._prims", "torch._decomp",
-                   "torch._functorch",
-                   "torch._higher_order_ops", "torch._guards", "torch.utils._sympy")
+                   "torch._functorch", "torch._higher_order_ops", "torch._guards", "torch.utils._sympy")
+# torch's fake-tensor exceptions whose message is only the op's name.
+_EXPLAIN = {"UnsupportedOperatorException": lambda op: f"{op}: torch has no meta kernel for this op, and ember traces "
+                                                       "programs on fake tensors, so it cannot capture it"}
 # Types re-raised as themselves; any other (torch-internal) type becomes the nearest builtin.
 _KEEP_TYPES = (RuntimeError, ValueError, TypeError, NotImplementedError, IndexError)
 
 
+# True/False overrides EMBER_VERBOSE for this process (`ember.frontend.errors.VERBOSE = True` in a notebook).
+VERBOSE: bool | None = None
+
+
 def verbose() -> bool:
-    """EMBER_VERBOSE=1: chain the original exception (torch's frames) and keep torch's log output."""
+    """EMBER_VERBOSE=1 (or VERBOSE = True): chain the original exception (torch's frames) and keep
+    torch's log output."""
+    if VERBOSE is not None:
+        return VERBOSE
     return os.environ.get("EMBER_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
 
 
@@ -68,7 +77,7 @@ def is_user_file(filename: str) -> bool:
     if filename.startswith("<"):  # "<frozen ...>", fx's "<eval_with_key>", exec'd "<string>"; not "<stdin>"
         return filename == "<stdin>" or filename.startswith("<ipython")
     path = os.path.realpath(filename)
-    if path.startswith(_EMBER) or path in _EMBER_FILES or path.startswith(_LIBRARIES) or path.startswith(_STDLIB):
+    if path.startswith(_EMBER) or path in _EMBER_FILES or path.startswith(_TORCH) or path.startswith(_STDLIB):
         return False
     parts = Path(path).parts
     return not any(p in _LIBRARY_NAMES for p in parts if p)
@@ -109,7 +118,7 @@ def user_frame(frame: types.FrameType | None) -> Where | None:
 
 
 def call_name(func: Callable) -> str:
-    """`Tensor.__matmul__`, `torch.cat`, `torch.nn.functional.linear`: how the user spelled the call."""
+    """`Tensor.add`, `torch.cat`, `torch.nn.functional.linear`: the torch call the user made."""
     qual = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
     name = getattr(func, "__name__", qual)
     if qual.startswith(("TensorBase.", "Tensor.")):
@@ -216,10 +225,6 @@ def data_dependent_message(call: str | None, op: Any = None) -> str:
     return f"{what} is data-dependent (it reads tensor values); a static graph cannot hold it\n{_HINT}"
 
 
-def node_where(node: torch.fx.Node) -> Where | None:
-    return node.meta.get("ember_where")
-
-
 # -- at the API boundary -----------------------------------------------------------------------------------
 
 
@@ -287,14 +292,27 @@ def _first_line_with(message: str, where: Where, limit: int = 200) -> str:
     first = first.rstrip()
     room = limit - len(f"  at {where}")
     if len(first) > room:
-        cuts = [i + 1 for sep in (". ", "; ") for i in _find_all(first, sep)]
-        cuts += [i for i in _find_all(first, " (") if first.endswith(")")]
+        depth = [0]
+        for ch in first:  # parentheses open before each position: never cut inside them
+            depth.append(depth[-1] + {"(": 1, ")": -1}.get(ch, 0))
+        cuts = [i + 1 for sep in (". ", "; ") for i in _find_all(first, sep) if depth[i] == 0]
+        cuts += [i for i in [_closing_parenthetical(first)] if i is not None]
         fits = [c for c in cuts if 40 <= c <= room]
         if fits:
             cut = max(fits)
             first, more = first[:cut].rstrip(), first[cut:].strip()
             rest = f"{more}\n{rest}" if rest else more
     return f"{first}  at {where}" + (f"\n{rest}" if rest else "")
+
+
+def _closing_parenthetical(text: str) -> int | None:
+    """Where the parenthetical that ends `text` opens (the space before it), if it ends with one."""
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return i - 1 if i > 0 and text[i] == "(" and text[i - 1] == " " else None
+    return None
 
 
 def _find_all(text: str, sub: str) -> list[int]:
@@ -332,7 +350,7 @@ def user_error(e: Exception, caller: types.FrameType | None) -> Exception | None
         return None
     if cls is None or isinstance(e, KeyError):  # the user's own exception class; KeyError quotes its message
         return e.with_traceback(_user_traceback(e)) if inside else None
-    message = str(e) or cls.__name__
+    message = _EXPLAIN[type(e).__name__](str(e)) if type(e).__name__ in _EXPLAIN else str(e) or cls.__name__
     if extern and not inside:
         call = extern
     if call and call not in message.partition("\n")[0] and not re.match(r"[\w.]+: ", message):

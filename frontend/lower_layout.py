@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import capture_mode  # noqa: F401  (registers torch.ops.ember.untracked_update)
+from . import capture_mode, decompositions  # noqa: F401  (register torch.ops.ember.untracked_update, zero_gradient)
 from .lowering import Fallback, aten, norm_dim, norm_dims, out_dtype, out_shape, overloads, register, typed
 
 prims = torch.ops.prims
@@ -43,6 +43,11 @@ def _stop_gradient(L, node, a):
 @register(torch.ops.ember.untracked_update.default)
 def _untracked_update(L, node, a):
     return L.add("untracked_update", [a.new, L.cast(a.old, a.new.dtype)])
+
+
+@register(torch.ops.ember.zero_gradient.default)
+def _zero_gradient(L, node, a):
+    return L.add("zero_gradient", [a.value, a.like])
 
 
 @register(*overloads(aten.expand, "default"), *overloads(aten.expand_copy, "default"))
@@ -197,7 +202,10 @@ def _select_scatter(L, node, a):
 
 @register(aten.copy.default)
 def _copy(L, node, a):
-    return L.expand(L.cast(a.src, a.self.dtype), a.self.shape)
+    out = L.expand(L.cast(a.src, a.self.dtype), a.self.shape)
+    # autograd keeps the overwritten tensor attached (zero gradient): `x.clone().copy_(y)` requires grad
+    # when x does, as in eager (ir/ops/gradient.py)
+    return L.add("zero_gradient", [out, a.self]) if a.self.dtype.is_floating_point else out
 
 
 # -- factories --------------------------------------------------------------------------------------

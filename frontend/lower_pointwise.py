@@ -3,6 +3,12 @@
 IR pointwise ops take one input dtype, so each rule converts its operands first: arithmetic computes
 in torch's result dtype (the fx node's output dtype), comparisons and logical ops in the promoted
 dtype of their operands, and Python scalars become 0-dim `full` nodes of that dtype.
+
+Half-precision scalars follow torch's CPU kernels bit for bit: a Python scalar is narrowed to the
+half dtype (TensorIterator's common dtype) except where the kernel reads it in float32
+(`original_scalar_value<opmath_t>`: mul and div, whose scalar `full` keeps the unrounded value the
+kernels compute with); a 0-dim float32/float64 tensor multiplying or dividing a half tensor is read
+in float32 the same way, so those compute in float32.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import torch
 
 from ..ir import Value
+from ..ir.ops.half import HALF_TYPES
 from .lowering import Fallback, aten, out_dtype, promote, register, typed
 
 # aten op -> IR op; computed in the output dtype (int inputs of float functions are converted first).
@@ -49,6 +56,22 @@ BINARY_PREDICATE = {
 }
 
 
+def _operand(L, x, dtype: torch.dtype) -> Value:
+    """`L.operand`, with a Python scalar narrowed to a half dtype as torch narrows it."""
+    if dtype in HALF_TYPES and isinstance(x, (int, float)) and not isinstance(x, bool):
+        x = torch.tensor(x, dtype=dtype).item()
+    return L.operand(x, dtype)
+
+
+def _scalar_compute_dtype(other, dtype: torch.dtype) -> torch.dtype:
+    """mul/div read a 0-dim float32/float64 `other` in float32 when the result is half (the CPU kernel's
+    `original_scalar_value<float>`): compute in float32 then; the driver rounds the result to `dtype`."""
+    if (dtype in HALF_TYPES and isinstance(other, Value) and other.type.rank == 0
+            and other.dtype in (torch.float32, torch.float64)):
+        return torch.float32
+    return dtype
+
+
 def _unary(ir_op: str, predicate: bool):
     def rule(L, node, a):
         x = a.self if predicate else L.cast(a.self, out_dtype(node))
@@ -61,7 +84,11 @@ def _binary(ir_op: str, predicate: bool):
     def rule(L, node, a):
         x, y = a.self, a.other
         dtype = promote(x, y) if predicate else out_dtype(node)
-        x, y = L.operand(x, dtype), L.operand(y, dtype)
+        if ir_op == "mul":
+            dtype = _scalar_compute_dtype(y, dtype)
+            x, y = L.operand(x, dtype), L.operand(y, dtype)  # the scalar unrounded: see the module doc
+        else:
+            x, y = _operand(L, x, dtype), _operand(L, y, dtype)
         alpha = a.get("alpha")
         if alpha is not None and alpha != 1:  # add/sub: x + alpha * y
             y = L.add("mul", [y, L.const(alpha, dtype)])
@@ -88,6 +115,7 @@ def _gelu(L, node, a):
 def _log_base(base: float):
     def rule(L, node, a):
         dt = out_dtype(node)
+        dt = torch.float32 if dt in HALF_TYPES else dt  # one kernel in torch: rounded once, by the driver
         return L.add("mul", [L.add("log", [L.cast(a.self, dt)]), L.const(1 / math.log(base), dt)])
 
     return rule
@@ -100,22 +128,22 @@ register(aten.log2.default)(_log_base(2))
 @register(aten.rsub.Tensor, aten.rsub.Scalar)
 def _rsub(L, node, a):
     dt = out_dtype(node)
-    x = L.operand(a.self, dt)
+    x = _operand(L, a.self, dt)
     if a.alpha != 1:
         x = L.add("mul", [x, L.const(a.alpha, dt)])
-    return L.add("sub", [L.operand(a.other, dt), x])
+    return L.add("sub", [_operand(L, a.other, dt), x])
 
 
 @register(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode)
 def _div(L, node, a):
-    dt = out_dtype(node)
+    dt = _scalar_compute_dtype(a.other, out_dtype(node))
     mode = a.get("rounding_mode")
     return L.add("div", [L.operand(a.self, dt), L.operand(a.other, dt)], rounding_mode=mode)
 
 
 @register(aten.floor_divide.default, aten.floor_divide.Scalar)
 def _floor_divide(L, node, a):
-    dt = out_dtype(node)
+    dt = _scalar_compute_dtype(a.other, out_dtype(node))
     return L.add("div", [L.operand(a.self, dt), L.operand(a.other, dt)], rounding_mode="floor")
 
 
@@ -125,7 +153,9 @@ def _pow(L, node, a):
     base, exp = a.self, a.exponent
     if isinstance(exp, (int, float)) and not isinstance(exp, bool) and isinstance(base, Value):
         # torch's own special cases of a scalar exponent (exact; valid for integer dtypes too).
-        b = L.cast(base, dt)
+        # torch's CPU kernel computes float16 x**3 and x**-2 in float32, rounding once (bfloat16 op by op);
+        # the driver rounds the result to `dt`.
+        b = L.cast(base, torch.float32 if dt == torch.float16 and exp in (3, -2) else dt)
         if exp == 1:
             return b
         if exp in (2, 3, -2):
@@ -140,14 +170,14 @@ def _pow(L, node, a):
             return L.add({0.5: "sqrt", -0.5: "rsqrt", -1: "reciprocal"}[exp], [b])
     if not dt.is_floating_point:
         raise Fallback("integer pow")
-    return L.add("pow", [L.operand(base, dt), L.operand(exp, dt)])
+    return L.add("pow", [_operand(L, base, dt), _operand(L, exp, dt)])
 
 
 @register(aten.where.self)
 def _where(L, node, a):
     dt = out_dtype(node)
     cond = L.cast(a.condition, torch.bool)
-    return L.add("where", [cond, L.operand(a.self, dt), L.operand(a.other, dt)])
+    return L.add("where", [cond, _operand(L, a.self, dt), _operand(L, a.other, dt)])
 
 
 @register(aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default, aten.hardtanh.default)
@@ -172,9 +202,9 @@ def _clamp_tensor(L, node, a):
     lo = a.get("min")
     hi = a.get("max")
     if lo is not None:
-        x = L.add("maximum", [x, L.operand(lo, dt)])
+        x = L.add("maximum", [x, _operand(L, lo, dt)])
     if hi is not None:
-        x = L.add("minimum", [x, L.operand(hi, dt)])
+        x = L.add("minimum", [x, _operand(L, hi, dt)])
     return x
 
 

@@ -21,6 +21,8 @@ import ember
 from ember.frontend.lower_matmul import DtypeMismatchError
 from ember.frontend.testing import assert_matches
 
+pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+
 # Each row: (run, exception type, first-line regex, text of the user line the first line names)
 ROWS: dict = {}
 
@@ -366,7 +368,7 @@ def test_convolution_backward_with_an_output_mask(mask):
     """Masked-off gradients are None: typed as unread placeholders (ir/ops/extern.py)."""
     def f(g, x, w):
         outs = torch.ops.aten.convolution_backward(g, x, w, [3], [1], [0], [1], False, [0], 1, list(mask))
-        return tuple(o for o in outs if o is not None)
+        return tuple(o for o, wanted in zip(outs, mask) if wanted)  # eager may fill masked-off ones
     assert_matches(f, torch.randn(2, 3, 5), torch.randn(2, 2, 7), torch.randn(3, 2, 3),
                    externs=("aten.convolution_backward.default",))
 
@@ -397,3 +399,13 @@ def test_ir_of_an_error_names_no_none_values():
         y = ember.compile(torch.linalg.matrix_exp)(torch.randn(3, 3, requires_grad=True))
         y.sum().backward()
     assert "%None" not in str(info.value) and "linalg_matrix_exp" in str(info.value)
+
+
+def test_a_long_cause_moves_whole_sentences_to_the_next_line():
+    from ember.frontend.errors import Where, _first_line_with
+
+    where = Where(__file__, 1)
+    cause = "a" * 90 + " (b; c) went wrong. " + "d" * 90 + " (e; f)"
+    first, second = _first_line_with(cause, where).splitlines()
+    assert first.startswith("a" * 90 + " (b; c) went wrong.  at ") and second == "d" * 90 + " (e; f)"
+    assert _first_line_with("short (x; y)", where).splitlines()[0].startswith("short (x; y)  at ")

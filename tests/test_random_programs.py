@@ -5,117 +5,35 @@ come in every layout of `programs.LAYOUTS`: non-contiguous, expanded, passed twi
 
 Failures found by these sweeps live on as named regression tests at the bottom of this file."""
 
-import functools
 import os
-from collections.abc import Callable
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from programs import Program, graph_inputs, programs
+from program_checks import check, run_gradients, run_program
+from programs import ALL_DTYPES, FLOATS, Program, fuzz_programs, programs
 
 import ember
-from ember.ir import evaluate
-from ember.runtime import compile_graph
 
 # The default run keeps to a few hundred programs (sizes are runtime args, so most kernels are cache
 # hits); `pytest -m slow` runs the long sweeps. EMBER_RANDOM_PROGRAMS (forward, float32),
-# EMBER_RANDOM_HALF_PROGRAMS and EMBER_RANDOM_GRAD_PROGRAMS override the default counts.
+# EMBER_RANDOM_HALF_PROGRAMS, EMBER_RANDOM_MIXED_PROGRAMS and EMBER_RANDOM_GRAD_PROGRAMS override
+# the default counts; EMBER_FUZZ_PROGRAMS the slow fuzzing sweep's (benchmarks/fuzz.py runs the same
+# mix and counts outcomes instead of stopping at the first failure).
 DEFAULT_EXAMPLES = int(os.environ.get("EMBER_RANDOM_PROGRAMS", "300"))
 HALF_EXAMPLES = int(os.environ.get("EMBER_RANDOM_HALF_PROGRAMS", "100"))
+MIXED_EXAMPLES = int(os.environ.get("EMBER_RANDOM_MIXED_PROGRAMS", "100"))
 GRAD_EXAMPLES = int(os.environ.get("EMBER_RANDOM_GRAD_PROGRAMS", "100"))
-
-
-def _close(got, expected, rtol, atol, what: str, prog: Program, wide: Callable[[], list] | None = None) -> None:
-    """`got` matches `expected` within (rtol, atol), or where not, is as accurate as `expected`
-    against `wide()`, the same values computed in float64: |got - wide| <= 3 |expected - wide| +
-    atol + rtol |wide| per element. (Eager float16 rounds after every op, ember once per kernel; and
-    sums of terms that cancel leave rounding noise of the terms' size.)"""
-    assert len(got) == len(expected), prog.source
-    for i, (g, e) in enumerate(zip(got, expected)):
-        assert g.dtype == e.dtype and g.shape == e.shape, f"output {i}: {g.dtype}{list(g.shape)} vs {what} " \
-                                                          f"{e.dtype}{list(e.shape)}\n{prog.source}"
-        try:
-            torch.testing.assert_close(g, e, rtol=rtol, atol=atol, equal_nan=True,
-                                       msg=lambda m, i=i: f"output {i} vs {what}: {m}\n{prog.source}")
-        except AssertionError:
-            if wide is None or not _as_accurate(g, e, wide()[i], rtol, atol):
-                raise
-
-
-def _as_accurate(g: torch.Tensor, e: torch.Tensor, w: torch.Tensor, rtol: float, atol: float) -> bool:
-    g, e, w = g.detach().double(), e.detach().double(), w.detach().double()
-    ok = (g - w).abs() <= 3 * (e - w).abs() + atol + rtol * w.abs()
-    return bool((ok | (g.isnan() & e.isnan())).all())
+FUZZ_EXAMPLES = int(os.environ.get("EMBER_FUZZ_PROGRAMS", "10000"))
 
 
 def check_program(prog: Program, seed: int = 0) -> None:
-    fn = prog.function()
-    rtol, atol = prog.tolerances
-    with torch.no_grad():
-        bases, xs = prog.make_inputs(seed=seed)  # eager and ember each get their own copy
-        expected = fn(*xs)
-        c_bases, c_xs = prog.make_inputs(seed=seed)
-        got = ember.compile(fn)(*c_xs)
-
-        @functools.cache
-        def wide() -> tuple[list, list]:  # outputs and leaves after the call, in float64
-            w_bases, w_xs = prog.make_inputs(seed=seed, wide=True)
-            return list(fn(*w_xs)), w_bases
-
-        _close(got, expected, rtol, atol, "eager", prog, lambda: wide()[0])
-        # in-place writes reach the caller's tensors (and every alias of them) as in eager
-        _close(c_bases, bases, rtol, atol, "eager, leaf tensors b<i> after the call", prog, lambda: wide()[1])
-        _, xs = prog.make_inputs(seed=seed)
-        sg = ember.trace(fn, *xs)
-        inputs = graph_inputs(sg, tuple(xs))
-        n = len(expected)
-        fused = sg.compiled(inputs)[:n]
-        # fusion never changes results: the same graph, one kernel per op
-        unfused = compile_graph(sg.graph, fuse=False)(inputs)[:n]
-        _close(fused, unfused, rtol, atol, "unfused", prog)
-        # and the reference interpreter agrees with the kernels
-        ref = evaluate(sg.graph, *inputs)[:n]
-        _close(fused, ref, rtol, atol, "interpreter", prog)
+    """ember.compile, the unfused graph and the reference interpreter against eager (or all raise)."""
+    check(run_program(prog, seed), prog)
 
 
 def check_gradients(prog: Program, seed: int = 0) -> None:
-    """Gradients of `sum_i (out_i * w_i).sum()` (random w_i) through ember.compile against eager's,
-    with respect to the program inputs and to the leaf tensors they are views of (an input passed
-    twice or overlapping another sums its gradients there); the outputs are compared too."""
-    fn = prog.function()
-    rtol, atol = prog.tolerances
-    bases, xs = prog.make_inputs(requires_grad=True, seed=seed)
-    expected = fn(*xs)
-    weights = [torch.randn(e.shape, generator=torch.Generator().manual_seed(seed + k)).to(e.dtype)
-               for k, e in enumerate(expected)]
-    loss = sum((e * w).sum() for e, w in zip(expected, weights))
-    want = _grads(loss, xs + bases)
-    c_bases, c_xs = prog.make_inputs(requires_grad=True, seed=seed)
-    got = ember.compile(fn)(*c_xs)
-
-    @functools.cache
-    def wide() -> tuple[list, list]:  # outputs and gradients (of x<i>, then b<i>) in float64
-        w_bases, w_xs = prog.make_inputs(requires_grad=True, seed=seed, wide=True)
-        out = fn(*w_xs)
-        return [o.detach() for o in out], _grads(sum((o * w.double()).sum() for o, w in zip(out, weights)),
-                                                 w_xs + w_bases)
-
-    _close([g.detach() for g in got], [e.detach() for e in expected], rtol, atol, "eager", prog, lambda: wide()[0])
-    missing = [i for i, g in enumerate(got) if not g.requires_grad]
-    assert not missing, f"outputs {missing} do not require grad (eager's do)\n{prog.source}"
-    grads = _grads(sum((g * w).sum() for g, w in zip(got, weights)), c_xs + c_bases)
-    n = len(xs)
-    _close(grads[:n], want[:n], rtol, atol, "eager gradient of x<i>", prog, lambda: wide()[1][:n])
-    # A leaf's gradient sums its views' (torch's view backward, not ember): terms of size up to
-    # max|grad x<i>| may cancel, so the absolute tolerance scales with them.
-    scale = max([float(g.abs().max()) for g in want[:n] if g.numel()] + [1.0])
-    _close(grads[n:], want[n:], rtol, atol * scale, "eager gradient of b<i>", prog, lambda: wide()[1][n:])
-
-
-def _grads(loss: torch.Tensor, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
-    gs = torch.autograd.grad(loss, wrt, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(gs, wrt)]
+    check(run_gradients(prog, seed), prog)
 
 
 @given(programs(inplace=True))
@@ -124,20 +42,28 @@ def test_random_programs_match_eager(prog):
     check_program(prog)
 
 
-@given(programs(dtypes=(torch.float16,), inplace=True))
+@given(programs(dtypes=(torch.float16, torch.bfloat16), inplace=True))
 @settings(max_examples=HALF_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_half_programs_match_eager(prog):
     check_program(prog)
 
 
-@given(programs())
+@given(programs(dtypes=ALL_DTYPES, inplace=True, zero_dims=True, mixed=True, allow_raise=True))
+@settings(max_examples=MIXED_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_mixed_dtype_programs_match_eager(prog):
+    # every dtype (ints, bools, float64, bfloat16), mixed in one program, dims of size 0, and now and
+    # then a program eager rejects (amax over an empty dim, mean of ints): ember must raise too
+    check_program(prog)
+
+
+@given(programs(dtypes=(torch.float32, torch.float32, torch.float64), zero_dims=True))
 @settings(max_examples=GRAD_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_program_gradients_match_eager(prog):
     check_gradients(prog)
 
 
 @pytest.mark.slow
-@given(programs(max_steps=10, dtypes=(torch.float32, torch.float32, torch.float16)))
+@given(programs(max_steps=10, dtypes=(torch.float32, torch.float32) + FLOATS[1:], mixed=True, discrete=False))
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_program_gradients_long_sweep(prog):
     check_gradients(prog)
@@ -148,6 +74,16 @@ def test_random_program_gradients_long_sweep(prog):
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_programs_long_sweep(prog):
     check_program(prog)
+
+
+@pytest.mark.slow
+@given(fuzz_programs())
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzz_sweep(case):
+    # the mix of benchmarks/fuzz.py (forward programs of every dtype, layout and size incl. 0, and
+    # gradient programs): 0 mismatches, 0 internal errors
+    gradients, prog = case
+    check(run_gradients(prog) if gradients else run_program(prog, deep=False), prog)
 
 
 # -- regressions: shrunk programs the sweeps found ----------------------------------------------------

@@ -143,6 +143,8 @@ def _say(config: pytest.Config, line: str) -> None:
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
+            if reporter._tw.width_of_current_line:  # after `-q`'s progress dots
+                reporter._tw.line()
             reporter.write_line(line)
 
 

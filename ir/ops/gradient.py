@@ -32,4 +32,8 @@ register(OpDef("untracked_update", "layout", _same, lambda new, old: new,
                vjp=lambda g, inputs, out, ct: [None, ct], active_inputs=(1,),
                doc="the value of `new`, the gradient passed to `old` (an in-place update autograd does not record)"))
 
-GRADIENT_MARKERS = ("stop_gradient", "untracked_update")
+register(OpDef("zero_gradient", "layout", lambda types: types[0], lambda value, like: value,
+               vjp=lambda g, inputs, out, ct: [ct, None], active_inputs=(0, 1),
+               doc="the value of `value`, attached to `like` with a zero gradient (fill, zero_)"))
+
+GRADIENT_MARKERS = ("stop_gradient", "untracked_update", "zero_gradient")

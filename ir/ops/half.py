@@ -19,6 +19,13 @@ from ..types import TRITON_NAMES, compute_dtype
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
+# Unary ops whose result, from a value of a half dtype, is a value of that dtype (an exact function
+# of it), and `convert`, whose rule rounds to its target: kernels skip rounding their results again
+# (codegen.emitter.bind_value). Ops that may pass a scalar operand through (`where`, `maximum`,
+# `clamp`) are not here: a scalar `full` may hold an unrounded value (mul/div's Python scalars,
+# constants of VJP rules), which kernels use as a float32 literal, as torch's kernels do.
+ROUNDED_OPS = frozenset({"convert", "copy", "neg", "abs", "relu", "floor", "ceil", "trunc", "round", "sign"})
+
 
 def _u32(value: int) -> str:
     return f"tl.full([], {value}, tl.uint32)"

@@ -83,13 +83,41 @@ def _unary_vjp(rule):
     return _vjp(lambda g, inputs, out, ct, **attrs: [rule(g, inputs[0], out, ct)])
 
 
+def _fused_backward(rule, dtypes=HALF_TYPES):
+    """A rule whose torch counterpart is one backward kernel (`tanh_backward`, `silu_backward`,
+    `gelu_backward`, `sigmoid_backward`): for the half types `dtypes` it computes in float32 and rounds
+    once, as that kernel does (kernels round every half-typed IR value, so a chain in the half type
+    would round at each step). Other rules spell derivatives.yaml formulas of separate ops, each
+    rounded in eager too. Wraps rule(g, inputs, out, ct, **attrs) -> [cotangent of inputs[0]]."""
+
+    def wrapped(g, inputs, out, ct, **attrs):
+        dtype = inputs[0].dtype
+        if dtype not in dtypes:
+            return rule(g, inputs, out, ct, **attrs)
+        up = [_f(g, "convert", v, dtype=torch.float32) for v in inputs]
+        (c,) = rule(g, up, _f(g, "convert", out, dtype=torch.float32), _f(g, "convert", ct, dtype=torch.float32),
+                    **attrs)
+        return [_f(g, "convert", c, dtype=dtype)]
+
+    return wrapped
+
+
 def _where0(g, cond, ct):
     """ct where cond holds, else 0."""
     return _f(g, "where", cond, ct, _c(g, 0.0, ct))
 
 
-def _rsqrt_vjp(g, x, y, ct):  # torch: -0.5 * grad * result^3
-    return _f(g, "mul", _f(g, "mul", _c(g, -0.5, y), ct), _f(g, "mul", _f(g, "mul", y, y), y))
+def _cube(g, y):
+    """torch's `pow(y, 3)`: y * y * y, computed in float32 and rounded once for float16 (torch's CPU
+    kernel computes bfloat16 op by op)."""
+    if y.dtype != torch.float16:
+        return _f(g, "mul", _f(g, "mul", y, y), y)
+    w = _f(g, "convert", y, dtype=torch.float32)
+    return _f(g, "convert", _f(g, "mul", _f(g, "mul", w, w), w), dtype=y.dtype)
+
+
+def _rsqrt_vjp(g, x, y, ct):  # torch: -0.5 * grad * result.pow(3)
+    return _f(g, "mul", _f(g, "mul", _c(g, -0.5, y), ct), _cube(g, y))
 
 
 def _silu_vjp(g, x, y, ct):  # torch: grad * sigmoid(x) * (1 + x * (1 - sigmoid(x)))
@@ -269,7 +297,7 @@ _UNARY = [
     ("tanh", torch.tanh, lambda e, x, d: _tanh(e, x), "float", "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "sub", _c(g, 1.0, y), _f(g, "mul", y, y)))),
     ("sigmoid", torch.sigmoid, lambda e, x, d: f"1.0 / (1.0 + tl.exp(-{x}))", "float", "same",
-     lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "mul", _f(g, "sub", _c(g, 1.0, y), y), y))),
+     lambda g, x, y, ct: _f(g, "mul", _f(g, "mul", ct, _f(g, "sub", _c(g, 1.0, y), y)), y)),  # torch: (g * (1 - y)) * y
     ("relu", torch.relu, lambda e, x, d: f"tl.where({x} < 0, 0, {x})", "any", "same",
      lambda g, x, y, ct: _where0(g, _f(g, "gt", y, _c(g, 0.0, y)), ct)),
     ("silu", F.silu, lambda e, x, d: f"{x} / (1.0 + tl.exp(-{x}))", "float", "same",
@@ -296,14 +324,24 @@ _UNARY = [
      lambda g, x, y, ct: ct),
 ]
 
+# Ops whose backward is one float32 kernel in torch, for these half types (and gelu, below): see
+# _fused_backward. torch's CPU sigmoid_backward computes float16 in float16, op by op.
+_FUSED_BACKWARD = {"sigmoid": (torch.bfloat16,), "tanh": HALF_TYPES, "silu": HALF_TYPES}
+
 for _name, _ref, _rule, _allow, _out, _grad in _UNARY:
+    if _name in _FUSED_BACKWARD:
+        _grad = _fused_backward((lambda rule: lambda g, inputs, out, ct: [rule(g, inputs[0], out, ct)])(_grad),
+                                _FUSED_BACKWARD[_name])
+        _grad = _vjp(_grad)
+    else:
+        _grad = _unary_vjp(_grad)
     pointwise(
         _name,
         (lambda ref: lambda x: ref(x))(_ref),
         (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(_rule),
         out=_out,
         allow=_allow,
-        vjp=_unary_vjp(_grad),
+        vjp=_grad,
     )
 
 pointwise(
@@ -312,7 +350,7 @@ pointwise(
     lambda e, args, dtypes, out, approximate="none": _gelu(e, args[0], approximate),
     allow="float",
     doc="GELU, exact (erf) or approximate='tanh'",
-    vjp=_vjp(_gelu_vjp),
+    vjp=_vjp(_fused_backward(_gelu_vjp)),
 )
 
 
