@@ -202,8 +202,8 @@ class StaticGraph:
         wrt = tuple(i for i, t in enumerate(tensors) if t.requires_grad and t.is_floating_point())
         n, mutated = self.lowered.num_user_outputs, self.lowered.mutated_inputs
         outs = [i for i in range(n) if self.graph.outputs[i].dtype.is_floating_point]
-        outs += [n + k for k, i in enumerate(mutated)
-                 if i in wrt and i not in self._untracked and self.graph.outputs[n + k].dtype.is_floating_point]
+        outs += [n + k for k, i in enumerate(mutated) if (i in wrt or i in self.captured.tracked_writes)
+                 and i not in self._untracked and self.graph.outputs[n + k].dtype.is_floating_point]
         active = set(active_outputs(self.graph, wrt))  # a no_grad / detached result does not require grad
         outs = [i for i in outs if i in active]
         ag = self._autograd.get((wrt, tuple(outs)))
@@ -248,8 +248,11 @@ class StaticGraph:
             if why is not None:
                 return self._run_eagerly(args, kwargs, why)
         # eager refuses an in-place update autograd records on a leaf that requires grad
-        tracked = [i for i in mutated if i not in self._untracked and tensors[i].requires_grad]
-        if tracked and torch.is_grad_enabled() and any(tensors[i].is_leaf for i in tracked):
+        # (an input that does not require grad takes the update's history when autograd records it)
+        tracked = [i for i in mutated if i not in self._untracked
+                   and (tensors[i].requires_grad or i in self.captured.tracked_writes)]
+        recorded = set(tracked) | (self.captured.tracked_writes & set(mutated))  # any recorded update, even
+        if torch.is_grad_enabled() and any(tensors[i].is_leaf and tensors[i].requires_grad for i in recorded):
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation. "
                                f"(ember: {fn_name(self.fn)} updates an input in place; call it under "
                                "torch.no_grad() if the update is not meant to be differentiated)")

@@ -54,6 +54,9 @@ class Captured:
     out_leaves: list[tuple[str, Any]] = field(default_factory=list)  # ("tensor", k) or ("const", value)
     sources: list[Source] = field(default_factory=list)
     guards: Guards = field(default_factory=Guards)  # Python values and objects the program reads
+    # placeholders updated in place by a call eager autograd records (grad mode on, not through .data):
+    # eager gives such a tensor the update's gradient history, so the write-back must too
+    tracked_writes: set[int] = field(default_factory=set)
 
     def source_tensors(self) -> list[torch.Tensor]:
         """The tensors at `sources` now (a rebinding is seen); `SourceChanged` if one is gone."""
@@ -104,11 +107,13 @@ def flat_function(fn: Callable, module: torch.nn.Module | None, leaves: list, in
         for i, t in zip(cap.tensor_positions, user):
             flat[i] = t
         a, kw = pytree.tree_unflatten(flat, in_spec)
-        with context(), CaptureMode(substitute), Watch():  # Watch: the user's line for errors (errors.py)
+        mode = CaptureMode(substitute, inputs=tensors)
+        with context(), mode, Watch():  # Watch: the user's line for errors (errors.py)
             if module is not None:
                 out = torch.func.functional_call(module, dict(zip(cap.state_names, params)), a, kw)
             else:
                 out = fn(*a, **kw)
+        cap.tracked_writes = set(mode.tracked_writes)
         # A torch.Size is one leaf: pytree would rebuild it as a plain tuple (eager returns a Size).
         out = pytree.tree_map_only(torch.Tensor, lambda t: substitute.get(id(t), t), out,  # `return w`
                                    is_leaf=is_size)
@@ -162,6 +167,7 @@ def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
         if not isinstance(e, CaptureError) and any(m in str(e) or m in type(e).__name__ for m in _DATA_DEPENDENT):
             raise CaptureError(data_dependent_message(getattr(e, "ember_call", None))) from e  # errors.py
         raise
+    _check_eager_rejects(gm)
     gm.graph.eliminate_dead_code()  # copy_ is impure, so input mutations survive
     rng.check(gm)
     _check_static(gm)
@@ -171,6 +177,17 @@ def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
     reached.guards.refresh()  # after the program's own side effects (sources.py)
     cap.gm = gm
     return cap
+
+
+def _check_eager_rejects(gm: torch.fx.GraphModule) -> None:
+    """Calls eager rejects though fake tensors accept them (`lower_pointwise.EAGER_REJECTS`) raise
+    here, before dead code is dropped: eager rejects them even when nothing uses the result."""
+    from .lower_pointwise import EAGER_REJECTS
+
+    for node in gm.graph.nodes:
+        check = EAGER_REJECTS.get(node.target) if node.op == "call_function" else None
+        if check is not None:  # `node`: errors.py finds the user's line on it
+            check(*[a.meta.get("val") if isinstance(a, torch.fx.Node) else a for a in node.args])
 
 
 def _check_constants(gm: torch.fx.GraphModule) -> None:

@@ -101,9 +101,11 @@ def _aliases(a: torch.Tensor, b: torch.Tensor) -> bool:
 class CaptureMode(TorchFunctionMode):
     """See the module doc. One instance per trace."""
 
-    def __init__(self, substitute: dict[int, torch.Tensor] | None = None):
+    def __init__(self, substitute: dict[int, torch.Tensor] | None = None, inputs: tuple = ()):
         super().__init__()
         self.substitute = substitute or {}
+        self.inputs = inputs             # the traced function's tensors (placeholders, in order)
+        self.tracked_writes: set[int] = set()  # which of them an update autograd records writes
         # detached alias -> the tensor whose autograd history it shares storage with (never itself a
         # detached alias): an untracked update through the alias must keep that tensor's history.
         self.roots = WeakIdKeyDictionary()
@@ -142,6 +144,9 @@ class CaptureMode(TorchFunctionMode):
         updated = updated_tensors(func, args, kwargs)
         if updated and (not grad or any(t in self.roots for t in updated)):
             return self._untracked(func, args, kwargs, updated, inputs)
+        for t in updated:  # an update eager autograd records: the input takes the update's history
+            self.tracked_writes.update(i for i, x in enumerate(self.inputs)
+                                       if t is x or t._base is x or _aliases(t, x))
         return self._results(func(*args, **kwargs), inputs, grad)
 
     def _results(self, out: Any, inputs: list[torch.Tensor], grad: bool) -> Any:

@@ -266,8 +266,17 @@ def _located(e: BaseException) -> tuple[Where | None, bool, str | None]:
     return None, False, call
 
 
+# ember frames that only hand a user's torch call on (`func(*args, **kwargs)` in a torch-function
+# mode): an error raised by torch's C++ there is torch's answer to the user's call, not an ember bug.
+_PASS_THROUGH = {"__torch_function__", "_untracked"}
+
+
 def _raised_in_ember(e: BaseException) -> bool:
     frames = _frames(e.__traceback__)
+    if getattr(e, "ember_call", None) is not None:  # the user's torch call raised (errors.Watch)
+        while frames and _is_ember_file(frames[-1][0].f_code.co_filename) and \
+                frames[-1][0].f_code.co_name in _PASS_THROUGH:
+            frames.pop()
     return bool(frames) and _is_ember_file(frames[-1][0].f_code.co_filename)
 
 

@@ -346,4 +346,4 @@ class SymbolicTrace:
         _check_static(gm)
         t = self.template
         return Captured(gm, t.in_spec, list(t.tensor_positions), dict(t.constants), list(t.state_names),
-                        t.out_spec, list(t.out_leaves), list(t.sources), t.guards)
+                        t.out_spec, list(t.out_leaves), list(t.sources), t.guards, set(t.tracked_writes))

@@ -80,9 +80,23 @@ def _unary(ir_op: str, predicate: bool):
     return rule
 
 
+def _check_sub(x, y, *_) -> None:
+    """Eager's sub refuses a bool tensor operand; fake tensors only refuse two (found by fuzzing)."""
+    if any(isinstance(v, (Value, torch.Tensor)) and v.dtype == torch.bool for v in (x, y)):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. If you are trying "
+                           "to invert a mask, use the `~` or `logical_not()` operator instead.")
+
+
+# Checks of calls eager rejects and fake tensors accept, on the operands (IR values or fake tensors).
+# Capture runs them on every node before dead code is dropped (eager runs an unused call too).
+EAGER_REJECTS = {aten.sub.Tensor: _check_sub, aten.rsub.Tensor: _check_sub}
+
+
 def _binary(ir_op: str, predicate: bool):
     def rule(L, node, a):
         x, y = a.self, a.other
+        if ir_op == "sub":
+            _check_sub(x, y)
         dtype = promote(x, y) if predicate else out_dtype(node)
         if ir_op == "mul":
             dtype = _scalar_compute_dtype(y, dtype)
@@ -127,6 +141,7 @@ register(aten.log2.default)(_log_base(2))
 
 @register(aten.rsub.Tensor, aten.rsub.Scalar)
 def _rsub(L, node, a):
+    _check_sub(a.self, a.other)
     dt = out_dtype(node)
     x = _operand(L, a.self, dt)
     if a.alpha != 1:

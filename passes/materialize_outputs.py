@@ -17,7 +17,8 @@ def _aliases_input(graph: Graph, v) -> bool:
     inputs = set(graph.inputs)
     while v not in inputs:
         p = v.producer
-        if p is None or get_op(p.op).kind != "layout" or p.op in ("cat", "flip"):
+        # flip too: two flips of a dim are the input itself again (a view the runtime returns as is)
+        if p is None or get_op(p.op).kind != "layout" or p.op == "cat":
             return False
         v = p.inputs[0]
     return True

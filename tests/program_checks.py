@@ -40,6 +40,7 @@ class Outcome:
     detail: str = ""       # what differed, or "Type: first line" of ember's error
     eager_error: str = ""  # eager's error, when eager raises on the program
     where: str = ""        # internal: the innermost frames of ember's code
+    note: str = ""         # error: whether its first line names the program's line ("user line")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -55,19 +56,24 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def _ember_failed(e: BaseException, eager_error: BaseException | None) -> Outcome:
+def _ember_failed(e: BaseException, eager_error: BaseException | None, program_file: str = "") -> Outcome:
     """ember raised `e`: a clear error, or internal (see opinfo_harness.error_outcome)."""
     o = error_outcome(e)
     eager = _first_line(eager_error) if eager_error is not None else ""
-    if o.status == "internal" and eager_error is not None and type(e) is type(eager_error) \
-            and getattr(e, "ember_user_error", False):
-        o.status = "error"  # eager's own exception type, re-made for the user
-    where = ""
+    if o.status == "internal" and eager_error is not None and type(e) is type(eager_error) and (
+            getattr(e, "ember_user_error", False) or getattr(e, "ember_call", None)
+            or str(eager_error).strip().splitlines()[0] in str(e)):
+        # eager's exception type, raised by torch for the user's call (`ember_call`: frontend/errors.Watch
+        # saw it leave the call) and re-made for the user or passed through ember's frames untouched
+        o.status = "error"
+    where, note = "", ""
+    if o.status == "error":  # does the first line name the program's line (frontend/errors.py)?
+        note = "user line" if program_file and program_file in str(e).partition("\n")[0] else "no user line"
     if o.status == "internal":
         frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith(EMBER_DIR + "/")]
         where = " <- ".join(f"{f.filename.removeprefix(EMBER_DIR + '/')}:{f.lineno} {f.name}"
                             for f in frames[-3:][::-1])
-    return Outcome(o.status, o.detail, eager, where)
+    return Outcome(o.status, o.detail, eager, where, note)
 
 
 def _tolerance(t: torch.Tensor, prog: Program) -> tuple[float, float]:
@@ -124,7 +130,7 @@ def run_program(prog: Program, seed: int = 0, deep: bool = True) -> Outcome:
         try:
             got = ember.compile(fn)(*c_xs)
         except Exception as e:  # noqa: BLE001
-            return _ember_failed(e, eager_error)
+            return _ember_failed(e, eager_error, fn.__code__.co_filename)
         if eager_error is not None:
             return Outcome("mismatch", "ember returns where eager raises", _first_line(eager_error))
 
@@ -185,7 +191,7 @@ def run_gradients(prog: Program, seed: int = 0) -> Outcome:
         grads = _grads(_loss(got, weights if eager_error is None else [torch.ones_like(g) for g in got]),
                        floats(c_xs) + floats(c_bases))
     except Exception as e:  # noqa: BLE001
-        return _ember_failed(e, eager_error)
+        return _ember_failed(e, eager_error, fn.__code__.co_filename)
     if eager_error is not None:
         return Outcome("mismatch", "ember returns where eager raises", _first_line(eager_error))
 

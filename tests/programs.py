@@ -24,6 +24,10 @@ code that builds its inputs).
 
 from __future__ import annotations
 
+import hashlib
+import linecache
+import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -66,6 +70,14 @@ BOOL_BINARY = {"and": "{} & {}", "or": "{} | {}", "xor": "{} ^ {}", "eq": "{} ==
                "where": "torch.where({0}, {1}, {0})"}
 BOOL_REDUCE = {"any": "{}.any({dim}, keepdim={k})", "all": "{}.all({dim}, keepdim={k})",
                "sum": "{}.sum({dim}, keepdim={k})"}
+# steps that eager rejects, most of the time (by shape, rank, dtype or index): ember must raise too
+INVALID = {"broadcast": "{0} + torch.ones(7, 6, dtype={0}.dtype)", "matmul": "{0} @ torch.ones(7, 3, dtype={0}.dtype)",
+           "reshape": "{0}.reshape(-1, 7)", "dim": "{0}.sum({n})", "cat": "torch.cat([{0}, {0}.unsqueeze(0)])",
+           "bool_sub": "{0}.bool() - {0}.bool()", "view": "{0}.transpose(0, -1).view(-1)",
+           "select": "{0}.reshape(-1).select(0, {0}.numel())", "inplace_shape": "{0}.clone().add_({0}.unsqueeze(0))"}
+# float ops with jumps (floor, round, sign): only of exact values, where 1 ulp cannot cross a jump
+STEP_UNARY = {"floor": "torch.floor({})", "round": "torch.round({})", "sign": "torch.sign({})",
+              "trunc": "torch.trunc({} * 4)"}
 # float ops whose result is bit-for-bit the same wherever computed: only values built from inputs by
 # these may be compared, truncated to ints or argmax'ed (anything else may sit 1 ulp off eager's and
 # flip a comparison legitimately)
@@ -145,7 +157,7 @@ class Program:
     @property
     def input_source(self) -> str:
         """Python that builds the inputs from leaf tensors `b0, b1, ...` (what gradients are taken of);
-        `rand(shape, dtype)` is randn for floats, randint(-5, 6) for ints and a coin for bools."""
+        `rand(shape, dtype)` is randn for floats, mostly randint(-5, 6) for ints, a coin for bools."""
         lines, n_bases, base_of = [], 0, {}
         for i, shape in enumerate(self.shapes):
             lay, s = self.layout(i), list(shape)
@@ -199,8 +211,14 @@ class Program:
         return f"{head}def program({args}):\n{body}\n    return ({', '.join(self.outputs)},)\n"
 
     def function(self):
+        """The program as a function. Its code names a (never written) file whose lines linecache
+        holds: a user's file to ember's errors, which name the line that raised, and to tracebacks."""
+        source = self.source
+        name = os.path.join(tempfile.gettempdir(), "ember-random-programs",
+                            f"program_{hashlib.sha1(source.encode()).hexdigest()[:12]}.py")
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
         scope: dict = {"torch": torch}
-        exec(compile(self.source, "<random program>", "exec"), scope)
+        exec(compile(source, name, "exec"), scope)
         return scope["program"]
 
     def make_inputs(self, requires_grad: bool = False, seed: int | None = None, wide: bool = False
@@ -218,8 +236,11 @@ class Program:
                 t = (t.double() if wide else t).requires_grad_(requires_grad)
             elif dtype == torch.bool:
                 t = torch.randint(0, 2, shape, generator=gen).bool()
-            else:
-                t = torch.randint(-5, 6, shape, generator=gen).to(dtype)
+            else:  # small values, and one in 8 anywhere in a wide range (overflow wraps, casts round)
+                big = 2**31 if dtype == torch.int32 else 2**40
+                t = torch.where(torch.randint(0, 8, shape, generator=gen) == 0,
+                                torch.randint(-big, big, shape, generator=gen),
+                                torch.randint(-5, 6, shape, generator=gen)).to(dtype)
             bases.append(t)
             return t
 
@@ -328,7 +349,7 @@ def _inplace(draw, prog: Program) -> str | None:
 
 def _shape(draw, long_dims: bool, zero_dims: bool) -> list[int]:
     # a 0 now and then (a dim of size 0 anywhere: broadcasting, reductions, matmuls over it)
-    dims = st.sampled_from([1, 2, 3, 5, 8] * 2 + [0] * zero_dims)
+    dims = st.sampled_from([1, 2, 3, 5, 8] * 3 + [0] * zero_dims)
     base = draw(st.lists(dims, min_size=1, max_size=3))
     if long_dims and draw(st.integers(0, 9)) == 0:
         # now and then a long dim: several programs per kernel, rows that loop (> 4096 columns)
@@ -393,7 +414,9 @@ def _unary(draw, prog: Program, a: Val) -> _Step:
     if kind == "bool":
         return _Step(BOOL_UNARY[draw(st.sampled_from(sorted(BOOL_UNARY)))].format(a.name), a.exact)
     names = sorted(u for u in UNARY if not (a.dtype in HALF and u == "square"))
-    op = draw(st.sampled_from(names))
+    op = draw(st.sampled_from(names + sorted(STEP_UNARY) * a.exact))
+    if op in STEP_UNARY:
+        return _Step(STEP_UNARY[op].format(a.name), True)
     return _Step(UNARY[op].format(a.name, a.name), a.exact and op in EXACT_FLOAT)
 
 
@@ -434,7 +457,7 @@ def _reduce(draw, prog: Program, a: Val, discrete: bool) -> _Step | None:
 
 def _matmul(draw, prog: Program, a: Val, batched: bool) -> _Step | None:
     sa, kind = a.shape, _kind(a.dtype)
-    if len(sa) < 2 or kind == "bool":
+    if len(sa) < 2 or kind == "bool" or _numel(sa[:-1]) > 512:  # (the interpreter runs a program per row)
         return None
     if batched:  # a Gram matrix of a pool tensor: batched, the second operand transposed (strided)
         scale = f" / {sa[-1]}" if kind == "float" else ""
@@ -488,7 +511,8 @@ def _fallback(a: Val) -> str:
 @st.composite
 def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.float32,),
              long_dims: bool = False, layouts: bool = True, inplace: bool = False, zero_dims: bool = False,
-             mixed: bool = False, allow_raise: bool = False, discrete: bool = True) -> Program:
+             mixed: bool = False, allow_raise: bool = False, discrete: bool = True, min_steps: int = 1
+             ) -> Program:
     """`layouts`: inputs in every layout of LAYOUTS (else contiguous); `inplace`: steps may write
     into an input in place (the caller compares the inputs after the call); `zero_dims`: dims of
     size 0; `mixed`: each input a dtype of `dtypes`, and steps that cast, compare, promote and take
@@ -510,7 +534,7 @@ def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.
     _, xs = prog.make_inputs(seed=0)
     scope: dict = {"torch": torch, **{f"x{i}": x for i, x in enumerate(xs)}}
     prog.pool = [Val(f"x{i}", tuple(x.shape), x.dtype) for i, x in enumerate(xs)]
-    for step in range(draw(st.integers(1, max_steps))):
+    for step in range(draw(st.integers(min_steps, max_steps))):
         name = f"t{step}"
         a = draw(st.sampled_from(prog.pool))
         kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "norm", "matmul", "bmm",
@@ -534,10 +558,14 @@ def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.
             s = _convert(draw, prog, a, dtypes, discrete)
         if s is None:  # unary as the fallback keeps every step productive
             s = _unary(draw, prog, a)
+        if allow_raise and draw(st.sampled_from([False] * 39 + [True])):  # a step eager may reject
+            s = _Step(INVALID[draw(st.sampled_from(sorted(INVALID)))].format(a.name, n=len(a.shape)))
         error = _run_step(scope, name, s.line)
         if error and allow_raise and draw(st.booleans()):
             prog.lines.append(f"{name} = {s.line}")  # eager raises here: so must ember
             prog.raises = error
+            if draw(st.booleans()):  # an output (else dead code, which eager runs all the same)
+                prog.outputs = [name]
             break
         if error:
             s = _Step(_fallback(a), a.exact)
@@ -551,19 +579,19 @@ def programs(draw, max_steps: int = 6, dtypes: tuple[torch.dtype, ...] = (torch.
             prog.pool = [v._replace(exact=False) if scope[v.name].untyped_storage().data_ptr() in written else v
                          for v in prog.pool]
     n_out = draw(st.integers(1, 2))
-    prog.outputs = [v.name for v in prog.pool[-n_out:]]
+    prog.outputs = prog.outputs + [v.name for v in prog.pool[-n_out:]]
     return prog
 
 
-def fuzz_programs(max_steps: int = 8) -> st.SearchStrategy[tuple[bool, Program]]:
+def fuzz_programs(max_steps: int = 10) -> st.SearchStrategy[tuple[bool, Program]]:
     """The fuzzing mix (benchmarks/fuzz.py and the slow sweep): (gradients?, program). Three in four
     check forward values: every dtype, mixed in a program, dims of size 0, long dims, every layout,
     in-place writes, now and then a step eager rejects. One in four checks gradients: float dtypes
     (float32 mostly), every layout, dims of size 0."""
     forward = programs(max_steps=max_steps, dtypes=ALL_DTYPES + (torch.float32,) * 2, long_dims=True,
-                       inplace=True, zero_dims=True, mixed=True, allow_raise=True)
+                       inplace=True, zero_dims=True, mixed=True, allow_raise=True, min_steps=2)
     grads = programs(max_steps=max_steps, dtypes=(torch.float32,) * 3 + FLOATS[1:], zero_dims=True,
-                     mixed=True, discrete=False)
+                     mixed=True, discrete=False, min_steps=2)
     return st.one_of(forward.map(lambda p: (False, p)), forward.map(lambda p: (False, p)),
                      forward.map(lambda p: (False, p)), grads.map(lambda p: (True, p)))
 

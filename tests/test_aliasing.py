@@ -243,3 +243,48 @@ def test_untracked_update_of_a_non_leaf_keeps_its_history_like_eager():
         grads.append((out.detach(), w.detach(), p.grad))
     for got, expected in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, expected)
+
+
+def _update_from_w(x, w):
+    x.add_(w * 2)
+    x[1:].mul_(w[:-1])
+    return (x * 3).sum()
+
+
+def test_input_updated_from_a_value_that_requires_grad_takes_its_history_like_eager():
+    # eager: x (no grad) updated in place from w (requires grad) now carries w's history, so a loss that
+    # reads x after the call reaches w
+    x0, w0 = torch.randn(5), torch.randn(5)
+    grads = []
+    for fn in (_update_from_w, ember.compile(_update_from_w)):
+        x, w = x0.clone(), w0.clone().requires_grad_()
+        out = fn(x, w)
+        assert x.requires_grad
+        (out + (x ** 2).sum()).backward()
+        grads.append((x.detach(), w.grad))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_running_statistics_never_take_a_gradient_history():
+    m = torch.nn.BatchNorm1d(4).train()
+    ref = copy.deepcopy(m)
+    x = torch.randn(8, 4)
+    ember.compile(m)(x.clone().requires_grad_()).sum().backward()
+    ref(x.clone().requires_grad_()).sum().backward()
+    assert not m.running_mean.requires_grad and not m.running_var.requires_grad
+    torch.testing.assert_close(m.running_mean, ref.running_mean)
+    torch.testing.assert_close(m.running_var, ref.running_var)
+
+
+def _update_then_rescale_under_no_grad(x, w):
+    w.add_(1.0)  # recorded by autograd: eager raises here for a leaf that requires grad
+    with torch.no_grad():
+        w.mul_(0.5)
+    return (x * w).sum()
+
+
+def test_a_recorded_update_followed_by_an_untracked_one_still_raises_like_eager():
+    x = torch.randn(4)
+    for fn in (_update_then_rescale_under_no_grad, ember.compile(_update_then_rescale_under_no_grad)):
+        with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place"):
+            fn(x, torch.randn(4, requires_grad=True))

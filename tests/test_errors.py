@@ -59,6 +59,11 @@ def view_shape():
     ember.compile(lambda x: x.view(5))(torch.randn(6))
 
 
+@row(IndexError, r"^Tensor\.select: select\(\): index 9 out of range", "x.reshape(-1).select(0, 9)")
+def select_out_of_range():  # torch's IndexError from the user's call is the user's error, not ember's
+    ember.compile(lambda x: x.reshape(-1).select(0, 9))(torch.randn(3, 3))
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()

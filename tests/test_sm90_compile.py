@@ -8,6 +8,7 @@ every kernel that earlier tests in this session generated.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -114,10 +115,10 @@ def _compile_one(job: tuple) -> str | None:
     return None
 
 
-def _jobs() -> list[tuple]:
-    """(source, name, signature, constexprs) of every distinct kernel configuration generated so far."""
+def _jobs(specs) -> list[tuple]:
+    """(source, name, signature, constexprs) of every distinct kernel configuration in `specs`."""
     jobs, seen = [], set()
-    for spec in generated_kernels():
+    for spec in specs:
         consts = dict(spec.constexprs)
         if "INTERP" in consts:
             consts["INTERP"] = False  # the GPU path, not the interpreter's upcast
@@ -132,9 +133,19 @@ def _jobs() -> list[tuple]:
     return jobs
 
 
-# The sweep takes minutes in a full run (every kernel the earlier tests generated): split into
-# parametrized chunks, so pytest's progress moves and `-v` names the chunk it is compiling.
-CHUNKS = 16
+def _job_hash(job: tuple) -> str:
+    source, _, signature, consts = job
+    key = repr((source, sorted(signature.items()), sorted(map(str, consts.items()))))
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# The default run compiles this file's corpus (every kernel kind, dtype, index width and constexpr
+# mode) plus a fixed-size sample of the kernels earlier tests generated (chosen by hash, so the same
+# kernels for the same suite). `-m slow` compiles every kernel of the session: minutes on 2 cores.
+# Both are split into parametrized chunks, so pytest's progress moves and `-v` names the chunk.
+CHUNKS = 4
+SESSION_SAMPLE = 32
+SLOW_CHUNKS = 16
 
 
 def _say(config: pytest.Config, line: str) -> None:
@@ -149,17 +160,40 @@ def _say(config: pytest.Config, line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sm90_jobs(request) -> list[tuple]:
-    """This file's corpus planned, then every kernel configuration of the session so far (listed once,
-    at the first test of this file, so every chunk sees the same list)."""
+def session_jobs() -> tuple[list[tuple], list[tuple]]:
+    """(the corpus's kernel configurations, every other configuration of the session so far), listed
+    once, at the first test of this file, so every chunk sees the same lists."""
+    before = len(generated_kernels())
     with pytest.MonkeyPatch.context() as mp:
         _corpus()
         _corpus_fused()
         _corpus_int64(mp)
-    jobs = _jobs()
-    _say(request.config, f"{__name__}: compiling {len(jobs)} kernel configurations for sm_90 "
-                         f"in {CHUNKS} chunks (~0.3 s a kernel per core)")
-    return jobs
+    specs = generated_kernels()
+    corpus = _jobs(specs[before:])
+    known = {_job_hash(j) for j in corpus}
+    others = [j for j in _jobs(specs[:before]) if _job_hash(j) not in known]
+    return corpus, others
+
+
+@pytest.fixture(scope="module")
+def sm90_jobs(request, session_jobs) -> list[tuple]:
+    corpus, others = session_jobs
+    sample = sorted(others, key=_job_hash)[:SESSION_SAMPLE]
+    _say(request.config, f"{__name__}: compiling {len(corpus)} corpus + {len(sample)} of {len(others)} session "
+                         f"kernel configurations for sm_90 in {CHUNKS} chunks (all: -m slow)")
+    return corpus + sample
+
+
+def _compile_all(jobs: list[tuple]) -> None:
+    # triton.compile is single-threaded and ~0.3 s a kernel: spread the work over the cores.
+    workers = min(len(jobs), os.cpu_count() or 1, 8)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            errors = [e for e in pool.map(_compile_one, jobs, chunksize=4) if e]
+    else:
+        errors = [e for e in map(_compile_one, jobs) if e]
+    if errors:
+        pytest.fail(f"{len(errors)} of {len(jobs)} kernels fail to compile for sm_90; first:\n{errors[0]}")
 
 
 def test_corpus_covers_every_kernel_kind(sm90_jobs):
@@ -172,13 +206,11 @@ def test_corpus_covers_every_kernel_kind(sm90_jobs):
 
 @pytest.mark.parametrize("chunk", range(CHUNKS), ids=lambda c: f"chunk{c + 1}of{CHUNKS}")
 def test_generated_kernels_compile_for_sm90(sm90_jobs, chunk):
-    jobs = sm90_jobs[chunk::CHUNKS]
-    # triton.compile is single-threaded and ~0.3 s a kernel: spread the work over the cores.
-    workers = min(len(jobs), os.cpu_count() or 1, 8)
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            errors = [e for e in pool.map(_compile_one, jobs, chunksize=4) if e]
-    else:
-        errors = [e for e in map(_compile_one, jobs) if e]
-    if errors:
-        pytest.fail(f"{len(errors)} of {len(jobs)} kernels fail to compile for sm_90; first:\n{errors[0]}")
+    _compile_all(sm90_jobs[chunk::CHUNKS])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", range(SLOW_CHUNKS), ids=lambda c: f"chunk{c + 1}of{SLOW_CHUNKS}")
+def test_every_session_kernel_compiles_for_sm90(session_jobs, chunk):
+    corpus, others = session_jobs
+    _compile_all((corpus + others)[chunk::SLOW_CHUNKS])

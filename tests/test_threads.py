@@ -3,6 +3,7 @@ functions, first calls (compiles) racing too; every result compared with eager P
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
 import ember
@@ -18,14 +19,17 @@ def _pointwise(x):
     return torch.sigmoid(x) * x + 1.0
 
 
-def test_threads_share_and_race_compiled_functions():
+# The CUDA variant runs on a GPU machine (`benchmarks/gpu_check.py`, `-m gpu`); without CUDA it fails.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_threads_share_and_race_compiled_functions(device):
+    assert device == "cpu" or torch.cuda.is_available(), "the gpu tests need a CUDA device"
     fa, fb = ember.compile(_attention_ish), ember.compile(_pointwise)  # nothing compiled yet: first calls race
-    w = torch.randn(16, 8)
+    w = torch.randn(16, 8, device=device)
 
     def worker(k: int) -> list[str]:
         failures = []
         for i in range(CALLS):
-            x = torch.randn(4, 16)
+            x = torch.randn(4, 16, device=device)
             fn, ref, args = (fa, _attention_ish, (x, w)) if (k + i) % 2 else (fb, _pointwise, (x,))
             try:
                 torch.testing.assert_close(fn(*args), ref(*args))
