@@ -140,7 +140,7 @@ def run_program(prog: Program, seed: int = 0, deep: bool = True) -> Outcome:
             return list(fn(*w_xs)), w_bases
 
         try:
-            _close(got, expected, "output", prog, lambda: wide()[0])
+            _close(got, expected, "output (vs eager)", prog, lambda: wide()[0])
             _close(c_bases, bases, "leaf tensor b<i> after the call", prog, lambda: wide()[1])
         except Mismatch as m:
             return Outcome("mismatch", m.detail)
@@ -203,7 +203,7 @@ def run_gradients(prog: Program, seed: int = 0) -> Outcome:
                                                  floats(w_xs) + floats(w_bases))
 
     try:
-        _close([g.detach() for g in got], [e.detach() for e in expected], "output", prog, lambda: wide()[0])
+        _close([g.detach() for g in got], [e.detach() for e in expected], "output (vs eager)", prog, lambda: wide()[0])
         _close(grads[:n], want[:n], "gradient of x<i>", prog, lambda: wide()[1][:n])
         # A leaf's gradient sums its views' (torch's view backward, not ember): terms of size up to
         # max|grad x<i>| may cancel, so the absolute tolerance scales with them.
