@@ -33,11 +33,15 @@ class Kernel:
     # (param name, signature type): "*fp32"-style pointers, "int" (typed per launch value) or "constexpr".
     params: list[tuple[str, str]]
     _interp: Any = field(default=None, repr=False)
+    _jit: Any = field(default=None, repr=False)
 
     @property
     def jit(self):
-        """The `triton.JITFunction` (module imported from the source cache on first use)."""
-        return getattr(load_module(self.source), self.name)
+        """The `triton.JITFunction` (module imported from the source cache on first use, then kept:
+        a GPU launch should not hash the source and take the cache's lock every time)."""
+        if self._jit is None:
+            self._jit = getattr(load_module(self.source), self.name)
+        return self._jit
 
     def signature(self, args: list, constexprs: dict[str, Any]) -> dict[str, str]:
         sig = {}
