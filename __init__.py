@@ -7,13 +7,14 @@
 __version__ = "0.1.0"
 
 from . import ir, optim  # noqa: E402,F401
+from .api.compiled import CompiledFunction, compile
+from .api.dynamo import register as _register_dynamo_backend  # noqa: E402
+from .api.eager import EagerStats, clear_eager_cache, eager, eager_stats, reset_eager_stats  # noqa: E402,F401
+from .api.explain import explain  # noqa: E402,F401
+from .api.static import StaticGraph, trace  # noqa: E402,F401
+from .api.train import CompiledStep, compile_step  # noqa: E402,F401
 from .codegen.source_cache import clear_cache  # noqa: E402,F401
-from .frontend.api import CompiledFunction, StaticGraph, compile, trace  # noqa: E402,F401
 from .frontend.capture import CaptureError  # noqa: E402,F401
-from .frontend.dynamo import register as _register_dynamo_backend  # noqa: E402
-from .frontend.eager import EagerStats, clear_eager_cache, eager, eager_stats, reset_eager_stats  # noqa: E402,F401
-from .frontend.explain import explain  # noqa: E402,F401
-from .frontend.train import CompiledStep, compile_step  # noqa: E402,F401
 
 _register_dynamo_backend()  # torch.compile(model, backend="ember"); also an entry point in pyproject.toml
 

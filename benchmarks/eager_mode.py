@@ -42,8 +42,8 @@ from fusion_patterns import MLPBlock, TransformerBlock  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import ember  # noqa: E402
-from ember.frontend import dynamo  # noqa: E402
-from ember.frontend.explain import _METADATA_OPS  # noqa: E402
+from ember.api import dynamo  # noqa: E402
+from ember.api.explain import _METADATA_OPS  # noqa: E402
 
 B, S, D = 2, 8, 32
 

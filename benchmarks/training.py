@@ -60,7 +60,7 @@ from torch.utils import _pytree as pytree  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import ember  # noqa: E402
-from ember.frontend.explain import _METADATA_OPS, _read_bytes  # noqa: E402
+from ember.api.explain import _METADATA_OPS, _read_bytes  # noqa: E402
 from ember.passes.cost import group_cost, is_kernel  # noqa: E402
 from ember.passes.fusion import partition  # noqa: E402
 

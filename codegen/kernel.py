@@ -1,7 +1,9 @@
 """A generated kernel: its source, its parameters, and launching on CPU (interpreter) or GPU (JIT).
 
 Every kernel launch the planner prepares is recorded with its concrete signature and constexprs in
-`generated_kernels()`, so tests can compile each one for sm_90 without a GPU.
+`generated_kernels()`, so tests can compile each one for sm_90 without a GPU. Both process-wide caches
+here (kernels by source, launch configurations) are bounded LRUs (`lru.py`); `kernel_count()` and
+`spec_count()` count what was generated, including what the caches have since forgotten.
 """
 
 from __future__ import annotations
@@ -14,9 +16,15 @@ import numpy as np
 import torch
 
 from .emitter import int_sig
+from .lru import LRU
 from .source_cache import load_module, source_hash
 
-_kernels: dict[str, Kernel] = {}
+# Kernels by source hash: identical kernels are one object (one module import, one interpreter
+# wrapper). A forgotten kernel keeps working in the plans holding it, and is made again (same name,
+# same source) when next generated.
+MAX_KERNELS = 2048
+_kernels: LRU[str, Kernel] = LRU(MAX_KERNELS)
+_made = 0  # kernels made so far (monotonic: `_kernels` forgets, this does not)
 # Triton's interpreter patches `triton.language` process-wide for the duration of a launch, so two
 # threads interpreting at once break each other ("Did you forget to add @triton.jit?"): one at a time.
 _INTERPRETER_LOCK = threading.Lock()
@@ -55,7 +63,8 @@ class Kernel:
                 sig[name] = "constexpr"
         return sig
 
-    def launch(self, grid: tuple[int, ...], args: list, constexprs: dict[str, Any], device: torch.device) -> None:
+    def launch(self, grid: tuple[int, ...], args: list, constexprs: dict[str, Any], device: torch.device,
+               num_warps: int = 4) -> None:
         # Per launch, never process-wide: CPU tensors go through Triton's interpreter.
         if device.type == "cpu":
             with _INTERPRETER_LOCK:
@@ -72,7 +81,7 @@ class Kernel:
                 finally:
                     _interpreting = None
         else:
-            self.jit[grid](*args, **constexprs)
+            self.jit[grid](*args, **constexprs, num_warps=num_warps)
 
 
 def interpreter_position(thread: int) -> tuple[int, int] | None:
@@ -93,13 +102,21 @@ def interpreter_position(thread: int) -> tuple[int, int] | None:
 
 def make_kernel(prefix: str, body_source: str, kind: str, ops: list[str], params: list[tuple[str, str]]) -> Kernel:
     """Name the kernel by the hash of its text (placeholder `KERNEL`) and dedupe identical kernels."""
+    global _made
     key = source_hash(body_source)
     kernel = _kernels.get(key)
     if kernel is None:
         name = f"{prefix}_{key[:10]}"
         kernel = Kernel(name, body_source.replace("def KERNEL(", f"def {name}("), kind, list(ops), params)
         _kernels[key] = kernel
+        _made += 1
     return kernel
+
+
+def kernel_count() -> int:
+    """How many kernels were made in this process so far (a kernel the cache forgot and made again
+    counts twice): the difference across a call is the kernel sources it generated."""
+    return _made
 
 
 def render(params: list[tuple[str, str]], body: str) -> str:
@@ -117,24 +134,37 @@ class KernelSpec:
     signature: dict[str, str]
     constexprs: dict[str, Any]
     kernel: Kernel
+    seq: int = 0  # `spec_count()` when it was first recorded
 
     @property
     def jit(self):
         return self.kernel.jit
 
 
-_specs: dict[tuple, KernelSpec] = {}
+# The launch configurations prepared, most recently used kept (each holds its kernel alive).
+MAX_SPECS = 4096
+_specs: LRU[tuple, KernelSpec] = LRU(MAX_SPECS)
+_recorded = 0  # configurations recorded so far (monotonic)
 
 
 def record_spec(kernel: Kernel, args: list, constexprs: dict[str, Any]) -> KernelSpec:
+    global _recorded
     sig = kernel.signature(args, constexprs)
     key = (kernel.name, tuple(sorted(sig.items())), tuple(sorted((k, repr(v)) for k, v in constexprs.items())))
     spec = _specs.get(key)
     if spec is None:
-        spec = _specs[key] = KernelSpec(kernel.name, kernel.source, sig, dict(constexprs), kernel)
+        spec = KernelSpec(kernel.name, kernel.source, sig, dict(constexprs), kernel, _recorded)
+        _recorded += 1
+        _specs[key] = spec
     return spec
 
 
-def generated_kernels() -> list[KernelSpec]:
-    """Every kernel launch configuration prepared in this process so far."""
-    return list(_specs.values())
+def spec_count() -> int:
+    """How many launch configurations were recorded in this process so far (monotonic)."""
+    return _recorded
+
+
+def generated_kernels(since: int = 0) -> list[KernelSpec]:
+    """The kernel launch configurations prepared in this process (the `MAX_SPECS` most recently used),
+    in the order first recorded; `since=spec_count()` taken earlier: only those recorded after it."""
+    return sorted((s for s in _specs.values() if s.seq >= since), key=lambda s: s.seq)

@@ -15,6 +15,10 @@ The folder is code that runs as the user, so it is treated like `~/.ssh`:
   (`EMBER_CACHE_MAX_MB`, default 256): least-recently-used entries are evicted (a hit refreshes the
   entry's mtime, which is the recency order);
 - `clear_cache()` empties it.
+
+In memory, the imported modules are a bounded LRU (`MAX_MODULES`, `lru.py`): a forgotten module
+leaves `sys.modules` too (kernels holding its function keep working) and is imported again from the
+folder when next needed; `load_count()` counts the imports.
 """
 
 from __future__ import annotations
@@ -28,8 +32,19 @@ import threading
 import warnings
 from types import ModuleType
 
+from .lru import LRU
+
 PREFIX = "ember_kernel_"
-_modules: dict[str, ModuleType] = {}
+MAX_MODULES = 2048
+
+
+def _forget(key: str, mod: ModuleType) -> None:
+    if sys.modules.get(mod.__name__) is mod:
+        del sys.modules[mod.__name__]
+
+
+_modules: LRU[str, ModuleType] = LRU(MAX_MODULES, on_evict=_forget)
+_loads = 0                           # modules imported so far (monotonic: `_modules` forgets)
 _lock = threading.RLock()            # module map and folder state are shared by threads
 _folder: str | None = None           # the checked folder in use for this process
 _folder_for: str | None = None       # the configured folder it was chosen for (it differs after a fallback)
@@ -111,6 +126,7 @@ def _read(path: str) -> bytes | None:
 
 def load_module(source: str) -> ModuleType:
     """Import `source` as a module, through a verified file in the cache folder (see module doc)."""
+    global _loads
     key = source_hash(source)
     with _lock:
         mod = _modules.get(key)
@@ -130,7 +146,13 @@ def load_module(source: str) -> ModuleType:
         sys.modules[name] = mod  # triton.jit resolves globals through the module
         exec(compile(data, path, "exec"), mod.__dict__)  # noqa: S102 (our own generated source)
         _modules[key] = mod
+        _loads += 1
         return mod
+
+
+def load_count() -> int:
+    """How many kernel modules were imported in this process so far (in-memory cache misses)."""
+    return _loads
 
 
 EVICT_EVERY = 64

@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 _ROOT = Path(__file__).resolve().parents[1]
-_EMBER = tuple(str(_ROOT / d) + os.sep for d in ("frontend", "ir", "passes", "runtime", "codegen", "optim"))
+_EMBER = tuple(str(_ROOT / d) + os.sep for d in ("api", "frontend", "ir", "passes", "runtime", "codegen", "optim"))
 _EMBER_FILES = (str(_ROOT / "__init__.py"),)
 _TORCH = os.path.dirname(torch.__file__) + os.sep
 _LIBRARY_NAMES = ("functorch", "sympy", "triton", "numpy", "typing_extensions", "optree")  # torch's helpers

@@ -34,9 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import runtime
 from ..ir import Graph, TensorType, Value
-from ..passes import run_pipeline
+from ..runtime.driver import compile_ir
 from ..runtime.executor import execute
 from ..runtime.plan import Buf, LaunchStep, Plan
 
@@ -190,8 +189,8 @@ class _Program:
     """One compiled step graph; runs in place when its plan allows (else copies back)."""
 
     def __init__(self, graph: Graph, aliases: list[int]):
-        self.graph = run_pipeline(graph).graph
-        self.compiled = runtime.compile_graph(self.graph)
+        self.compiled = compile_ir(graph)
+        self.graph = self.compiled.graph
         self.aliases = aliases
         self._derived: dict[int, tuple[Plan, Plan | None]] = {}
 

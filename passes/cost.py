@@ -3,8 +3,12 @@
 Bytes are counted at the group boundary (what a kernel must load and store), so the ratio
 `bytes_moved / compulsory_bytes` is the number fusion is judged by: 1.0 means every graph input is
 read once and every output written once. A group input that is a view (expand, slice, permute, ...)
-reads at most the elements of the buffer it views. Looped row kernels re-read their inputs once per
-pass. Layout groups are views and cost nothing; externs count what torch reads and writes.
+reads at most the elements of the buffer it views. Reads are compulsory per kernel: a tile that
+several programs of one launch load (matmul's A tile once per N block, a broadcast bias per row
+block) counts once, as a cache would serve it; a looped row kernel's sweeps over rows too long to
+keep count once each (`row_read_bytes`). tests/test_cost_bytes.py checks every rule against the
+bytes the generated kernels load and store under Triton's interpreter. Layout groups are views and
+cost nothing; externs count what torch reads and writes.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 
 from ..ir import Graph, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
+from ..ir.ops.reduction import reduced_shape
 
 
 @dataclass
@@ -36,26 +41,145 @@ class KernelCost:
         return self.group.kind
 
 
-def _storage_root(v: Value) -> Value:
+def storage_root(v: Value) -> Value:
     """The materialized value a chain of view ops reads from."""
     while v.producer is not None and v.producer.op in ("reshape", "permute", "expand", "slice", "select", "flip"):
         v = v.producer.inputs[0]
     return v
 
 
+def _reshape_distinct(dims: list[tuple[int, int]], shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
+    """(size, distinct) per dim after a reshape to `shape`: dims merge and split in blocks of equal
+    size; a block keeps its distinct count when it is all repeated, all distinct or one output dim.
+    None when a block that mixes both is split (which elements repeat is then not per dim)."""
+    ins = [d for d in dims if d[0] != 1]
+    out: list[tuple[int, int]] = []
+    block: list[int] = []
+    i, size, distinct = 0, 1, 1
+    for o in shape:
+        if o == 1:
+            out.append((1, 1))
+            continue
+        block.append(len(out))
+        out.append((o, o))
+        while size < math.prod(out[k][0] for k in block):
+            size, distinct = size * ins[i][0], distinct * ins[i][1]
+            i += 1
+        if size == math.prod(out[k][0] for k in block):
+            if distinct == 1:
+                for k in block:
+                    out[k] = (out[k][0], 1)
+            elif distinct != size:
+                if len(block) > 1:
+                    return None
+                out[block[0]] = (o, distinct)
+            block, size, distinct = [], 1, 1
+    return out
+
+
+def distinct_elements(v: Value) -> int:
+    """How many elements of its buffer the view `v` reads: `v` followed from the materialized value
+    through its view ops, dim by dim (an expanded dim repeats elements, a slice of it does not add
+    any). Where a view cannot be followed per dim, at most the smaller of `v` and its buffer."""
+    if v.type.numel == 0:
+        return 0
+    chain = []
+    root = v
+    while root.producer is not None and root.producer.op in ("reshape", "permute", "expand", "slice", "select",
+                                                             "flip"):
+        chain.append(root.producer)
+        root = root.producer.inputs[0]
+    dims: list[tuple[int, int]] | None = [(s, s) for s in root.shape]  # (size, distinct elements along it)
+    for n in reversed(chain):
+        a, shape = n.attrs, n.out.shape
+        if n.op == "expand":
+            lead = len(shape) - len(dims)
+            dims = [(s, 1) for s in shape[:lead]] + [(o, 1 if s == 1 else d)
+                                                     for (s, d), o in zip(dims, shape[lead:])]
+        elif n.op == "permute":
+            dims = [dims[d] for d in a["dims"]]
+        elif n.op == "select":
+            dims = dims[:a["dim"]] + dims[a["dim"] + 1:]
+        elif n.op == "slice":
+            s, d = dims[a["dim"]]
+            if d not in (1, s):
+                break
+            dims[a["dim"]] = (shape[a["dim"]], 1 if d == 1 else shape[a["dim"]])
+        elif n.op == "reshape":
+            dims = _reshape_distinct(dims, shape)
+            if dims is None:
+                break
+    else:
+        return math.prod(d for _, d in dims)
+    return min(v.type.numel, root.type.numel)
+
+
 def value_read_bytes(v: Value) -> int:
-    root = _storage_root(v)
-    return min(v.type.numel, root.type.numel) * v.dtype.itemsize
+    return distinct_elements(v) * v.dtype.itemsize
 
 
-def row_passes(group: KernelGroup) -> int:
-    """How many times a row kernel reads its inputs: once when a row fits a block, else per pass."""
-    r = math.prod(group.shape[d] for d in group.dims)
-    if r <= ROW_BLOCK_LIMIT:
-        return 1
-    reductions = sum(get_op(n.op).kind == "reduction" for n in group.nodes)
-    tile_out = any(v.shape == group.shape for v in group.outputs)
-    return reductions + int(tile_out)
+def _is_row(group: KernelGroup, v: Value) -> bool:
+    """A [rows] value of a row group (reduction results and what follows) rather than a [rows, cols]
+    tile: codegen/row.py's `RowLayout.is_row`."""
+    g = group
+    return v.shape != g.shape and (v.shape in (reduced_shape(g.shape, g.dims, True),
+                                               reduced_shape(g.shape, g.dims, False)) or v.type.numel == 1)
+
+
+def row_read_bytes(group: KernelGroup) -> int:
+    """Bytes a row kernel loads, following the row emitter (codegen/row.py) load by load.
+
+    Inputs are loaded as tiles or as rows (by the value that uses them). A row is loaded once and
+    kept; a row already loaded is broadcast to tiles, not loaded again. Tiles are loaded on demand
+    by the loop that needs them: when a row fits one block (`ROW_BLOCK_LIMIT`) that is once; a
+    looped kernel sweeps its rows once per reduction over tiles and once more to store tile outputs,
+    and each sweep loads the tiles it needs again (a row too long for registers is not kept).
+    tests/test_cost_bytes.py checks this against the bytes the generated kernels load."""
+    looped = math.prod(group.shape[d] for d in group.dims) > ROW_BLOCK_LIMIT
+    members = {v for n in group.nodes for v in n.outputs}
+    scalars = set(group.scalars)
+    loads: set[tuple[Value, str]] = set()
+    for n in group.nodes:
+        mode = "row" if _is_row(group, n.out) else "tile"
+        for v in n.inputs:
+            if v not in members and v.producer not in scalars:
+                loads.add((v, ("row" if _is_row(group, v) else "tile") if get_op(n.op).kind == "reduction" else mode))
+    rows: set[Value] = set()   # row values in registers
+    tiles: set[Value] = set()  # tile values of the current sweep
+    read = 0
+
+    def operand(v: Value, tile: bool) -> None:
+        nonlocal read
+        if v.producer in scalars or v in rows:
+            return
+        if (v, "row") in loads and not tile:
+            rows.add(v)
+            read += value_read_bytes(v)
+        elif tile and v not in tiles:
+            tiles.add(v)
+            if (v, "tile") in loads:
+                read += value_read_bytes(v)
+            else:
+                for u in v.producer.inputs:
+                    operand(u, True)
+
+    for n in group.nodes:
+        if get_op(n.op).kind == "reduction" and not _is_row(group, n.inputs[0]):
+            operand(n.inputs[0], True)
+            if looped:
+                tiles.clear()
+        elif get_op(n.op).kind == "reduction" or _is_row(group, n.out):
+            for u in n.inputs:
+                operand(u, False)
+        if _is_row(group, n.out):
+            rows.add(n.out)
+    for v in group.outputs:
+        if _is_row(group, v):
+            operand(v, False)
+    for v in group.outputs:
+        if not _is_row(group, v):
+            operand(v, True)
+    return read
 
 
 def _flops(group: KernelGroup) -> int:
@@ -75,8 +199,16 @@ def _flops(group: KernelGroup) -> int:
 def group_cost(group: KernelGroup) -> KernelCost:
     if group.kind == "layout" and group.nodes[0].op != "cat":
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
-    passes = row_passes(group) if group.kind == "row" else 1
-    read = sum(value_read_bytes(v) for v in group.inputs) * passes
+    if group.kind == "row":
+        read = row_read_bytes(group)
+    elif group.kind == "matmul":  # both operands, then what the epilogue loads (an operand again, too)
+        mm = group.nodes[0]
+        tail = {v for n in group.nodes[1:] for v in n.inputs}
+        read = sum(value_read_bytes(v) for v in mm.inputs) + sum(value_read_bytes(v) for v in group.inputs if v in tail)
+    elif group.kind == "layout":  # cat: each piece, as often as it appears
+        read = sum(value_read_bytes(v) for v in group.nodes[0].inputs)
+    else:
+        read = sum(value_read_bytes(v) for v in group.inputs)
     written = sum(v.type.nbytes for v in group.outputs)
     return KernelCost(group, read, written, _flops(group))
 

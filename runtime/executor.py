@@ -1,7 +1,13 @@
 """Executing a plan: allocate buffers, fill launch args with tensors, launch, call externs.
 
-`CompiledGraph` keeps one plan per (device, input strides, fp32 matmul precision): strides decide
-which reshapes are views, and the precision picks the tl.dot mode; sizes are static in the IR.
+`CompiledGraph` keeps one schedule per target (runtime/schedule.py) and one plan per (device, input
+strides, fp32 matmul precision): strides decide which reshapes are views, and the precision picks the
+tl.dot mode; sizes are static in the IR.
+
+Donated outputs (`donate={output: input}`) come back as the input tensor itself, holding the new
+value: stored there by the kernel that computes it, or copied where the plan could not (`plan.copies`).
+Either way the input's version counter moves, as after an in-place op, so autograd notices a tensor
+it saved having changed.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from ..ir import Graph
 from ..ir.ops.extern import call_extern
 from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
 from .progress import Progress
+from .schedule import Schedule, build_schedule
 from .views import View, contiguous_strides
 
 
@@ -21,7 +28,8 @@ def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
     return torch.as_strided(base, v.shape, v.strides, base.storage_offset() + v.offset)
 
 
-def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: str = "a graph") -> list[torch.Tensor]:
+def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: str = "a graph",
+            donate: dict[int, int] | None = None) -> list[torch.Tensor]:
     bufs: list = list(inputs)
     for spec in plan.bufs[len(inputs):]:
         bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else None)
@@ -32,11 +40,21 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
             if isinstance(step, LaunchStep):
                 progress.update(i, step.kernel.name)
                 args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
-                step.kernel.launch(step.grid, args, step.constexprs, device)
+                step.kernel.launch(step.grid, args, step.constexprs, device, step.num_warps)
             else:
                 progress.update(i, step.node.attrs.get("target", "extern"))
                 _run_extern(step, bufs)
-    return [_as_tensor(bufs, v) for v in plan.outputs]
+    outs = [_as_tensor(bufs, v) for v in plan.outputs]
+    if donate:
+        copied = dict(plan.copies)
+        with torch.no_grad():
+            for k, j in donate.items():
+                if k in copied:
+                    inputs[j].copy_(outs[k])  # (moves the version counter itself)
+                else:
+                    torch.autograd.graph.increment_version(inputs[j])
+                outs[k] = inputs[j]
+    return outs
 
 
 def _run_extern(step: ExternStep, bufs: list) -> None:
@@ -61,13 +79,35 @@ class CompiledGraph:
     """`cg(inputs) -> outputs`, matching `ember.ir.evaluate(graph, *inputs)`."""
 
     def __init__(self, graph: Graph, device: torch.device | str | None = None, fuse: bool = True,
-                 name: str | None = None):
+                 name: str | None = None, donate: dict[int, int] | None = None):
         self.graph = graph
         self.name = name or f"a graph of {len(graph.nodes)} nodes"  # in progress reports
         self.fuse = fuse
+        self.donate = dict(donate or {})
+        for k, j in self.donate.items():
+            out, inp = graph.outputs[k], graph.inputs[j]
+            if out.type != inp.type:
+                raise TypeError(f"donate: output {k} ({out.type}) cannot be stored over input {j} ({inp.type})")
+        if len(set(self.donate.values())) != len(self.donate):
+            raise ValueError("donate: an input can take one output")
         self.default_device = torch.device(device or "cpu")
+        self._schedules: dict[str, Schedule] = {}
         self._plans: dict[tuple, Plan] = {}
         self._last: Plan | None = None
+        self._last_device = self.default_device
+
+    def schedule_for(self, device: torch.device) -> Schedule:
+        """The schedule for `device`'s target, computed once."""
+        target = "cpu" if device.type == "cpu" else "cuda"
+        if target not in self._schedules:
+            with Progress(title=f"scheduling {self.name}"):
+                self._schedules[target] = build_schedule(self.graph, target, self.fuse, self.donate)
+        return self._schedules[target]
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule of the last call's device (before any call, the default device's)."""
+        return self.schedule_for(self._last_device)
 
     def _key(self, inputs: list[torch.Tensor]) -> tuple:
         device = inputs[0].device if inputs else self.default_device
@@ -82,8 +122,9 @@ class CompiledGraph:
         return plan
 
     def _build(self, strides: list[tuple[int, ...]], device: torch.device) -> Plan:
+        schedule = self.schedule_for(device)
         with Progress(title=f"planning {self.name}"):
-            return build_plan(self.graph, strides, device, self.fuse)
+            return build_plan(schedule, strides, device)
 
     def __call__(self, inputs) -> list[torch.Tensor]:
         inputs = list(inputs)
@@ -94,8 +135,8 @@ class CompiledGraph:
                 raise TypeError(f"input %{v.name}: expected {v.type}, got {t.dtype}{list(t.shape)}")
         plan = self.plan_for(inputs)
         self._last = plan
-        device = inputs[0].device if inputs else self.default_device
-        return execute(plan, inputs, device, self.name)
+        device = self._last_device = inputs[0].device if inputs else self.default_device
+        return execute(plan, inputs, device, self.name, self.donate)
 
     @property
     def plan(self) -> Plan:

@@ -3,9 +3,9 @@ write-back, parameters as inputs, extern fallbacks and the errors a user can hit
 
 import pytest
 import torch
+from testing import assert_close, assert_matches, check_static_graph
 
 import ember
-from ember.frontend.testing import assert_close, assert_matches, check_static_graph
 
 
 def test_trace_returns_a_printable_callable_graph():

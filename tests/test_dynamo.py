@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ember
-from ember.frontend import dynamo
+from ember.api import dynamo
 
 
 @pytest.fixture(autouse=True)

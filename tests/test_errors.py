@@ -15,11 +15,11 @@ import traceback
 import pytest
 import torch
 import torch.nn.functional as F
+from testing import assert_matches
 from torch import nn
 
 import ember
 from ember.frontend.lower_matmul import DtypeMismatchError
-from ember.frontend.testing import assert_matches
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 
@@ -325,7 +325,7 @@ def test_the_users_own_exception_is_kept_with_the_users_frames():
 
 def test_internal_errors_pass_through_unchanged(monkeypatch):
     """A bug in ember keeps its type and its frames: it is for a bug report, not for the user's code."""
-    import ember.frontend.api as api
+    import ember.api.static as api
 
     def broken(*args, **kwargs):
         return {}["missing"]

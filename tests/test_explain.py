@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import ember
-from ember.frontend import explain as explain_mod
+from ember.api import explain as explain_mod
 
 
 def _flat(s: str) -> str:

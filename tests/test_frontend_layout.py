@@ -3,8 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ember.frontend.testing import assert_matches
+from testing import assert_matches
 
 
 def _views(x):

@@ -3,9 +3,9 @@ decompositions into primitives (norms, activations, attention, losses), with few
 
 import torch
 import torch.nn.functional as F
+from testing import assert_matches
 
 import ember
-from ember.frontend.testing import assert_matches
 
 
 def test_norms_and_activations():

@@ -4,8 +4,7 @@ promotion, scalars, where/clamp and casts, in float32, float16, integer and bool
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ember.frontend.testing import assert_matches
+from testing import assert_matches
 
 
 def _unary_float(x):

@@ -3,8 +3,7 @@ keepdim, dtype=, corrections, value+index pairs, on float32/float16/int/bool, 0-
 
 import pytest
 import torch
-
-from ember.frontend.testing import assert_matches
+from testing import assert_matches
 
 
 def _float_reductions(x):

@@ -8,9 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from models import TransformerBlock
 from programs import graph_inputs
+from testing import assert_close
 
 import ember
-from ember.frontend.testing import assert_close
 from ember.ir import evaluate, parse_graph, verify
 from ember.passes import PIPELINE
 from ember.passes.cost import compulsory_bytes, group_cost, is_kernel

@@ -3,9 +3,9 @@
 import torch
 import torch.nn as nn
 from models import MLP, TransformerBlock
+from testing import assert_close, assert_matches
 
 import ember
-from ember.frontend.testing import assert_close, assert_matches
 
 
 def Block():

@@ -5,11 +5,11 @@ was there too, eager mode (`with ember.eager():`)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from testing import assert_matches, check_roundtrip
 from torch import nn
 
 import ember
 from ember.frontend.capture import CaptureError
-from ember.frontend.testing import assert_matches, check_roundtrip
 from ember.ir import Graph, TensorType, parse_graph
 from ember.runtime import compile_graph
 

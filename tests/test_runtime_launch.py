@@ -24,8 +24,8 @@ def test_non_cpu_device_calls_the_jit_function(monkeypatch):
     step = cg.kernels[0]
     fake = _FakeJit()
     monkeypatch.setattr(Kernel, "jit", property(lambda self: fake))
-    step.kernel.launch(step.grid, [1, 2], step.constexprs, torch.device("cuda", 0))
-    assert fake.calls == [(step.grid, (1, 2), step.constexprs)]
+    step.kernel.launch(step.grid, [1, 2], step.constexprs, torch.device("cuda", 0), step.num_warps)
+    assert fake.calls == [(step.grid, (1, 2), {**step.constexprs, "num_warps": step.num_warps})]
 
 
 def test_plans_are_cached_per_input_layout():

@@ -20,6 +20,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ember.codegen import generated_kernels
+from ember.codegen.kernel import spec_count
 from ember.codegen.source_cache import load_module
 from ember.ir import Graph, TensorType, parse_graph
 from ember.runtime import compile_graph
@@ -163,15 +164,14 @@ def _say(config: pytest.Config, line: str) -> None:
 def session_jobs() -> tuple[list[tuple], list[tuple]]:
     """(the corpus's kernel configurations, every other configuration of the session so far), listed
     once, at the first test of this file, so every chunk sees the same lists."""
-    before = len(generated_kernels())
+    before = spec_count()  # (the record is a bounded LRU: positions in it shift, counts do not)
     with pytest.MonkeyPatch.context() as mp:
         _corpus()
         _corpus_fused()
         _corpus_int64(mp)
-    specs = generated_kernels()
-    corpus = _jobs(specs[before:])
+    corpus = _jobs(generated_kernels(since=before))
     known = {_job_hash(j) for j in corpus}
-    others = [j for j in _jobs(specs[:before]) if _job_hash(j) not in known]
+    others = [j for j in _jobs(s for s in generated_kernels() if s.seq < before) if _job_hash(j) not in known]
     return corpus, others
 
 

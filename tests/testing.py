@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from ..ir import Graph, parse_graph, verify
-from .api import CompiledFunction, StaticGraph, compile
+from ember.api.compiled import CompiledFunction, compile
+from ember.api.static import StaticGraph
+from ember.ir import Graph, parse_graph, verify
 
 # Tolerances per dtype: ember computes half types in float32 and rounds once, as torch's CPU kernels
 # do, but transcendental functions and reduction orders differ by an ulp or two.

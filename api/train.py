@@ -25,13 +25,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .. import runtime
+from ..frontend.capture import module_state
+from ..frontend.errors import boundary
 from ..ir import Graph, Value
-from ..passes import run_pipeline
 from ..passes.autodiff import grad_graph
-from .api import StaticGraph
-from .capture import module_state
-from .errors import boundary
+from ..runtime.driver import compile_ir
+from ..runtime.outputs import write_back
+from .static import StaticGraph
 
 
 class _LossOf(nn.Module):
@@ -97,8 +97,8 @@ class _StepProgram:
             k += 2 + len(u.states)
         new_values = _inline(joint, update_graph, bound)
         joint.set_outputs(joint.outputs[:n_out] + new_values)
-        self.graph = run_pipeline(joint).graph
-        self.compiled = runtime.compile_graph(self.graph)
+        self.compiled = compile_ir(joint)
+        self.graph = self.compiled.graph
         self.n_out = n_out
 
     def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
@@ -159,8 +159,8 @@ class CompiledStep:
             outs = program.compiled(tensors + [hp] + states)
             n = program.n_out
             lowered = program.static.lowered
-            for k, i in enumerate(lowered.mutated_inputs):  # buffers (batch-norm statistics)
-                tensors[i].copy_(outs[lowered.num_user_outputs + k])
+            n_user = lowered.num_user_outputs  # buffers (batch-norm statistics)
+            write_back([tensors[i] for i in lowered.mutated_inputs], outs[n_user:n_user + len(lowered.mutated_inputs)])
             new = outs[n:]
             pos = 0
             for u, p in updates:

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from ..frontend.capture import module_state
+from ..frontend.lowering import LOWERINGS
+from ..frontend.tracing import make_fx
 from ..ir import Graph, Node
 from ..ir.kernel_group import KernelGroup
 from ..ir.ops.extern import resolve_target
@@ -31,10 +34,8 @@ from ..ir.types import COMPILABLE_DTYPES
 from ..passes.cost import compulsory_bytes, group_cost, is_kernel
 from ..passes.fusion import partition, singleton_groups
 from ..passes.gradient_markers import strip_gradient_markers
-from .api import CompiledFunction, StaticGraph
-from .capture import module_state
-from .lowering import LOWERINGS
-from .tracing import make_fx
+from .compiled import CompiledFunction
+from .static import StaticGraph
 
 aten = torch.ops.aten
 # Ops that allocate or relabel memory without running a kernel.

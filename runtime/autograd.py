@@ -18,14 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import runtime
 from ..ir import Graph
-from ..passes import run_pipeline
 from ..passes.autodiff import forward_backward
+from .driver import compile_ir
 
 
 class AutogradGraph:
-    """Callable like `runtime.compile_graph(graph)`; outputs in `outputs` are differentiable w.r.t.
+    """Callable like `compile_ir(graph)`; outputs in `outputs` are differentiable w.r.t.
     the graph inputs listed in `wrt` (indices)."""
 
     def __init__(self, graph: Graph, wrt: Sequence[int], outputs: Sequence[int], mutated: Sequence[int] = ()):
@@ -34,8 +33,8 @@ class AutogradGraph:
         self.diff_outputs = list(outputs)
         self.mutated = set(mutated)  # inputs written after the forward (see the module doc)
         self.partition = forward_backward(graph, self.wrt, self.diff_outputs)
-        self.forward = runtime.compile_graph(run_pipeline(self.partition.forward).graph)
-        self.backward = runtime.compile_graph(run_pipeline(self.partition.backward).graph)
+        self.forward = compile_ir(self.partition.forward)
+        self.backward = compile_ir(self.partition.backward)
 
     # The runtime-facing view StaticGraph forwards (`kernels`, `num_kernels`, `externs`): the forward's.
     @property

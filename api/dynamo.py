@@ -4,14 +4,22 @@ Dynamo captures the program's Python into fx subgraphs, breaking the graph where
 (prints, `.item()`, branches on tensor values); the breaks run eagerly and each subgraph comes here.
 AOTAutograd (`aot_module_simplified`) turns a subgraph into functional aten graphs, with ember's
 decomposition table: a forward graph and, when inputs require grad, a joint-derived backward graph.
-Each is lowered with the frontend's aten -> IR table, optimized by the pass pipeline and compiled by
-the runtime, exactly like `ember.trace`; AOTAutograd's runtime wraps them in one
-`torch.autograd.Function`, so `loss.backward()` runs the ember-compiled backward.
+Each is lowered with the frontend's aten -> IR table and compiled by the one driver
+(`runtime.compile_ir`), as `ember.trace` compiles its graphs; results go through the shared output
+stage (`runtime.outputs`: write-back of mutated inputs, torch's strides). AOTAutograd's runtime
+wraps the graphs in one `torch.autograd.Function`, so `loss.backward()` runs the ember backward.
 
-Gradients come from AOTAutograd, not from ember's own IR autodiff: AOTAutograd already handles
-what a Dynamo backend must (input mutations, aliased outputs, saved-tensor partitioning, RNG, double
-backward refusal), and ember's IR autodiff is not ready. When it is, the backend can lower Dynamo's
-forward graph once and differentiate the IR itself, fusing forward and backward across the boundary.
+Why AOTAutograd's joint graph and not ember's own IR autodiff (`passes/autodiff.py`, which static
+mode, `ember.trace`/`ember.compile`, uses through `runtime/autograd.py`): a Dynamo backend gets a torch-level graph over
+fake example inputs and must return a callable with eager's semantics, and AOTAutograd's wrappers
+already provide them: input mutations are functionalized and replayed on the caller's tensors,
+outputs that alias an input or each other come back as real views, random ops run once in the
+forward with the backward reading what they drew, and a double backward is refused with an error
+rather than a gradient without history. ember then compiles plain functional aten graphs only.
+Using ember's autodiff here would mean capturing Dynamo's graph with ember's own frontend,
+differentiating it with `runtime.autograd.AutogradGraph` and taking those duties over (the
+mutation and aliasing checks `api/static.py` makes for its traces, outputs regenerated as views);
+the gain would be ember's min-cut choosing what the backward saves or recomputes.
 
 Graphs with symbolic shapes (Dynamo's automatic dynamic shapes after a size changed) cannot become
 static IR; they run op by op under `ember.eager()`, still on ember kernels.
@@ -27,10 +35,10 @@ import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.utils import _pytree as pytree
 
-from .. import runtime
-from ..passes import run_pipeline
-from .decompositions import DECOMPOSITIONS
-from .lowering import lower
+from ..frontend.decompositions import DECOMPOSITIONS
+from ..frontend.lowering import lower
+from ..runtime.driver import compile_ir
+from ..runtime.outputs import restride, write_back
 
 
 @dataclass
@@ -43,11 +51,20 @@ class DynamoGraph:
     externs: list[str] = field(default_factory=list)
 
 
+# The record of compiled graphs, newest last. Dynamo keeps the compiled callables (bounded by its
+# own `cache_size_limit`); this list only reports them, and keeps the last `RECORDS_KEPT`, so a
+# long-lived process that keeps recompiling does not hold every IR graph it ever made.
+RECORDS_KEPT = 256
 _compiled: list[DynamoGraph] = []
 
 
+def _record(graph: DynamoGraph) -> None:
+    _compiled.append(graph)
+    del _compiled[:max(len(_compiled) - RECORDS_KEPT, 0)]
+
+
 def compiled_graphs() -> list[DynamoGraph]:
-    """Every aten graph the backend compiled in this process (for tests and `explain`-style checks)."""
+    """The aten graphs the backend compiled in this process (the last `RECORDS_KEPT`), oldest first."""
     return list(_compiled)
 
 
@@ -73,7 +90,7 @@ def _boxed(fn: Callable[[list], Any]) -> Callable[[list], Any]:
 def _eager_fallback(gm: torch.fx.GraphModule, kind: str) -> Callable:
     from .eager import eager
 
-    _compiled.append(DynamoGraph(kind, None))
+    _record(DynamoGraph(kind, None))
 
     def run(args: list) -> Any:
         with eager():
@@ -113,10 +130,10 @@ def compile_aten_graph(gm: torch.fx.GraphModule, example_inputs: list, kind: str
             lowered = lower(gm)
         finally:
             out_node.args = original
-        graph = run_pipeline(lowered.graph).graph
-        compiled = runtime.compile_graph(graph)
+        compiled = compile_ir(lowered.graph)
+        graph = compiled.graph
     record = DynamoGraph(kind, graph)
-    _compiled.append(record)
+    _record(record)
     n_user = lowered.num_user_outputs
 
     def run(args: list) -> Any:
@@ -125,14 +142,8 @@ def compile_aten_graph(gm: torch.fx.GraphModule, example_inputs: list, kind: str
         outs = compiled(tensors + lowered.constants)
         if not record.num_kernels:
             record.num_kernels, record.externs = compiled.num_kernels, compiled.externs
-        with torch.no_grad():
-            for k, i in enumerate(lowered.mutated_inputs):
-                tensors[i].copy_(outs[n_user + k])
-        fixed = []
-        for t, st in zip(outs[:n_user], strides):
-            if t.stride() != st and t.numel() > 1:  # torch's layout, as the traced program expects
-                t = torch.empty_strided(t.shape, st, dtype=t.dtype, device=t.device).copy_(t)
-            fixed.append(t)
+        write_back([tensors[i] for i in lowered.mutated_inputs], outs[n_user:])
+        fixed = restride(outs[:n_user], strides)  # torch's layout, as the traced program expects
         leaves = [fixed[v] if kind_ == "graph" else tensors[v] if kind_ == "input" else v for kind_, v in results]
         return pytree.tree_unflatten(leaves, out_spec)
 

@@ -1,0 +1,200 @@
+"""Guards of `ember.compile`: what a call must share with a compiled program to reuse it, why a call
+does not, and the symbolic trace that lets one program serve many sizes.
+
+A *program* is what `ember.compile` traced the user's Python for. Its guard covers everything that
+changes the traced program: the pytree structure of (args, kwargs); every tensor's rank, shape (the
+dims not marked dynamic), dtype, device and requires_grad; every non-tensor argument's value (baked
+into the graph); for modules, every submodule's `training` flag and the names and metadata of the
+parameters and buffers; which of these tensors share memory (`f(t, t)`, overlapping views: see
+frontend/aliasing.py). `describe_changes` names each difference ("input 0 (x): dtype changed
+float32 -> float16", "module training flag changed: Net True -> False").
+
+Parameters and buffers are graph *inputs*, read from the module at every call, never constants. So:
+
+- a **version** change (`tensor._version`: an optimizer step, `p.mul_(...)`, `load_state_dict`
+  copying in place) changes values, not the program: it is not guarded, and a compiled model keeps
+  following its training without re-tracing (guarding it would re-trace after every step and hit the
+  recompile limit within 8 steps);
+- a **replaced** Parameter/Buffer object (`m.fc1.weight = nn.Parameter(...)`) is noticed by identity
+  and reported (log line, `CompiledFunction.notices`); with the same name and metadata the traced
+  program is still exactly right (the graph reads the new tensor), so it is reused, not re-traced.
+  A replacement that changes metadata (shape, dtype, ...) or the set of names (tying two weights
+  makes `named_parameters()` list one fewer) fails the guard and recompiles with a reason.
+
+Dynamic dims are left out of a program's key and checked by its symbolic trace (api/symbolic.py).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..frontend.capture import module_state
+from ..frontend.sources import Guards
+from .signature import Key, TensorMeta, named_leaves, signature_key
+from .symbolic import Dim, SymbolicTrace
+
+
+@dataclass(frozen=True)
+class CallSignature:
+    """A call's `signature_key` (api/signature.py), part by part, with the names that describe it."""
+
+    spec: str
+    leaves: tuple[Any, ...]                      # `leaf_key` of each leaf: TensorMeta or ("const", type, value)
+    training: tuple[bool, ...]                   # the training flag of each of fn.modules()
+    state: tuple[tuple[str, TensorMeta], ...]    # parameters and buffers, by name
+    aliases: tuple[tuple[int, ...], ...]         # indices into `tensor_names` of tensors sharing memory
+    names: tuple[str, ...] = field(default=(), compare=False)       # readable name of each leaf
+    modules: tuple[str, ...] = field(default=(), compare=False)     # name of each of fn.modules()
+    state_refs: tuple[Any, ...] = field(default=(), compare=False)  # weakrefs, for identity
+
+    @property
+    def tensor_dims(self) -> set[Dim]:
+        return {(i, d) for i, m in enumerate(self.leaves) if isinstance(m, TensorMeta) for d in range(len(m.shape))}
+
+    @property
+    def tensor_names(self) -> list[str]:
+        """The tensors `aliases` indexes: the call's tensors, then the parameters and buffers."""
+        return ([n for n, m in zip(self.names, self.leaves) if isinstance(m, TensorMeta)]
+                + [f"parameter/buffer {n}" for n, _ in self.state])
+
+    def key(self, dynamic: frozenset[Dim] = frozenset()) -> Key:
+        """The signature key, with the sizes of `dynamic` dims left out (ranks stay)."""
+        leaves = self.leaves
+        if dynamic:
+            leaves = tuple(m._replace(shape=tuple(None if (i, d) in dynamic else s for d, s in enumerate(m.shape)))
+                           if isinstance(m, TensorMeta) else m for i, m in enumerate(leaves))
+        return (self.spec, leaves, self.training, self.state, self.aliases)
+
+    def replaced(self, module: torch.nn.Module | None) -> list[str]:
+        """Parameters/buffers of `module` that are no longer the objects this signature saw."""
+        if module is None:
+            return []
+        now = module_state(module)
+        params = {n for n, _ in module.named_parameters()}
+        return [("parameter " if n in params else "buffer ") + n
+                for (n, _), ref in zip(self.state, self.state_refs) if ref() is not now.get(n)]
+
+
+def call_signature(fn: Callable, args: tuple, kwargs: dict, key: Key | None = None) -> CallSignature:
+    """The signature of a call (`key`: its `signature_key`, when already computed)."""
+    spec, leaves, training, state, aliases = key if key is not None else signature_key(fn, args, kwargs)
+    names = tuple(n for n, _ in named_leaves(args, kwargs, fn))
+    modules: tuple = ()
+    refs: tuple = ()
+    if isinstance(fn, torch.nn.Module):
+        modules = tuple(n or type(fn).__name__ for n, _ in fn.named_modules())
+        refs = tuple(weakref.ref(t) for t in module_state(fn).values())
+    return CallSignature(spec, leaves, training, state, aliases, names, modules, refs)
+
+
+def _dt(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _shape(s: tuple) -> str:
+    return "[" + ", ".join("*" if v is None else str(v) for v in s) + "]"
+
+
+def _describe_value(m: Any) -> str:
+    if isinstance(m, TensorMeta):
+        return f"a tensor {_dt(m.dtype)}{_shape(m.shape)}"
+    return f"{m[1].__name__} {m[2]!r}"
+
+
+def _tensor_changes(what: str, a: TensorMeta, b: TensorMeta) -> list[str]:
+    out = []
+    if a.shape != b.shape:
+        if len(a.shape) != len(b.shape):
+            out.append(f"{what}: rank changed {len(a.shape)} -> {len(b.shape)} "
+                       f"(shape {_shape(a.shape)} -> {_shape(b.shape)})")
+        else:
+            dims = [d for d, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+            out.append(f"{what}: shape changed {_shape(a.shape)} -> {_shape(b.shape)} "
+                       f"(dim{'s' if len(dims) > 1 else ''} {', '.join(map(str, dims))})")
+    if a.dtype != b.dtype:
+        out.append(f"{what}: dtype changed {_dt(a.dtype)} -> {_dt(b.dtype)}")
+    if a.device != b.device:
+        out.append(f"{what}: device changed {a.device} -> {b.device}")
+    if a.requires_grad != b.requires_grad:
+        out.append(f"{what}: requires_grad changed {a.requires_grad} -> {b.requires_grad}")
+    return out
+
+
+def _aliases(sig: CallSignature) -> str:
+    names = sig.tensor_names
+    return "; ".join(" and ".join(names[i] for i in g) for g in sig.aliases) or "none"
+
+
+def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
+    """Every difference between two call signatures, one readable line each."""
+    if old.spec != new.spec or len(old.leaves) != len(new.leaves):
+        return [f"argument structure changed: {old.spec} -> {new.spec}"]
+    out = []
+    for i, (name, a, b) in enumerate(zip(new.names, old.leaves, new.leaves)):
+        what = f"input {i} ({name})"
+        if isinstance(a, TensorMeta) and isinstance(b, TensorMeta):
+            out += _tensor_changes(what, a, b)
+        elif a != b:
+            out.append(f"{what}: changed {_describe_value(a)} -> {_describe_value(b)}")
+    if old.training != new.training:
+        was, now = dict(zip(old.modules, old.training)), dict(zip(new.modules, new.training))
+        changed = [f"{n} {was[n]} -> {now[n]}" for n in now if n in was and was[n] != now[n]]
+        out.append("module training flag changed" + (f": {', '.join(changed[:3])}" if changed else "")
+                   + (f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""))
+    if old.aliases != new.aliases:
+        out.append(f"inputs sharing memory changed: {_aliases(old)} -> {_aliases(new)}")
+    if old.state != new.state:
+        was, now = dict(old.state), dict(new.state)
+        added, removed = [n for n in now if n not in was], [n for n in was if n not in now]
+        if added or removed:
+            out.append(f"module parameters/buffers changed: added {added}, removed {removed}")
+        for n in now:
+            if n in was and was[n] != now[n]:
+                out += _tensor_changes(f"parameter/buffer {n}", was[n], now[n])
+    return out
+
+
+def size_changes(old: CallSignature, new: CallSignature) -> set[Dim] | None:
+    """The dims whose sizes differ, when sizes of same-rank tensors are all that differ; else None."""
+    if old.spec != new.spec or old.training != new.training or old.state != new.state or old.aliases != new.aliases:
+        return None
+    dims: set[Dim] = set()
+    for i, (a, b) in enumerate(zip(old.leaves, new.leaves)):
+        if isinstance(a, TensorMeta) and isinstance(b, TensorMeta):
+            if len(a.shape) != len(b.shape) or (a.dtype, a.device, a.requires_grad) != (
+                    b.dtype, b.device, b.requires_grad):
+                return None
+            dims |= {(i, d) for d, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y}
+        elif a != b:
+            return None
+    return dims
+
+
+class Program:
+    """One traced program: its example signature, the dims it leaves dynamic, and (when there are
+    any) the symbolic trace that derives a static graph per size."""
+
+    def __init__(self, sig: CallSignature, dynamic: frozenset, symbolic: SymbolicTrace | None):
+        self.sig = sig
+        self.symbolic = symbolic
+        self.guards: Guards | None = None  # Python values the trace read (sources.py), set once traced
+        self.dynamic = symbolic.dims if symbolic is not None else frozenset()
+        self.key = sig.key(self.dynamic)
+        self.requested = dynamic  # dims asked to be dynamic (some may have specialized)
+
+    def matches(self, sig: CallSignature, args: tuple, kwargs: dict) -> tuple[bool, str | None]:
+        """(guard holds, why not when only the symbolic size guards failed)."""
+        if sig.key(self.dynamic) != self.key:
+            return False, None
+        why = self.guards.check() if self.guards is not None else None
+        if why is not None:  # a Python value the trace read changed: this program is stale
+            return False, why
+        if self.symbolic is None:
+            return True, None
+        why = self.symbolic.check(args, kwargs)
+        return why is None, why
