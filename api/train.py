@@ -12,7 +12,8 @@ the rule of each parameter, hyperparameters as a run-time tensor so the step cou
 never recompile), inlined with the gradient outputs as its gradient inputs. The pass pipeline and
 fusion then see all three at once, so the update of a parameter fuses with the kernel that produces
 its gradient where shapes allow. Outputs (new parameters, new optimizer state, updated buffers such
-as batch-norm running statistics) are copied back into the model's and the optimizer's tensors.
+as batch-norm running statistics) are donated outputs (runtime/schedule.py): each is stored by its
+kernel into the tensor it replaces, so a step copies nothing (`step.copies` counts exceptions).
 
 One graph per (input shapes/dtypes/devices, training flag, optimizer structure); it is rebuilt when
 one of those changes.
@@ -86,18 +87,28 @@ class _StepProgram:
         hp = joint.add_input(update_graph.inputs[0].type, "hp")
         self.hp_dtype = hp.dtype
         bound, k = [hp], 1
+        replaced = []  # the input each new value replaces: parameters, then their states
         self.num_states = 0
         for j, (u, _) in enumerate(updates):
             p_in, g_in = update_graph.inputs[k], update_graph.inputs[k + 1]
             bound.append(_fit(joint, joint.inputs[self.wrt[j]], p_in))
             bound.append(_fit(joint, joint.outputs[n_out + j], g_in))
+            replaced.append(self.wrt[j])
             for s_in in update_graph.inputs[k + 2:k + 2 + len(u.states)]:
                 bound.append(joint.add_input(s_in.type, f"state{self.num_states}"))
+                replaced.append(len(joint.inputs) - 1)
                 self.num_states += 1
             k += 2 + len(u.states)
-        new_values = _inline(joint, update_graph, bound)
+        new_values = [_fit(joint, v, joint.inputs[i]) for v, i in zip(_inline(joint, update_graph, bound), replaced)]
         joint.set_outputs(joint.outputs[:n_out] + new_values)
-        self.compiled = compile_ir(joint)
+        # Every new value is stored over the tensor it replaces (donation): no copies after the step.
+        # Updated buffers (batch-norm statistics) too.
+        lowered = self.static.lowered
+        donate = {n_out + k: i for k, i in enumerate(replaced)}
+        donate |= {lowered.num_user_outputs + k: i for k, i in enumerate(lowered.mutated_inputs)
+                   if joint.outputs[lowered.num_user_outputs + k].type == joint.inputs[i].type}
+        self.compiled = compile_ir(joint, donate=donate)
+        self.donated_buffers = {i for k, i in donate.items() if k < n_out}
         self.graph = self.compiled.graph
         self.n_out = n_out
 
@@ -156,19 +167,19 @@ class CompiledStep:
                               device=x.device)
             states = [t for u, _ in updates for t in u.tensors()[2:]]
             tensors = program.tensors(self.loss_module, x, y)
+            # parameters, optimizer states and buffers are updated in place (donated outputs)
             outs = program.compiled(tensors + [hp] + states)
-            n = program.n_out
             lowered = program.static.lowered
-            n_user = lowered.num_user_outputs  # buffers (batch-norm statistics)
-            write_back([tensors[i] for i in lowered.mutated_inputs], outs[n_user:n_user + len(lowered.mutated_inputs)])
-            new = outs[n:]
-            pos = 0
-            for u, p in updates:
-                p.copy_(new[pos].view(p.shape))
-                for s, v in zip(u.states, new[pos + 1:pos + 1 + len(u.states)]):
-                    s.copy_(v.view(s.shape))
-                pos += 1 + len(u.states)
+            n_user = lowered.num_user_outputs  # buffers the donation could not take (a dtype change)
+            left = [(i, outs[n_user + k]) for k, i in enumerate(lowered.mutated_inputs)
+                    if i not in program.donated_buffers]
+            write_back([tensors[i] for i, _ in left], [v for _, v in left])
             return outs[0]
+
+    @property
+    def copies(self) -> int:
+        """Tensors the last step copied after computing them, instead of storing them in place."""
+        return len(self.last.compiled.plan.copies) if self.last else 0
 
     @property
     def num_kernels(self) -> int:

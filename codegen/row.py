@@ -277,10 +277,13 @@ class _RowEmitter:
             elif self.L.is_row(node.out):
                 self.rows[node.out] = self.pointwise(node, False)
             # tile nodes are computed on demand, inside the loop (or block) that needs them
-        for j, v in enumerate(self.L.row_outputs):
+        # Every row output is computed before any is stored: an output may be stored over an input
+        # (donation, runtime/plan.py) that computing another one still loads.
+        values = [self.operand(v, False) for v in self.L.row_outputs]
+        for j, (v, value) in enumerate(zip(self.L.row_outputs, values)):
             # A one-element output (a loss) is written once, by row 0; rows go to their own places.
             where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else ("rows", "rmask")
-            e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, self.operand(v, False), v.dtype)}, mask={mask})")
+            e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, value, v.dtype)}, mask={mask})")
         if self.L.tile_outputs:
             if self.looped:
                 self.chunk_loop()

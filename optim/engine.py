@@ -17,18 +17,14 @@ The graph goes through `ember.passes.run_pipeline` and `ember.runtime.compile_gr
 pass makes each parameter's whole update one pointwise kernel (independent parameters of different
 shapes do not share an iteration space), so a step launches one kernel per parameter tensor.
 
-In place: the runtime allocates fresh buffers for graph outputs. For an update whose every output
-is stored by exactly one pointwise kernel, which is also the only kernel reading the input that the
-output replaces, `FusedStep` rewrites the plan so that the kernel stores into the input tensor itself
-(pointer, offset and strides of the input). That is safe because a pointwise kernel loads all its
-inputs before it stores, at the same element index. When a plan does not meet those conditions the
-step falls back to fresh outputs copied back with `Tensor.copy_` (one extra read and write per
-updated tensor); `FusedStep.in_place` says which path the last step took.
+In place: each new parameter and state value is a donated output (`runtime.compile_ir(...,
+donate=...)`, JAX's `donate_argnums`): the runtime stores it into the tensor it replaces, in the kernel
+that computes it, or copies it there where the plan cannot (`FusedStep.in_place` says whether the last
+step needed no copy).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,8 +32,6 @@ import torch
 
 from ..ir import Graph, TensorType, Value
 from ..runtime.driver import compile_ir
-from ..runtime.executor import execute
-from ..runtime.plan import Buf, LaunchStep, Plan
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -139,73 +133,19 @@ def build_graph(updates: Sequence[ParamUpdate], dtype: torch.dtype) -> Graph:
     return g
 
 
-def _dense(t: torch.Tensor) -> bool:
-    """Non-overlapping and dense: its strides are a permutation of some contiguous layout's."""
-    expected = 1
-    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def alias_plan(plan: Plan, aliases: Sequence[int], inputs: Sequence[torch.Tensor]) -> Plan | None:
-    """`plan` rewritten so that output k is stored into input `aliases[k]`, or None when that is
-    not safe (see the module docstring)."""
-    if any(not isinstance(s, LaunchStep) for s in plan.steps) or len(plan.outputs) != len(aliases):
-        return None
-    users: dict[int, set[int]] = {}
-    for i, step in enumerate(plan.steps):
-        for a in step.args:
-            if isinstance(a, Buf):
-                users.setdefault(a.index, set()).add(i)
-    rewrite: dict[int, int] = {}
-    for view, j in zip(plan.outputs, aliases):
-        t = inputs[j]
-        writers = users.get(view.buf, set())
-        if (view.buf in rewrite or plan.bufs[view.buf].kind != "alloc" or len(writers) != 1
-                or not users.get(j, set()) <= writers or tuple(view.shape) != tuple(t.shape) or not _dense(t)
-                or plan.steps[next(iter(writers))].kernel.kind != "pointwise"):
-            return None
-        rewrite[view.buf] = j
-    steps = []
-    for step in plan.steps:
-        args = list(step.args)
-        for i, a in enumerate(args):
-            if isinstance(a, Buf) and a.index in rewrite:
-                j = rewrite[a.index]
-                view = plan.outputs[aliases.index(j)]
-                rank = len(view.shape)
-                # A pointwise output's args are (pointer, offset, strides...): check, then retarget.
-                if args[i + 1] != view.offset or list(args[i + 2:i + 2 + rank]) != list(view.strides):
-                    return None
-                args[i:i + 2 + rank] = [Buf(j), 0, *inputs[j].stride()]
-        steps.append(dataclasses.replace(step, args=args))
-    bufs = [dataclasses.replace(b, kind="aliased") if i in rewrite else b for i, b in enumerate(plan.bufs)]
-    return Plan(bufs, steps, [])
-
-
 class _Program:
-    """One compiled step graph; runs in place when its plan allows (else copies back)."""
+    """One compiled step graph: output k is stored over input `aliases[k]`."""
 
     def __init__(self, graph: Graph, aliases: list[int]):
-        self.compiled = compile_ir(graph)
+        self.compiled = compile_ir(graph, donate=dict(enumerate(aliases)))
         self.graph = self.compiled.graph
         self.aliases = aliases
-        self._derived: dict[int, tuple[Plan, Plan | None]] = {}
 
     def __call__(self, inputs: list[torch.Tensor]) -> tuple[int, bool]:
-        plan = self.compiled.plan_for(inputs)
-        entry = self._derived.get(id(plan))
-        if entry is None:
-            entry = self._derived[id(plan)] = (plan, alias_plan(plan, self.aliases, inputs))
-        inplace = entry[1]
-        if inplace is not None:
-            execute(inplace, inputs, inputs[0].device)
-        else:
-            for k, out in enumerate(self.compiled(inputs)):
-                inputs[self.aliases[k]].copy_(out)
-        return len(plan.launches), inplace is not None
+        """(kernels launched, whether every update was stored in place)."""
+        self.compiled(inputs)
+        plan = self.compiled.plan
+        return len(plan.launches), not plan.copies
 
 
 class FusedStep:

@@ -109,7 +109,7 @@ class Planner:
             self.views[v] = View(self._buf(v.shape, v.dtype, "input"), 0, v.shape, tuple(strides))
         # donated outputs to try in place: the value whose buffer the output views -> the input index
         tried = schedule.donate.keys() if in_place is None else in_place
-        self.donated = {storage_root(graph.outputs[k]): j for k, j in schedule.donate.items() if k in tried}
+        self.donated = {v: j for k, j in schedule.donate.items() if k in tried for v in _view_chain(graph.outputs[k])}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _buf(self, shape, dtype, kind: str) -> int:
@@ -124,13 +124,10 @@ class Planner:
         """A buffer for `v` laid out for its consumer: a value only read through one permute (attention's
         heads merged back by transpose + reshape) is stored so that the permuted view is contiguous,
         which keeps the reshape after it a view instead of a copy kernel. A donated output is stored
-        in its input's memory when that input is contiguous."""
-        j = self.donated.get(v)
-        if j is not None:
-            x = self.views[self.graph.inputs[j]]
-            if (x.offset == 0 and x.strides == V.contiguous_strides(x.shape) and x.numel == v.type.numel
-                    and self.graph.inputs[j].dtype == v.dtype):
-                return View(x.buf, 0, v.shape, V.contiguous_strides(v.shape))
+        in its input's memory when that input is dense."""
+        donated = self._donated(v)
+        if donated is not None:
+            return donated
         users = self.users.get(v, [])
         if v in self.graph_outputs or len(users) != 1 or users[0].op != "permute":
             return self._alloc(v.shape, v.dtype)
@@ -140,6 +137,18 @@ class Planner:
         for i, d in enumerate(dims):
             strides[d] = permuted.strides[i]
         return View(permuted.buf, 0, v.shape, tuple(strides))
+
+    def _donated(self, v: Value) -> View | None:
+        """The memory of the input `v` is donated to, when `v` can be stored there as it is laid out."""
+        j = self.donated.get(v)
+        if j is None or self.graph.inputs[j].dtype != v.dtype:
+            return None
+        x = self.views[self.graph.inputs[j]]
+        if x.shape == v.shape and x.dense():  # the input's own layout (channels-last weights too)
+            return x
+        if x.offset == 0 and x.strides == V.contiguous_strides(x.shape) and x.numel == v.type.numel:
+            return View(x.buf, 0, v.shape, V.contiguous_strides(v.shape))  # a reshape of it
+        return None
 
     @staticmethod
     def _ptr(v: View) -> tuple:
@@ -206,8 +215,15 @@ class Planner:
 
     def group_row(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         layout = codegen.row_layout(g)
-        for v in layout.tile_outputs + layout.row_outputs:
+        for v in layout.tile_outputs:
             self.views[v] = self._alloc(v.shape, v.dtype)
+        # Rows are stored contiguously, after every row value is computed; tiles after that, so a row
+        # output may be stored over a donated input only when no tile output reads that input.
+        late = {self.views[v].buf for v in _inputs_reaching(g, layout.tile_outputs)}
+        for v in layout.row_outputs:
+            donated = self._donated(v)
+            ok = donated is not None and donated.buf not in late and donated.strides == V.contiguous_strides(v.shape)
+            self.views[v] = donated if ok else self._alloc(v.shape, v.dtype)
         if config is None:
             return
         kept = [g.shape[d] for d in layout.kept]
@@ -310,22 +326,51 @@ class Planner:
         self.plan.steps.append(ExternStep(node, ins, outs, unused, self.entry))
 
 
+def _view_chain(v: Value) -> list[Value]:
+    """`v` and the values it is a view of, down to the one a kernel stores (which is the one the
+    planner allocates: the output itself when a kernel stores it through its reshape)."""
+    chain = [v]
+    while v.producer is not None and v is not storage_root(v):
+        v = v.producer.inputs[0]
+        chain.append(v)
+    return chain
+
+
+def _inputs_reaching(g: KernelGroup, values: list[Value]) -> set[Value]:
+    """The group inputs `values` are computed from, inside the group."""
+    inside = {v: n for n in g.nodes for v in n.outputs}
+    seen, stack, found = set(), list(values), set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v in inside:
+            stack += inside[v].inputs
+        elif v in g.inputs:
+            found.add(v)
+    return found
+
+
 def _in_place(plan: Plan, k: int, j: int) -> bool:
-    """Whether output k really is stored over input j safely: one pointwise launch writes buffer j,
-    every other step reading it runs before, and the writer reads it only at the element it stores."""
+    """Whether output k really is stored over input j safely: one launch writes buffer j, every other
+    step reading it runs before, and the writer reads it only at the element it stores (a pointwise
+    kernel, a matmul's epilogue, a row kernel's row outputs: each loads all it needs of an element
+    before storing it)."""
     writers = [i for i, s in enumerate(plan.steps) if isinstance(s, LaunchStep) and any(w.buf == j for w in s.writes)]
     if plan.outputs[k].buf != j or len(writers) != 1:
         return False
     w = writers[0]
     step = plan.steps[w]
-    if step.kernel.kind != "pointwise":
+    operands = step.reads[:2] if step.kernel.kind == "matmul" else []  # read at other elements than stored
+    if step.kernel.kind not in ("pointwise", "matmul", "row") or any(v.buf == j for v in operands):
         return False
     for i, s in enumerate(plan.steps):
         views = s.reads if isinstance(s, LaunchStep) else s.inputs
         if i > w and any(v.buf == j for v in views):
             return False
     written = [v for v in step.writes if v.buf == j]
-    return all(v == written[0] for v in step.reads if v.buf == j) and len(written) == 1
+    return len(written) == 1 and all(v.same_elements(written[0]) for v in step.reads[len(operands):] if v.buf == j)
 
 
 def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:

@@ -28,6 +28,20 @@ class View:
     def torch_viewable(self) -> bool:
         return all(st >= 0 for st in self.strides)
 
+    def same_elements(self, other: View) -> bool:
+        """Whether both views address the same element at every index (size-1 dims aside)."""
+        key = lambda v: (v.buf, v.offset, [(s, st) for s, st in zip(v.shape, v.strides) if s != 1])
+        return key(self) == key(other)
+
+    def dense(self) -> bool:
+        """Non-overlapping and dense: the strides are a permutation of some contiguous layout's."""
+        expected = 1
+        for stride, size in sorted((st, s) for s, st in zip(self.shape, self.strides) if s > 1):
+            if stride != expected:
+                return False
+            expected *= size
+        return True
+
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, acc = [], 1
