@@ -1,9 +1,11 @@
 """`ember.explain(fn, *args)`: what ember makes of a program, as a report to read in a terminal.
 
 The report shows the IR before and after the pass pipeline (after every pass with `passes=True`),
-the kernels fusion forms (ops, bytes read and written, flops), the totals against the compulsory
-bytes and against eager PyTorch, and the ops that fall back to torch and why. `to_dot()` / `draw()`
-show the fused graph with one cluster per kernel.
+the kernels the runtime launches for the example call, read from the same schedule and plan the
+runtime runs (ops, launch config, bytes read and written, flops: runtime/schedule.py), the totals
+against the compulsory bytes and against eager PyTorch, and the ops that fall back to torch and why.
+`to_dot()` / `draw()` show the fused graph with one cluster per kernel (api/explain_report.py).
+`target="cuda"` shows the schedule and launch configs a GPU would get, on any machine.
 
 Eager PyTorch is counted from the aten ops eager actually dispatches (a `make_fx` trace without
 ember's decomposition table): one kernel per op that is not a view, with bytes at each op's boundary.
@@ -12,13 +14,8 @@ Counting ember's decomposed graph instead would charge eager five kernels for on
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import textwrap
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,239 +24,21 @@ from torch.utils import _pytree as pytree
 from ..frontend.capture import module_state
 from ..frontend.lowering import LOWERINGS
 from ..frontend.tracing import make_fx
-from ..ir import Graph, Node
-from ..ir.kernel_group import KernelGroup
+from ..ir import Node
 from ..ir.ops.extern import resolve_target
 from ..ir.types import COMPILABLE_DTYPES
-from ..passes.cost import compulsory_bytes, group_cost, is_kernel
-from ..passes.fusion import partition, singleton_groups
-from ..passes.gradient_markers import strip_gradient_markers
+from ..passes.cost import compulsory_bytes
+from ..runtime.plan import ExternStep, LaunchStep, Plan, build_plan
+from ..runtime.schedule import Schedule, build_schedule
 from .compiled import CompiledFunction
+from .explain_report import EagerOp, ExplainReport, FallbackInfo, KernelInfo
+from .module import CompiledModule
 from .static import StaticGraph
 
 aten = torch.ops.aten
 # Ops that allocate or relabel memory without running a kernel.
 _METADATA_OPS = {"_unsafe_view", "empty", "empty_like", "empty_strided", "lift_fresh", "sym_size",
                  "sym_stride", "sym_numel", "sym_storage_offset", "_local_scalar_dense"}
-
-
-@dataclass
-class KernelInfo:
-    """One kernel: a generated Triton kernel, or (kind "extern") a torch op ember calls."""
-
-    index: int
-    kind: str
-    ops: list[str]
-    shape: tuple[int, ...]
-    bytes_read: int
-    bytes_written: int
-    flops: int
-    group: KernelGroup = field(repr=False)
-
-    @property
-    def bytes_moved(self) -> int:
-        return self.bytes_read + self.bytes_written
-
-
-@dataclass
-class FallbackInfo:
-    target: str   # the aten op torch runs, e.g. "aten.cumsum.default"
-    reason: str
-    count: int
-
-
-@dataclass
-class EagerOp:
-    target: str
-    bytes_read: int
-    bytes_written: int
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def _fmt_count(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000 or unit == "G":
-            return f"{n:.0f}" if unit == "" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} G"
-
-
-def _ratio(a: int, b: int) -> str:
-    return f"{a / b:.2f}x" if b else "-"
-
-
-def _table(header: list[str], rows: list[list[str]], right: set[int], indent: str = "  ") -> list[str]:
-    cols = list(zip(header, *rows))
-    widths = [max(len(c) for c in col) for col in cols]
-    def line(cells: list[str]) -> str:
-        return indent + "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return [line(header)] + [line(r) for r in rows]
-
-
-@dataclass
-class ExplainReport:
-    name: str
-    ir_before: str
-    ir_after: str
-    snapshots: list[tuple[str, str]]        # (pass name, printed IR after it); the first is the input
-    kernels: list[KernelInfo]
-    compulsory_bytes: int
-    eager_ops: list[EagerOp]                 # the non-view aten ops eager PyTorch runs
-    unfused_kernels: int                     # one kernel per IR op (after the pipeline)
-    unfused_bytes: int
-    fallbacks: list[FallbackInfo]
-    graph: Graph = field(repr=False)
-    static_graph: StaticGraph = field(repr=False)
-    show_passes: bool = False
-    guards: str | None = None                # an ember.compile'd function's programs and recompile reasons
-
-    @property
-    def bytes_moved(self) -> int:
-        return sum(k.bytes_moved for k in self.kernels)
-
-    @property
-    def flops(self) -> int:
-        return sum(k.flops for k in self.kernels)
-
-    @property
-    def num_kernels(self) -> int:
-        """Kernels per call: generated ones plus torch fallback calls."""
-        return len(self.kernels)
-
-    @property
-    def eager_kernels(self) -> int:
-        return len(self.eager_ops)
-
-    @property
-    def eager_bytes(self) -> int:
-        return sum(o.bytes_read + o.bytes_written for o in self.eager_ops)
-
-    # -- text -----------------------------------------------------------------------------------
-    def __str__(self) -> str:
-        out = [f"ember.explain: {self.name}", ""]
-        if self.show_passes:
-            prev = None
-            for name, text in self.snapshots:
-                title = "IR captured from aten" if name == "input" else f"IR after pass '{name}'"
-                if text == prev:
-                    out += [f"{title}: unchanged", ""]
-                else:
-                    out += [title, textwrap.indent(text, "  "), ""]
-                prev = text
-        else:
-            out += ["IR before passes", textwrap.indent(self.ir_before, "  "), "",
-                    "IR after passes", textwrap.indent(self.ir_after, "  "), ""]
-        out += self._kernel_lines() + [""] + self._total_lines() + [""] + self._fallback_lines()
-        if self.guards:
-            out += ["", "Guards and recompiles", self.guards]
-        return "\n".join(out)
-
-    __repr__ = __str__
-
-    def _kernel_lines(self) -> list[str]:
-        gen = sum(k.kind != "extern" for k in self.kernels)
-        lines = [f"Kernels: {gen} generated, {len(self.kernels) - gen} torch fallback call(s)"]
-        rows = [[f"k{k.index}", "torch" if k.kind == "extern" else k.kind, str(list(k.shape)),
-                 _fmt_bytes(k.bytes_read), _fmt_bytes(k.bytes_written), _fmt_count(k.flops)]
-                for k in self.kernels]
-        table = _table(["#", "kind", "shape", "read", "written", "flops"], rows, {3, 4, 5})
-        width = max(len(t) for t in table) + 2
-        lines.append(table[0].ljust(width) + "ops")
-        for row, k in zip(table[1:], self.kernels):  # ops last, wrapped under their own column
-            wrapped = textwrap.wrap(", ".join(k.ops), max(40, 120 - width)) or [""]
-            lines += [row.ljust(width) + wrapped[0]] + [" " * width + w for w in wrapped[1:]]
-        return lines
-
-    def _total_lines(self) -> list[str]:
-        comp = self.compulsory_bytes
-        rows = [
-            ["compulsory (inputs read once, outputs written once)", "", _fmt_bytes(comp), "1.00x"],
-            ["ember (fused kernels)", str(self.num_kernels), _fmt_bytes(self.bytes_moved),
-             _ratio(self.bytes_moved, comp)],
-            ["one kernel per IR op", str(self.unfused_kernels), _fmt_bytes(self.unfused_bytes),
-             _ratio(self.unfused_bytes, comp)],
-            ["eager PyTorch (one kernel per aten op)", str(self.eager_kernels), _fmt_bytes(self.eager_bytes),
-             _ratio(self.eager_bytes, comp)],
-        ]
-        lines = ["Totals"] + _table(["", "kernels", "bytes", "vs compulsory"], rows, {1, 2, 3})
-        return lines + [f"  flops: {_fmt_count(self.flops)}"]
-
-    def _fallback_lines(self) -> list[str]:
-        if not self.fallbacks:
-            return ["Fallbacks to torch: none"]
-        rows = [[f.target, f"x{f.count}", f.reason] for f in self.fallbacks]
-        return ["Fallbacks to torch (ops ember runs by calling torch)"] + _table(["op", "calls", "why"], rows, {1})
-
-    # -- graphviz -------------------------------------------------------------------------------
-    def to_dot(self) -> str:
-        """Graphviz DOT of the fused graph: one cluster per kernel, views and inputs outside."""
-        ids: dict[Node, str] = {n: f"n{i}" for i, n in enumerate(self.graph.nodes)}
-        in_ids = {v: f"i{i}" for i, v in enumerate(self.graph.inputs)}
-        clustered = {n for k in self.kernels for n in k.group.nodes}
-        lines = ["digraph ember {", "  rankdir=TB;", '  node [shape=box, fontname="monospace", fontsize=10];']
-        for v, i in in_ids.items():
-            lines.append(f'  {i} [label="{_esc(f"%{v.name}: {v.type}")}", shape=ellipse];')
-        for k in self.kernels:
-            label = (f"k{k.index} {'torch' if k.kind == 'extern' else k.kind}: read {_fmt_bytes(k.bytes_read)}, "
-                     f"write {_fmt_bytes(k.bytes_written)}")
-            color = "firebrick" if k.kind == "extern" else "steelblue"
-            lines += [f"  subgraph cluster_k{k.index} {{", f'    label="{_esc(label)}";',
-                      f"    style=rounded; color={color};"]
-            lines += [f"    {ids[n]} [label=\"{_node_label(n)}\"];" for n in k.group.nodes]
-            lines.append("  }")
-        drawn = set(clustered)
-        for n in self.graph.nodes:
-            if n in clustered or (n.op == "full" and n.outputs[0].type.rank == 0):
-                continue  # 0-dim constants are literals inside the kernels that use them
-            drawn.add(n)
-            lines.append(f'  {ids[n]} [label="{_node_label(n)}", style=dashed];')
-        for n in self.graph.nodes:
-            if n not in drawn:
-                continue
-            for v in dict.fromkeys(n.inputs):
-                src = in_ids.get(v) or (ids[v.producer] if v.producer in drawn else None)
-                if src is not None:
-                    lines.append(f"  {src} -> {ids[n]};")
-        for j, v in enumerate(self.graph.outputs):
-            src = in_ids.get(v) or ids.get(v.producer)
-            lines += [f'  o{j} [label="output {j}: {_esc(str(v.type))}", shape=ellipse];', f"  {src} -> o{j};"]
-        return "\n".join(lines + ["}"]) + "\n"
-
-    def draw(self, path: str | Path) -> Path:
-        """Render `to_dot()` to `path` (format from the suffix: .svg, .png, .pdf) with Graphviz."""
-        path = Path(path)
-        fmt = path.suffix.lstrip(".") or "svg"
-        dot = shutil.which("dot")
-        if dot is not None:
-            subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=self.to_dot().encode(), check=True)
-            return path
-        try:
-            import graphviz  # type: ignore[import-not-found]
-
-            path.write_bytes(graphviz.Source(self.to_dot()).pipe(format=fmt))
-            return path
-        except Exception as e:  # missing package, or the package without its `dot` program
-            raise RuntimeError(
-                "report.draw() needs the Graphviz `dot` program (apt-get install graphviz, brew install graphviz "
-                "or conda install graphviz; `pip install graphviz` alone is not enough). Without it, write "
-                f"report.to_dot() to a .dot file and render it elsewhere. ({type(e).__name__}: {e})") from None
-
-
-def _esc(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def _node_label(n: Node) -> str:
-    what = n.attrs["target"] if n.op == "extern" else n.op
-    return f"{_esc(f'%{n.outputs[0].name} = {what}')}\\n{n.outputs[0].type}"
 
 
 # -- building the report --------------------------------------------------------------------------
@@ -324,34 +103,65 @@ def _fallback_reason(node: Node) -> str:
     return "the lowering rule declined these arguments"
 
 
-def explain(fn: Callable, *args: Any, passes: bool = False, **kwargs: Any) -> ExplainReport:
-    """Capture `fn(*args, **kwargs)` as `ember.trace` does (under no_grad), fuse it, and report.
+def _kernels(schedule: Schedule, plan: Plan) -> list[KernelInfo]:
+    """One row per launch or torch call of `plan`, costed by its schedule entry (a layout copy: its
+    own read and write)."""
+    rows = []
+    for step in plan.steps:
+        entry = schedule.entries[step.entry] if step.entry is not None else None
+        if isinstance(step, ExternStep):
+            c = entry.cost
+            rows.append(KernelInfo(len(rows), "extern", entry.ops, entry.group.shape, c.bytes_read, c.bytes_written,
+                                   c.flops, entry.group))
+        elif entry is None:
+            (src,), (dst,) = step.reads, step.writes
+            item = plan.bufs[dst.buf].dtype.itemsize
+            rows.append(KernelInfo(len(rows), "copy", step.ops, dst.shape, src.numel * item, dst.numel * item, 0,
+                                   None, _launch_text(step)))
+        else:
+            c = entry.cost
+            rows.append(KernelInfo(len(rows), entry.kind, entry.ops, entry.group.shape, c.bytes_read,
+                                   c.bytes_written, c.flops, entry.group, _launch_text(step)))
+    return rows
 
-    `passes=True` shows the IR after every pass instead of only before and after the pipeline.
+
+def _launch_text(step: LaunchStep) -> str:
+    blocks = " ".join(f"{k}={v}" for k, v in step.constexprs.items() if k.isupper() and type(v) is int)
+    return f"grid={list(step.grid)} {blocks} warps={step.num_warps}"
+
+
+def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None = None,
+            **kwargs: Any) -> ExplainReport:
+    """Capture `fn(*args, **kwargs)` as `ember.trace` does (under no_grad), and report the kernels the
+    runtime launches for it.
+
+    `passes=True` shows the IR after every pass instead of only before and after the pipeline;
+    `target` ("cpu" or "cuda") the schedule for that target (default: the arguments' device).
     """
-    # An ember.compile'd function: explain the function it wraps and say why it recompiled.
+    # An ember.compile'd function or module: explain the function it wraps and say why it recompiled.
+    fn = fn._ember if isinstance(fn, CompiledModule) else fn
     guards = fn.guard_report() if isinstance(fn, CompiledFunction) else None
     fn = fn.fn if isinstance(fn, CompiledFunction) else fn
     with torch.no_grad():
         sg = StaticGraph(fn, args, kwargs)
     graph = sg.graph
-    kernels = []
-    planned = strip_gradient_markers(graph)  # as the runtime plans it: stop-gradients cost nothing
-    for g in partition(planned):
-        if is_kernel(g) or g.kind == "extern":
-            c = group_cost(g)
-            ops = [g.nodes[0].attrs["target"]] if g.kind == "extern" else g.ops
-            kernels.append(KernelInfo(len(kernels), g.kind, ops, g.shape, c.bytes_read, c.bytes_written,
-                                      c.flops, g))
-    unfused = [g for g in singleton_groups(planned) if is_kernel(g) or g.kind == "extern"]
+    _, inputs = sg.graph_inputs(args, kwargs)
+    device = inputs[0].device if inputs else torch.device("cpu")
+    if target is not None:
+        device = torch.device("cpu" if target == "cpu" else "cuda")
+    schedule = sg.compiled.schedule_for(device)
+    plan = build_plan(schedule, [tuple(t.stride()) for t in inputs], device)
+    unfused = build_schedule(schedule.graph, schedule.target, fuse=False).entries
+    unfused = [e for e in unfused if e.config is not None or e.kind == "extern"]
     externs = [n for n in graph.nodes if n.op == "extern"]
     counts = Counter(n.attrs["target"] for n in externs)
     reasons = {n.attrs["target"]: _fallback_reason(n) for n in externs}
     name = getattr(fn, "__qualname__", None) or type(fn).__name__
     return ExplainReport(
         name=type(fn).__name__ if isinstance(fn, torch.nn.Module) else name,
-        ir_before=sg.snapshots[0][1], ir_after=str(graph), snapshots=list(sg.snapshots), kernels=kernels,
-        compulsory_bytes=compulsory_bytes(graph), eager_ops=eager_ops(fn, args, kwargs),
-        unfused_kernels=len(unfused), unfused_bytes=sum(group_cost(g).bytes_moved for g in unfused),
+        ir_before=sg.snapshots[0][1], ir_after=str(graph), snapshots=list(sg.snapshots),
+        kernels=_kernels(schedule, plan), compulsory_bytes=compulsory_bytes(graph),
+        eager_ops=eager_ops(fn, args, kwargs), unfused_kernels=len(unfused),
+        unfused_bytes=sum(e.cost.bytes_moved for e in unfused),
         fallbacks=[FallbackInfo(t, reasons[t], c) for t, c in counts.items()],
-        graph=graph, static_graph=sg, show_passes=passes, guards=guards)
+        graph=graph, static_graph=sg, show_passes=passes, guards=guards, schedule=schedule)

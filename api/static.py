@@ -74,7 +74,7 @@ class StaticGraph:
         self._module = fn if isinstance(fn, torch.nn.Module) else None
         check_devices(self._named_tensors(args, kwargs))
         self.key: Hashable = signature_key(fn, args, kwargs)
-        # `captured`: an aten graph derived for these sizes from a symbolic trace (see guards.py)
+        # `captured`: an aten graph derived for these sizes from a symbolic trace (api/symbolic.py)
         note("capture")
         self.captured = captured if captured is not None else capture(fn, args, kwargs)
         named = self._named_tensors(args, kwargs)
@@ -98,7 +98,7 @@ class StaticGraph:
         self.graph: Graph = self.compiled.graph
         self.snapshots = self.compiled.snapshots
         self._autograd: dict[tuple, AutogradGraph] = {}
-        self._example = ExampleCall(fn, args, kwargs)  # what a call must match (signature.py)
+        self._example = ExampleCall(fn, args, kwargs)  # what a call must match (api/signature.py)
 
     # -- introspection ------------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -196,13 +196,17 @@ class StaticGraph:
             logger.warning("ember(%s): %s", fn_name(self.fn), self.eager_reason)
         return self.fn(*args, **kwargs)
 
+    def graph_inputs(self, args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(the call's tensors: arguments, parameters/buffers, closed-over tensors; the graph's inputs:
+        those and the lifted constants)."""
+        leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
+        tensors = [leaves[i] for i in self.captured.tensor_positions] + list(module_state(self._module).values())
+        tensors += self.captured.source_tensors()
+        return tensors, tensors + self.lowered.constants
+
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Call without the signature checks (for callers that matched the signature already)."""
-        leaves = pytree.tree_leaves((tuple(args), dict(kwargs)))
-        tensors = [leaves[i] for i in self.captured.tensor_positions]
-        tensors += list(module_state(self._module).values())
-        tensors += self.captured.source_tensors()
-        inputs = tensors + self.lowered.constants
+        tensors, inputs = self.graph_inputs(args, kwargs)
         mutated = self.lowered.mutated_inputs
         if mutated or self.captured.sources:  # (aliasing among the arguments is in the signature key)
             why = self._check_aliasing(args, kwargs, tensors, inputs)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import ember
-from ember.api import explain as explain_mod
+from ember.api import explain_report as explain_mod
+from ember.api.explain import _launch_text
 
 
 def _flat(s: str) -> str:
@@ -34,7 +35,7 @@ def test_fields_are_consistent(report):
     assert report.compulsory_bytes <= report.bytes_moved <= report.unfused_bytes
     assert report.num_kernels == len(report.kernels) < report.unfused_kernels
     for k in report.kernels:
-        assert k.ops and k.kind in ("pointwise", "row", "matmul", "reduction", "layout", "constant", "extern")
+        assert k.ops and k.kind in ("pointwise", "row", "matmul", "reduction", "layout", "constant", "extern", "copy")
         assert k.bytes_read >= 0 and k.bytes_written > 0
     assert [n for n, _ in report.snapshots][0] == "input" and report.ir_after == str(report.static_graph.graph)
 
@@ -77,7 +78,7 @@ def test_passes_snapshots_in_text():
 def test_dot_has_one_cluster_per_kernel(report):
     dot = report.to_dot()
     assert dot.startswith("digraph") and dot.count("{") == dot.count("}")
-    assert dot.count("subgraph cluster_") == len(report.kernels)
+    assert dot.count("subgraph cluster_") == len([k for k in report.kernels if k.group is not None])
     for k in report.kernels:
         assert f"cluster_k{k.index} " in dot
 
@@ -95,3 +96,56 @@ def test_module_and_kwargs():
     assert r.name == "Sequential" and r.eager_kernels == 2 and r.num_kernels == 1
     r = ember.explain(lambda x, *, s: x * s, torch.randn(3), s=2.0)
     assert r.num_kernels == 1
+
+
+class _LlamaBlock(torch.nn.Module):
+    """RMSNorm, causal attention with rotary embeddings, SwiGLU: the shapes of a Llama layer."""
+
+    def __init__(self, d: int = 16, heads: int = 2, seq: int = 8):
+        super().__init__()
+        self.heads = heads
+        self.qkv = torch.nn.Linear(d, 3 * d, bias=False)
+        self.out = torch.nn.Linear(d, d, bias=False)
+        self.gate, self.up = torch.nn.Linear(d, 2 * d, bias=False), torch.nn.Linear(d, 2 * d, bias=False)
+        self.down = torch.nn.Linear(2 * d, d, bias=False)
+        self.w1, self.w2 = torch.nn.Parameter(torch.ones(d)), torch.nn.Parameter(torch.ones(d))
+        t = torch.arange(seq)[:, None] * (10000.0 ** (-torch.arange(0, d // heads, 2) / (d // heads)))
+        self.register_buffer("cos", t.cos()), self.register_buffer("sin", t.sin())
+
+    def rope(self, x):
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * self.cos - b * self.sin, a * self.sin + b * self.cos], -1).flatten(-2)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        h = rmsnorm(x, self.w1)
+        q, k, v = self.qkv(h).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.nn.functional.scaled_dot_product_attention(self.rope(q), self.rope(k), v, is_causal=True)
+        x = x + self.out(att.transpose(1, 2).reshape(b, s, d))
+        h = rmsnorm(x, self.w2)
+        return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
+
+
+def test_explain_lists_what_the_runtime_launches():
+    """explain and the runtime read one schedule: the report's rows are the launches and torch calls
+    a call makes, in order, with the launch configs the runtime uses."""
+    model, x = _LlamaBlock().eval(), torch.randn(2, 8, 16)
+    report = ember.explain(model, x)
+    sg = report.static_graph
+    with torch.no_grad():
+        torch.testing.assert_close(sg(x), model(x), rtol=1.3e-6, atol=1e-5)
+    plan = sg.compiled.plan
+    assert report.num_kernels == len(plan.steps) == len(plan.launches) + len(sg.compiled.externs)
+    launched = [s for s in plan.steps if hasattr(s, "grid")]
+    assert [k.launch for k in report.kernels if k.kind != "extern"] == [_launch_text(s) for s in launched]
+
+
+def test_cuda_target_shows_gpu_launch_configs_on_cpu():
+    x, w = torch.randn(64, 96), torch.randn(96, 80)
+    cpu = ember.explain(lambda x, w: torch.relu(x @ w).exp(), x, w)
+    gpu = ember.explain(lambda x, w: torch.relu(x @ w).exp(), x, w, target="cuda")
+    assert cpu.schedule.target == "cpu" and gpu.schedule.target == "cuda"
+    (mm_cpu,), (mm_gpu,) = ([e for e in r.schedule.kernels if e.kind == "matmul"] for r in (cpu, gpu))
+    # the interpreter pays per program: one tile; a GPU gets tiles that fit shared memory, more programs
+    assert mm_cpu.config.grid == (1, 1) and mm_gpu.config.constexprs == {"BM": 64, "BN": 64, "BK": 32}
+    assert mm_gpu.config.grid == (-(-64 // 64) * -(-80 // 64), 1) and "warps=4" in str(gpu)
