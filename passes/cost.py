@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ..ir import Graph, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
 from ..ir.ops.reduction import reduced_shape
+from ..ir.registry import flops, view_root
 
 
 @dataclass
@@ -42,10 +43,8 @@ class KernelCost:
 
 
 def storage_root(v: Value) -> Value:
-    """The materialized value a chain of view ops reads from."""
-    while v.producer is not None and v.producer.op in ("reshape", "permute", "expand", "slice", "select", "flip"):
-        v = v.producer.inputs[0]
-    return v
+    """The materialized value a chain of view ops reads from (the registry's `view_root`)."""
+    return view_root(v)
 
 
 def _reshape_distinct(dims: list[tuple[int, int]], shape: tuple[int, ...]) -> list[tuple[int, int]] | None:
@@ -183,17 +182,8 @@ def row_read_bytes(group: KernelGroup) -> int:
 
 
 def _flops(group: KernelGroup) -> int:
-    total = 0
-    for n in group.nodes:
-        kind = get_op(n.op).kind
-        if kind == "matmul":
-            a, out = n.inputs[0], n.out
-            total += 2 * out.type.numel * a.shape[-1]
-        elif kind == "reduction":
-            total += n.inputs[0].type.numel
-        elif kind in ("pointwise", "constant"):
-            total += n.outputs[0].type.numel
-    return total
+    """Each node's flops, by its registry entry's `cost`."""
+    return sum(flops(n) for n in group.nodes)
 
 
 def group_cost(group: KernelGroup) -> KernelCost:
@@ -224,10 +214,3 @@ def compulsory_bytes(graph: Graph) -> int:
     read = sum(v.type.nbytes for v in graph.inputs if v in used)
     written = sum(v.type.nbytes for v in dict.fromkeys(graph.outputs) if v not in graph.inputs)
     return read + written
-
-
-def unfused_groups(graph: Graph) -> list[KernelGroup]:
-    """One group per node: what running each op as its own kernel (eager style) would cost."""
-    from .fusion import singleton_groups
-
-    return singleton_groups(graph)
