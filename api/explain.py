@@ -28,7 +28,7 @@ from ..ir import Node
 from ..ir.ops.extern import resolve_target
 from ..ir.types import COMPILABLE_DTYPES
 from ..passes.cost import compulsory_bytes
-from ..runtime.plan import ExternStep, LaunchStep, Plan, build_plan
+from ..runtime.plan import ExternStep, LaunchStep, Plan
 from ..runtime.schedule import Schedule, build_schedule
 from .compiled import CompiledFunction
 from .explain_report import EagerOp, ExplainReport, FallbackInfo, KernelInfo
@@ -150,7 +150,7 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
     if target is not None:
         device = torch.device("cpu" if target == "cpu" else "cuda")
     schedule = sg.compiled.schedule_for(device)
-    plan = build_plan(schedule, [tuple(t.stride()) for t in inputs], device)
+    plan = sg.compiled.plan_at(device, [t.stride() for t in inputs])
     unfused = build_schedule(schedule.graph, schedule.target, fuse=False).entries
     unfused = [e for e in unfused if e.config is not None or e.kind == "extern"]
     externs = [n for n in graph.nodes if n.op == "extern"]

@@ -13,7 +13,7 @@ rate or beta reuses the compiled graph, its plan and its kernels, and a step cos
 copy of `hp`. Only a change of structure (a new shape, a flag, a parameter gaining or losing its
 gradient) builds a new graph; the kernels themselves stay cached by source in `ember.codegen`.
 
-The graph goes through `ember.passes.run_pipeline` and `ember.runtime.compile_graph`; the fusion
+The graph goes through the driver (`ember.runtime.compile_ir`: passes, schedule, plan); the fusion
 pass makes each parameter's whole update one pointwise kernel (independent parameters of different
 shapes do not share an iteration space), so a step launches one kernel per parameter tensor.
 

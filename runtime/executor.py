@@ -109,15 +109,16 @@ class CompiledGraph:
         """The schedule of the last call's device (before any call, the default device's)."""
         return self.schedule_for(self._last_device)
 
-    def _key(self, inputs: list[torch.Tensor]) -> tuple:
-        device = inputs[0].device if inputs else self.default_device
-        return (device.type, device.index, tuple(t.stride() for t in inputs), torch.get_float32_matmul_precision())
-
     def plan_for(self, inputs: list[torch.Tensor]) -> Plan:
-        key = self._key(inputs)
+        device = inputs[0].device if inputs else self.default_device
+        return self.plan_at(device, [t.stride() for t in inputs])
+
+    def plan_at(self, device: torch.device, strides: list[tuple[int, ...]]) -> Plan:
+        """The plan for inputs with these strides on `device` (built once; `explain` asks for other
+        targets' plans this way, on any machine: planning emits kernels but launches nothing)."""
+        key = (device.type, device.index, tuple(tuple(st) for st in strides), torch.get_float32_matmul_precision())
         plan = self._plans.get(key)
         if plan is None:
-            device = torch.device(key[0], key[1]) if key[1] is not None else torch.device(key[0])
             plan = self._plans[key] = self._build(list(key[2]), device)
         return plan
 
@@ -142,11 +143,7 @@ class CompiledGraph:
     def plan(self) -> Plan:
         """The plan of the last call (or, before any call, the one for contiguous inputs)."""
         if self._last is None:
-            key = (self.default_device.type, self.default_device.index,
-                   tuple(contiguous_strides(v.shape) for v in self.graph.inputs), torch.get_float32_matmul_precision())
-            if key not in self._plans:
-                self._plans[key] = self._build(list(key[2]), self.default_device)
-            self._last = self._plans[key]
+            self._last = self.plan_at(self.default_device, [contiguous_strides(v.shape) for v in self.graph.inputs])
         return self._last
 
     @property
