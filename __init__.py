@@ -11,6 +11,7 @@ from .api.compiled import CompiledFunction, compile
 from .api.dynamo import register as _register_dynamo_backend  # noqa: E402
 from .api.eager import EagerStats, clear_eager_cache, eager, eager_stats, reset_eager_stats  # noqa: E402,F401
 from .api.explain import explain  # noqa: E402,F401
+from .api.module import CompiledModule  # noqa: E402,F401
 from .api.static import StaticGraph, trace  # noqa: E402,F401
 from .api.train import CompiledStep, compile_step  # noqa: E402,F401
 from .codegen.source_cache import clear_cache  # noqa: E402,F401
@@ -19,5 +20,5 @@ from .frontend.capture import CaptureError  # noqa: E402,F401
 _register_dynamo_backend()  # torch.compile(model, backend="ember"); also an entry point in pyproject.toml
 
 __all__ = ["ir", "optim", "trace", "compile", "compile_step", "CompiledStep", "explain",
-           "StaticGraph", "CompiledFunction", "CaptureError", "clear_cache",
+           "StaticGraph", "CompiledFunction", "CompiledModule", "CaptureError", "clear_cache",
            "eager", "eager_stats", "reset_eager_stats", "clear_eager_cache", "EagerStats"]

@@ -16,6 +16,7 @@ import torch
 from ..frontend.capture import module_state
 from ..frontend.errors import boundary
 from .guards import CallSignature, Program, call_signature, describe_changes, size_changes
+from .module import CompiledModule
 from .signature import check_arity, fn_name, signature_key
 from .static import StaticGraph
 from .symbolic import SymbolicTrace
@@ -192,11 +193,14 @@ class RecompileLimitWarning(UserWarning):
     """`ember.compile` reached its recompile limit and runs new signatures eagerly."""
 
 
-def compile(fn: Callable, *, dynamic: bool | None = None, recompile_limit: int = 8) -> CompiledFunction:  # noqa: A001
-    """Compile `fn` (a function or nn.Module) with ember's static mode.
+def compile(fn: Callable, *, dynamic: bool | None = None,  # noqa: A001
+            recompile_limit: int = 8) -> CompiledFunction | CompiledModule:
+    """Compile `fn` (a function or nn.Module) with ember's static mode; a module gives an nn.Module
+    sharing its parameters, state-dict keys and attributes (api/module.py).
 
     `dynamic`: True traces all tensor dims symbolically so one program (and one set of kernels)
     serves every size; None marks a dim dynamic after its size changed once; False never.
     `recompile_limit`: recompiles allowed before new signatures run eagerly (one warning).
     """
-    return CompiledFunction(fn, dynamic=dynamic, recompile_limit=recompile_limit)
+    compiled = CompiledFunction(fn, dynamic=dynamic, recompile_limit=recompile_limit)
+    return CompiledModule(compiled) if isinstance(fn, torch.nn.Module) else compiled

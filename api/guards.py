@@ -1,5 +1,5 @@
-"""Guards of `ember.compile`: what a call must share with a compiled program to reuse it, why a call
-does not, and the symbolic trace that lets one program serve many sizes.
+"""Guards of `ember.compile`: what a call must share with a compiled program (`Program`) to reuse
+it, and why a call does not.
 
 A *program* is what `ember.compile` traced the user's Python for. Its guard covers everything that
 changes the traced program: the pytree structure of (args, kwargs); every tensor's rank, shape (the
@@ -182,7 +182,7 @@ class Program:
     def __init__(self, sig: CallSignature, dynamic: frozenset, symbolic: SymbolicTrace | None):
         self.sig = sig
         self.symbolic = symbolic
-        self.guards: Guards | None = None  # Python values the trace read (sources.py), set once traced
+        self.guards: Guards | None = None  # Python values the trace read (frontend/sources.py), set once traced
         self.dynamic = symbolic.dims if symbolic is not None else frozenset()
         self.key = sig.key(self.dynamic)
         self.requested = dynamic  # dims asked to be dynamic (some may have specialized)

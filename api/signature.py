@@ -98,16 +98,19 @@ class TensorMeta(NamedTuple):
         return f"a tensor of shape {list(self.shape)}, {self.dtype} on {self.device}"
 
 
-def leaf_key(x: Any) -> Hashable:
-    """The key of one argument leaf: a tensor's `TensorMeta`, else ("const", type, value), the value
-    being baked into the graph (its repr when it is not hashable)."""
-    if isinstance(x, torch.Tensor):
-        return TensorMeta.of(x)
+def const_key(x: Any) -> Hashable:
+    """The key of a non-tensor value baked into a graph: ("const", type, value), its repr when the
+    value is not hashable."""
     try:
         hash(x)
         return ("const", type(x), x)
     except TypeError:
         return ("const", type(x), repr(x))
+
+
+def leaf_key(x: Any) -> Hashable:
+    """The key of one argument leaf: a tensor's `TensorMeta`, else its `const_key`."""
+    return TensorMeta.of(x) if isinstance(x, torch.Tensor) else const_key(x)
 
 
 Key = tuple  # (spec, leaf keys, module training flags, parameters/buffers, aliasing): see signature_key
@@ -117,8 +120,8 @@ def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Key:
     """The one key of a call (the module doc lists what it covers): equal keys run the same graph.
 
     (str(pytree spec), `leaf_key` of each leaf, the `training` flag of each of `fn.modules()`,
-    ((parameter or buffer name, TensorMeta), ...), groups of indices of tensors sharing memory (the call's tensors,
-    then the parameters/buffers)). api/guards.py names each part when a key changes."""
+    ((parameter or buffer name, TensorMeta), ...), groups of indices of the tensors sharing memory
+    (the call's tensors, then the parameters/buffers)); api/guards.py names each part that changed."""
     leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     training: tuple = ()
@@ -132,7 +135,7 @@ def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Key:
             raise
         training = tuple(m.training for m in fn.modules())  # named in api/guards.py: names cost per call
         tensors += named.values()
-    # a trace of f(t, t) reads one placeholder for both, and an in-place update must be seen through every alias
+    # a trace of f(t, t) reads one placeholder for both; an in-place update must reach every alias
     aliases = alias_groups(tensors) if len(tensors) > 1 else ()
     return (str(spec), tuple(leaf_key(x) for x in leaves), training, state, aliases)
 

@@ -106,7 +106,7 @@ class SymbolicTrace:
         rng.check(self.gm)
         cap.sources = prune_sources(self.gm, len(positions) + len(state), [src for src, _ in reached.tensors])
         cap.guards = reached.guards
-        reached.guards.refresh()  # after the program's own side effects (sources.py)
+        reached.guards.refresh()  # after the program's own side effects (frontend/sources.py)
         self.template = cap
         self.guards = [g.expr for g in self.shape_env.guards]
         self.ranges = {s: self.shape_env.var_to_range[s] for s in self.symbols if s in self.shape_env.var_to_range}

@@ -57,17 +57,6 @@ def test_compile_caches_per_signature():
     assert cf.__name__ == "f"
 
 
-def test_module_training_flag_is_part_of_the_signature():
-    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)).requires_grad_(False)
-    cf = ember.compile(m)
-    x = torch.randn(2, 4)
-    m.eval()
-    assert_close(cf(x), m(x))
-    m.train()
-    cf(x)
-    assert len(cf.cache) == 2
-
-
 def test_outputs_keep_pytree_structure():
     def f(x, pair, scale=1.0):
         a, b = pair

@@ -14,6 +14,8 @@ from torch.testing import assert_close
 
 import ember
 from ember.api.compiled import RecompileLimitWarning
+from ember.api.guards import call_signature
+from ember.api.signature import signature_key
 from ember.codegen import kernel as kernel_mod
 from ember.codegen import source_cache
 
@@ -90,6 +92,17 @@ def test_train_eval_recompiles_with_reason():
     assert_close(cf(x), m(x))                      # back to the first program: no new recompile
     assert len(cf.recompile_reasons) == 1
     assert cf.recompile_reasons[0].startswith("module training flag changed: Sequential False -> True")
+
+
+def test_guard_signature_is_the_cache_key():
+    # one key: the cache of graphs and the programs' guards must never disagree on what matches
+    m = MLP().eval()
+    x = torch.randn(3, 8)
+    for fn, args in ((m, (x,)), (m, (x[:2],)), (lambda x, n, y: x * n + y, (x, [2, "a"], x[1:]))):
+        sig = call_signature(fn, args, {})
+        assert sig.key() == signature_key(fn, args, {}) and hash(sig.key()) == hash(signature_key(fn, args, {}))
+    assert sig.aliases == ((0, 1),) and sig.tensor_names == ["x", "y"]
+    assert call_signature(m.train(), (x,), {}).key() != call_signature(m.eval(), (x,), {}).key()
 
 
 def test_non_tensor_argument_change_names_the_value():
