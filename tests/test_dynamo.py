@@ -109,6 +109,8 @@ def test_graph_breaks_with_print_and_item(capsys):
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
     assert "mid-program" in capsys.readouterr().out
+    # the code before the print and the code after `.item()` are separate subgraphs (Dynamo may
+    # split further, e.g. around the print's `h.shape`)
     assert len([g for g in dynamo.compiled_graphs() if g.kind == "forward"]) >= 2
 
 
@@ -214,3 +216,25 @@ def test_zero_dim_tensor_constants():
     with torch.no_grad():
         torch.testing.assert_close(cf(x), f(x))
     assert all(g.graph is not None for g in dynamo.compiled_graphs())
+
+
+def test_record_of_compiled_graphs_keeps_the_newest(monkeypatch):
+    # `compiled_graphs()` is a report, bounded to the last RECORDS_KEPT graphs: a process that keeps
+    # recompiling does not hold every IR graph it made (the compiled code itself is Dynamo's cache)
+    recorded = []
+    record = dynamo._record
+    monkeypatch.setattr(dynamo, "RECORDS_KEPT", 2)
+    monkeypatch.setattr(dynamo, "_record", lambda g: (recorded.append(g), record(g)))
+
+    def f(x):
+        x = x.sin()
+        torch._dynamo.graph_break()
+        x = x * 2
+        torch._dynamo.graph_break()
+        return x + 1
+
+    x = torch.randn(5)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(f, backend="ember")(x), f(x))
+    assert len(recorded) == 3  # one inference graph per piece between the two breaks
+    assert dynamo.compiled_graphs() == recorded[-2:]

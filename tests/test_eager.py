@@ -286,3 +286,31 @@ def test_decomposition_disagreeing_with_torch_never_runs(monkeypatch):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
     assert ember.eager_stats().fallthrough["_scaled_dot_product_flash_attention_for_cpu.default"] == 1
     ember.clear_eager_cache()
+
+
+def test_op_caches_stay_at_their_limits(monkeypatch):
+    # the verdict per op group and the graph per (group, shapes) are bounded LRUs: past the limit the
+    # least recently used is dropped, and built again (still right) when its op or shapes come back
+    from ember.api import eager as eager_mod
+
+    ember.clear_eager_cache()
+    monkeypatch.setattr(eager_mod._groups, "limit", 3)
+    monkeypatch.setattr(eager_mod._graphs, "limit", 2)
+    xs = [torch.randn(n, 3) for n in (2, 3, 4, 5)]
+    ops = [torch.sin, torch.cos, torch.exp, torch.neg]
+    ember.reset_eager_stats()
+    for op in ops:
+        for x in xs:
+            with ember.eager(strict=True):
+                got = op(x)
+            torch.testing.assert_close(got, op(x))
+            assert len(eager_mod._groups) <= 3 and len(eager_mod._graphs) <= 2
+    stats = ember.eager_stats()
+    assert len(eager_mod._groups) == 3 and len(eager_mod._graphs) == 2
+    # 16 distinct (op, shapes) pairs: one graph each
+    assert stats.graphs_built == stats.ops_ember == len(ops) * len(xs)
+    with ember.eager(strict=True):  # the first op and shape, dropped long ago: rebuilt, still right
+        got = ops[0](xs[0])
+    torch.testing.assert_close(got, ops[0](xs[0]))
+    assert ember.eager_stats().graphs_built == len(ops) * len(xs) + 1
+    ember.clear_eager_cache()
