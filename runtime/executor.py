@@ -15,12 +15,15 @@ from __future__ import annotations
 import torch
 
 from ..codegen.kernel import interpreter_position
+from ..codegen.lru import LRU
 from ..ir import Graph
 from ..ir.ops.extern import call_extern
 from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
 from .progress import Progress
 from .schedule import Schedule, build_schedule
 from .views import View, contiguous_strides
+
+MAX_PLANS = 64  # plans kept per compiled graph (one per input layout, device and matmul precision)
 
 
 def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
@@ -92,7 +95,7 @@ class CompiledGraph:
             raise ValueError("donate: an input can take one output")
         self.default_device = torch.device(device or "cpu")
         self._schedules: dict[str, Schedule] = {}
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: LRU[tuple, Plan] = LRU(MAX_PLANS)  # a caller cycling through layouts re-plans
         self._last: Plan | None = None
         self._last_device = self.default_device
 

@@ -45,3 +45,15 @@ def test_generated_kernels_carry_signature_and_constexprs():
     specs = [s for s in generated_kernels() if s.name == name]
     assert specs and specs[0].signature["in0_ptr"] == "*fp16" and specs[0].signature["BLOCK"] == "constexpr"
     assert specs[0].constexprs["BLOCK"] >= 16 and specs[0].jit.fn.__name__ == name
+
+
+def test_plans_per_graph_are_bounded(monkeypatch):
+    """A caller cycling through input layouts keeps at most MAX_PLANS plans; a dropped one is rebuilt."""
+    from ember.runtime import executor
+
+    monkeypatch.setattr(executor, "MAX_PLANS", 2)
+    cg = compile_graph(graph_of("neg", [TensorType((4, 4), torch.float32)]))
+    layouts = [rand((4, 4), torch.float32), rand((4, 4), torch.float32).t(), rand((4, 8), torch.float32)[:, ::2]]
+    for x in layouts + layouts[:1]:
+        assert torch.equal(cg([x])[0], -x)
+    assert len(cg._plans) == 2
