@@ -18,7 +18,8 @@ AdamW. One training step runs three ways from the same initial weights and the s
   backward and update as one graph; kernels = its `num_kernels`.
 
 Ember's bytes are counted at kernel boundaries by `ember.passes.cost` over the fusion partition of
-each compiled graph. `+torch` counts the torch ops an ember path runs per step outside its graphs:
+each compiled graph. `+torch` counts the torch ops an ember path runs per step outside its kernels,
+live on a second step (a dispatch mode, ops of the interpreter's own argument copies excluded):
 `Tensor.copy_` write-backs (new parameters / optimizer state / buffers copied into the caller's
 tensors when the graph's outputs are not stored in place: each reads and writes the tensor, their
 bytes are reported apart as `+copy bytes`), AdamW's per-parameter 0-dim step counter and, for
@@ -61,6 +62,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import ember  # noqa: E402
 from ember.api.explain import _METADATA_OPS, _read_bytes  # noqa: E402
+from ember.codegen import kernel as kernel_module  # noqa: E402
 from ember.passes.cost import group_cost, is_kernel  # noqa: E402
 from ember.passes.fusion import partition  # noqa: E402
 
@@ -149,23 +151,29 @@ MODELS: dict[str, Callable] = {"mlp": build_mlp, "transformer": build_transforme
 
 class CountOps(TorchDispatchMode):
     """Non-view aten ops dispatched (forward, backward, optimizer), with the bytes each reads and
-    writes, by `ember.explain`'s rules."""
+    writes, by `ember.explain`'s rules; `copies` and `copy_bytes` for `Tensor.copy_`. Ops that
+    Triton's interpreter dispatches while it runs an ember kernel (copies of the kernel's arguments)
+    are not the program's and are not counted: on a GPU they do not exist."""
 
     def __init__(self):
         super().__init__()
         self.ops: Counter = Counter()
         self.bytes = 0
         self.zero_dim = 0  # ops whose every tensor is 0-dim: the loss-gradient seed, AdamW's step counters
+        self.copies = self.copy_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = func._schema.name.split("::")[-1]
-        if not (func.is_view or name in _METADATA_OPS or func.namespace != "aten"):
+        if not (func.is_view or name in _METADATA_OPS or func.namespace != "aten" or kernel_module._interpreting):
             self.ops[str(func)] += 1
             ins = [t for t in pytree.tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
             outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
             self.bytes += sum(_read_bytes(t) for t in ins) + sum(t.nbytes for t in outs)
             self.zero_dim += all(t.dim() == 0 for t in ins + outs)
+            if name == "copy_":
+                self.copies += 1
+                self.copy_bytes += 2 * args[0].nbytes
         return out
 
     @property
@@ -227,7 +235,7 @@ def measure(name: str, size: str = "small", device: str | torch.device = "cpu", 
     t0 = time.perf_counter()
     row: dict[str, Any] = {"model": name, "size": size, "params": sum(p.numel() for p in model0.parameters()),
                            "inputs": [list(x.shape), list(y.shape)], "errors": {}}
-    n_params = row["param_tensors"] = sum(1 for p in model0.parameters() if p.requires_grad)
+    row["param_tensors"] = sum(1 for p in model0.parameters() if p.requires_grad)
 
     # torch eager: the reference step (saved bytes measured during its forward), then a counted step
     ref = copy.deepcopy(model0)
@@ -259,19 +267,22 @@ def measure(name: str, size: str = "small", device: str | torch.device = "cpu", 
         (ag,) = sg._autograd.values()
         programs = eopt.engine.programs()
         ok, err, frac = _max_diff(model, ref)
-        opt_copies = 0 if eopt.in_place else sum(len(p.graph.outputs) for p in programs)
-        opt_copy_bytes = 0 if eopt.in_place else sum(2 * v.type.nbytes for p in programs for v in p.graph.outputs)
-        mut_outs = ag.forward.graph.outputs[sg.lowered.num_user_outputs:][:len(sg.lowered.mutated_inputs)]
+        outside, in_opt = CountOps(), CountOps()  # a second step, counted: what runs outside ember's kernels
+        with outside:
+            compiled(x, y).backward()
+        with in_opt:
+            eopt.step()
+        eopt.zero_grad(set_to_none=True)
         row["ember_static"] = {
             "kernels": ag.forward.num_kernels + ag.backward.num_kernels + eopt.num_kernels,
             "forward_kernels": ag.forward.num_kernels, "backward_kernels": ag.backward.num_kernels,
             "optimizer_kernels": eopt.num_kernels, "optimizer_in_place": eopt.in_place,
             "bytes": graph_bytes(ag.forward.graph) + graph_bytes(ag.backward.graph)
             + sum(graph_bytes(p.graph) for p in programs),
-            "copies": opt_copies + len(mut_outs),
-            # + the loss-gradient seed loss.backward() fills and AdamW's per-parameter step counters
-            "torch_ops": opt_copies + len(mut_outs) + 1 + n_params,
-            "copy_bytes": opt_copy_bytes + sum(2 * v.type.nbytes for v in mut_outs),
+            # the loss-gradient seed loss.backward() fills, AdamW's per-parameter step counters and any
+            # Tensor.copy_ (autograd's, of a gradient into .grad's layout; the optimizer's)
+            "copies": outside.copies + in_opt.copies, "optimizer_copies": in_opt.copies,
+            "torch_ops": outside.kernels + in_opt.kernels, "copy_bytes": outside.copy_bytes + in_opt.copy_bytes,
             "saved_bytes": ag.saved_bytes, "saved_activation_bytes": ag.partition.saved_activation_bytes,
             "loss_close": bool(torch.allclose(loss.detach(), ref_loss.detach(), rtol=RTOL, atol=ATOL)),
             "params_close": ok, "max_abs_diff": err, "tolerance_used": frac,
@@ -285,15 +296,13 @@ def measure(name: str, size: str = "small", device: str | torch.device = "cpu", 
         sopt = ember.optim.AdamW(model.parameters(), **ADAMW)
         step = ember.compile_step(model, F.cross_entropy, sopt)
         loss = step(x, y)
-        prog = step.last
         ok, err, frac = _max_diff(model, ref)
-        # CompiledStep.__call__ copies every output past the loss (and the mutated buffers) back
-        written = list(step.graph.outputs[prog.n_out:])
-        written += step.graph.outputs[prog.static.lowered.num_user_outputs:][:len(prog.static.lowered.mutated_inputs)]
+        outside = CountOps()  # a second step, counted
+        with outside:
+            step(x, y)
         row["ember_step"] = {
             "kernels": step.num_kernels, "bytes": graph_bytes(step.graph),
-            "copies": len(written), "copy_bytes": sum(2 * v.type.nbytes for v in written),
-            "torch_ops": len(written) + n_params,  # + AdamW's per-parameter step counters
+            "copies": outside.copies, "copy_bytes": outside.copy_bytes, "torch_ops": outside.kernels,
             "saved_bytes": None, "saved_activation_bytes": None,
             "loss_close": bool(torch.allclose(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)),
             "params_close": ok, "max_abs_diff": err, "tolerance_used": frac,
@@ -437,9 +446,10 @@ def format_table(result: dict[str, Any]) -> str:
              "kernels per training step (forward, loss, backward, AdamW update): torch eager = non-view aten ops "
              "(foreach=False AdamW, steady state); ember static = forward + backward graphs + ember.optim step; "
              "ember step = compile_step graph.",
-             "+torch = torch ops an ember path runs per step outside its graphs (copies: Tensor.copy_ write-backs "
-             "of new parameters/state; plus AdamW's 0-dim step counters and, for loss.backward(), the loss-gradient "
-             "seed); torch eager's kernels include such 0-dim ops (0-d).",
+             "+torch = torch ops an ember path runs per step outside its kernels, counted on a second step (copies: "
+             "Tensor.copy_: new values into the caller's tensors, autograd's gradient layout; plus AdamW's "
+             "0-dim step counters and, for loss.backward(), the loss-gradient seed); torch eager's kernels include "
+             "such 0-dim ops (0-d).",
              "bytes at kernel boundaries (ember: passes.cost over each graph's partition; eager: each op's inputs + "
              "outputs); +copy bytes = read + write of the copies; saved = kept for backward (act: activations only).",
              "check = every parameter after one step vs torch eager (rtol 1e-4, atol 1e-5; max abs diff)."]

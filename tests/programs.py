@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import torch
 from hypothesis import strategies as st
+from testing import CHAIN_TOLERANCES
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ALL_DTYPES = FLOATS + (torch.int32, torch.int64, torch.bool)
@@ -93,8 +94,7 @@ NORMS = {
 # eager float16/bfloat16 rounds after every op, ember after every kernel: compare with looser
 # tolerances (a program is compared at the loosest of the float dtypes it computes in); ints and
 # bools exactly
-TOLERANCES = {torch.float64: (1e-7, 1e-7), torch.float32: (1e-4, 1e-5), torch.float16: (1e-2, 1e-2),
-              torch.bfloat16: (2e-2, 2e-2)}
+TOLERANCES = CHAIN_TOLERANCES  # tests/testing.py: the one tolerance table
 # How an input is laid out in memory. "alias": the very tensor of an earlier input of the same shape;
 # "overlap": a view of the same storage as an earlier input, shifted by a few elements; "strided":
 # `as_strided` with random strides and offset into a flat buffer (its own, or an earlier strided

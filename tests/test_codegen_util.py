@@ -4,18 +4,14 @@ test_runtime_* files), plus tests of the source cache itself."""
 from __future__ import annotations
 
 import torch
+from testing import TOLERANCES
 
 from ember.codegen.source_cache import cache_dir, load_module
 from ember.ir import Graph, TensorType, evaluate, parse_graph, verify
 from ember.passes import run_pipeline
 from ember.runtime import compile_graph
 
-TOL = {
-    torch.float64: (1e-9, 1e-9),
-    torch.float32: (2e-5, 2e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1e-2),
-}
+TOL = TOLERANCES  # tests/testing.py: the one tolerance table (one kernel against the reference interpreter)
 
 
 def roundtrip(g: Graph) -> None:

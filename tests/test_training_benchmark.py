@@ -45,7 +45,7 @@ def test_kernels_per_step_whole_step_below_static_below_eager(result, model):
     assert s["kernels"] == s["forward_kernels"] + s["backward_kernels"] + s["optimizer_kernels"]
     # ember.optim's step is one kernel per parameter tensor, stored in place (no copies back)
     assert s["optimizer_kernels"] == r["param_tensors"]
-    assert s["optimizer_in_place"] and s["copies"] == 0
+    assert s["optimizer_in_place"] and s["optimizer_copies"] == 0
 
 
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
