@@ -141,7 +141,9 @@ class CompiledStep:
                 if not p.requires_grad:
                     continue
                 # The rules read only shapes from the gradient: the real one lives inside the graph.
-                dummy = self._grad_dummies.setdefault(id(p), torch.zeros_like(p))
+                dummy = self._grad_dummies.get(id(p))
+                if dummy is None or dummy.shape != p.shape or dummy.dtype != p.dtype or dummy.device != p.device:
+                    dummy = self._grad_dummies[id(p)] = torch.zeros_like(p)  # made once, not every step
                 saved, p.grad = p.grad, dummy
                 try:
                     out.append((self.optimizer._update(group, p), p))
