@@ -78,7 +78,8 @@ def row_params(layout: RowLayout) -> list[tuple[str, str]]:
     for j, v in enumerate(layout.tile_outputs):
         p += [(f"to{j}_ptr", ptr_sig(v.dtype))] + [(f"to{j}_k{d}", "int") for d in range(nk)]
         p += [(f"to{j}_r{d}", "int") for d in range(nr)]
-    p += [(f"ro{j}_ptr", ptr_sig(v.dtype)) for j, v in enumerate(layout.row_outputs)]
+    for j, v in enumerate(layout.row_outputs):  # stored through strides: the planner picks the layout
+        p += [(f"ro{j}_ptr", ptr_sig(v.dtype))] + [(f"ro{j}_k{d}", "int") for d in range(nk)]
     p += [(f"ks{d}", "int") for d in range(nk)] + [(f"rs{d}", "int") for d in range(nr)]
     return p + [("M", "int"), ("R", "int"), ("BM", "constexpr"), ("BR", "constexpr")]
 
@@ -282,7 +283,8 @@ class _RowEmitter:
         values = [self.operand(v, False) for v in self.L.row_outputs]
         for j, (v, value) in enumerate(zip(self.L.row_outputs, values)):
             # A one-element output (a loss) is written once, by row 0; rows go to their own places.
-            where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else ("rows", "rmask")
+            row = " + ".join([f"{k} * ro{j}_k{d}" for d, k in enumerate(self.kidx)] + ["rzero"])
+            where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else (f"({row})", "rmask")
             e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, value, v.dtype)}, mask={mask})")
         if self.L.tile_outputs:
             if self.looped:

@@ -120,12 +120,12 @@ class Planner:
         shape = tuple(shape)
         return View(self._buf(shape, dtype, "alloc"), 0, shape, V.contiguous_strides(shape))
 
-    def _alloc_value(self, v: Value) -> View:
+    def _alloc_value(self, v: Value, donate: bool = True) -> View:
         """A buffer for `v` laid out for its consumer: a value only read through one permute (attention's
         heads merged back by transpose + reshape) is stored so that the permuted view is contiguous,
         which keeps the reshape after it a view instead of a copy kernel. A donated output is stored
         in its input's memory when that input is dense."""
-        donated = self._donated(v)
+        donated = self._donated(v) if donate else None
         if donated is not None:
             return donated
         users = self.users.get(v, [])
@@ -217,13 +217,13 @@ class Planner:
         layout = codegen.row_layout(g)
         for v in layout.tile_outputs:
             self.views[v] = self._alloc(v.shape, v.dtype)
-        # Rows are stored contiguously, after every row value is computed; tiles after that, so a row
+        # Rows are stored (through strides) after every row value is computed, tiles after that: a row
         # output may be stored over a donated input only when no tile output reads that input.
         late = {self.views[v].buf for v in _inputs_reaching(g, layout.tile_outputs)}
         for v in layout.row_outputs:
             donated = self._donated(v)
-            ok = donated is not None and donated.buf not in late and donated.strides == V.contiguous_strides(v.shape)
-            self.views[v] = donated if ok else self._alloc(v.shape, v.dtype)
+            self.views[v] = donated if donated is not None and donated.buf not in late \
+                else self._alloc_value(v, donate=False)
         if config is None:
             return
         kept = [g.shape[d] for d in layout.kept]
@@ -237,7 +237,9 @@ class Planner:
         for v in layout.tile_outputs:
             st = self.views[v].strides
             args += [Buf(self.views[v].buf)] + [st[d] for d in layout.kept] + [st[d] for d in g.dims]
-        args += [Buf(self.views[v].buf) for v in layout.row_outputs]
+        for v in layout.row_outputs:
+            view = self.views[v]
+            args += [Buf(view.buf)] + codegen.row_load_strides(layout, v, "row", view.strides)[0]
         args += kept + red + [m, r]
         outs = [self.views[v] for v in g.outputs]
         kernel = codegen.emit_row(layout, r > ROW_BLOCK_LIMIT, _wide(m * r, loads + outs))
