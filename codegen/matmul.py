@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..ir import Node, Value, get_op
+from ..ir.kernel_group import pow2
 from ..ir.ops.half import HALF_TYPES, load_cast, round_half, store_cast
 from ..ir.types import compute_dtype
 from .emitter import Emitter, bind_value, ptr_sig, py_literal, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
+from .launch import LaunchConfig, cdiv, interpreted
 
 
 @dataclass
@@ -166,3 +168,11 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
 def _out_offset(j: int, bidx: list[str]) -> str:
     batch = [f"{b} * o{j}_bst{k}" for k, b in enumerate(bidx)]
     return " + ".join(batch + [f"rm[:, None] * o{j}_sm + rn[None, :] * o{j}_sn"])
+
+
+def launch_config(m: int, n: int, k: int, batch: int, target: str) -> LaunchConfig:
+    """(BM, BN, BK) tiles; programs over output tiles times the batch. The interpreter pays per program
+    instance: large tiles; a GPU: tiles that fit shared memory."""
+    hi = (256, 256, 256) if interpreted(target) else (64, 64, 32)
+    bm, bn, bk = (min(max(pow2(s), 16), h) for s, h in zip((m, n, k), hi))
+    return LaunchConfig((cdiv(m, bm) * cdiv(n, bn), batch), {"BM": bm, "BN": bn, "BK": bk})

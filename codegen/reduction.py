@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
 from .emitter import Emitter, literal, offset_expr, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
+from .launch import LaunchConfig, cdiv, interpreted
 
 # tl.sum/max/min are @triton.jit wrappers, which fail when called under InterpretedFunction; tl.reduce
 # with these stock combine functions is recognised natively by the interpreter and compiles on GPUs.
@@ -170,3 +172,14 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
     e.line(f"tl.store(out_ptr + rows, {store_cast(e, 'res', out_dtype)}, mask=rmask)")
     params = reduction_params(x_dtype, out_dtype, nk, nr)
     return make_kernel(f"red_{op}", render(params, e.text()), "reduction", [op], params)
+
+
+REDUCTION_BLOCK = 1024  # reductions over more elements than this loop (the emitter's `looped`)
+
+
+def launch_config(m: int, r: int, target: str) -> LaunchConfig:
+    """BR elements of the reduced dims per step, BM outputs per program."""
+    interpreted(target)  # (validates the target: both get the same blocks today)
+    br = min(pow2(max(r, 1)), REDUCTION_BLOCK)
+    bm = max(1, min(pow2(m), 4096 // br))
+    return LaunchConfig((cdiv(m, bm),), {"BM": bm, "BR": br, "LOG2": br.bit_length() - 1})

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from ..ir import Node, Value, get_op
-from ..ir.kernel_group import KernelGroup
+from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup, pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.ops.reduction import reduced_shape
 from ..ir.types import compute_dtype
 from .emitter import Emitter, bind_value, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
+from .launch import LaunchConfig, cdiv, interpreted
 
 _COMBINE = {"sum": "_sum_combine", "amax": "_elementwise_max", "amin": "_elementwise_min"}
 
@@ -301,3 +302,12 @@ def emit_row(layout: RowLayout, looped: bool, int64: bool = False) -> Kernel:
     params = row_params(layout)
     ops = layout.group.ops
     return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], render(params, body), "row", ops, params)
+
+
+def launch_config(m: int, r: int, whole: bool, target: str) -> LaunchConfig:
+    """BR elements of a row per step (the whole row when it fits ROW_BLOCK_LIMIT, else 1024-element
+    chunks of a looped kernel), BM rows per program. A `whole` group reduces across rows too, so one
+    program holds them all (the partition checked they fit)."""
+    br = 1024 if r > ROW_BLOCK_LIMIT else pow2(r)
+    bm = pow2(m) if whole else max(1, min(pow2(m), (16384 if interpreted(target) else 4096) // br))
+    return LaunchConfig((cdiv(m, bm),), {"BM": bm, "BR": br})

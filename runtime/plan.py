@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import codegen
-from ..codegen import launch
+from ..codegen import pointwise, reduction
 from ..codegen.emitter import INT32_LIMIT
 from ..codegen.launch import LaunchConfig
 from ..codegen.pointwise import PointwiseGroup
@@ -180,7 +180,7 @@ class Planner:
         node = Node("copy", [src], {}, [src.type])
         self.views[src] = view
         entry, self.entry = self.entry, None
-        config = launch.pointwise(view.numel, self.target) if view.numel else None
+        config = pointwise.launch_config(view.numel, self.target) if view.numel else None
         self.pointwise(PointwiseGroup([node], [src], [node.out], view.shape, label=[label]), config)
         self.entry = entry
         return self.views[node.out]
@@ -278,7 +278,7 @@ class Planner:
             return
         r = math.prod(x.shape[d] for d in dims)
         kernel = codegen.emit_reduction(node.op, get_op(node.op).combine, node.inputs[0].dtype, out.dtype,
-                                        len(x.shape) - len(dims), len(dims), r > launch.REDUCTION_BLOCK,
+                                        len(x.shape) - len(dims), len(dims), r > reduction.REDUCTION_BLOCK,
                                         _wide(view.numel * r, [x]))
         args = codegen.reduction_args(self._ptr(x), x.shape, dims, Buf(view.buf))
         self._launch(kernel, [node.op], config, args, [x], [view])

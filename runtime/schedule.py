@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..codegen import launch
+from ..codegen import matmul, pointwise, reduction, row
 from ..codegen.launch import LaunchConfig
 from ..ir import Graph, Node
 from ..ir.kernel_group import KernelGroup
@@ -95,29 +95,29 @@ class Schedule:
 
 
 def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
-    """The config the group's emitter launches it with (None: no kernel)."""
+    """The config the group's emitter chooses for it (None: no kernel)."""
     kind = group.kind
     if kind == "layout" and group.nodes[0].op == "cat":
         numel = group.outputs[0].type.numel
-        return launch.pointwise(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
+        return pointwise.launch_config(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
     if kind in ("pointwise", "constant"):
         numel = math.prod(group.shape)
-        return launch.pointwise(numel, target) if numel else None
+        return pointwise.launch_config(numel, target) if numel else None
     if kind == "row":
         m = math.prod(s for d, s in enumerate(group.shape) if d not in group.dims)
         r = math.prod(group.shape[d] for d in group.dims)
-        return launch.row(m, r, group.whole, target) if m else None
+        return row.launch_config(m, r, group.whole, target) if m else None
     if kind == "matmul":
         mm = next(n for n in group.nodes if n.op == "matmul")
         m, n, k = mm.out.shape[-2], mm.out.shape[-1], mm.inputs[0].shape[-1]
         numel = mm.out.type.numel
-        return launch.matmul(m, n, k, numel // (m * n), target) if numel else None
+        return matmul.launch_config(m, n, k, numel // (m * n), target) if numel else None
     if kind == "reduction":
         node = group.nodes[0]
         x = node.inputs[0]
         m = node.out.type.numel
         r = math.prod(x.shape) // max(m, 1) if m else 0
-        return launch.reduction(m, r, target) if m else None
+        return reduction.launch_config(m, r, target) if m else None
     return None  # a view, an extern call
 
 
