@@ -4,7 +4,7 @@ Computed once per compiled graph by the driver (runtime/driver.py) from the opti
 markers dropped: they cost nothing), it is the artifact the other stages read: the planner turns each
 entry into launches for the inputs' layout, `explain` prints it, and `to_dict` makes it JSON for
 saving. An entry is a fusion group (`passes.fusion`), its kind, the launch config its emitter chose
-for the target (`codegen/launch.py`; None for views and extern calls) and its cost (`passes/cost.py`).
+for the target (its `launch_config`; None for views and extern calls) and its cost (`passes/cost.py`).
 
 Donation (`donate={output: input}`, JAX's `donate_argnums`): an output is stored in the memory of an
 input the caller gives up. The order is then chosen so that every kernel reading the donated input
