@@ -3,12 +3,10 @@ dtype spellings, literals, and the block of index math that turns linear indices
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..ir.ops.half import HALF_TYPES, ROUNDED_OPS, round_half
-from ..ir.types import TRITON_NAMES, compute_dtype
+from ..ir.types import TRITON_NAMES, compute_dtype, py_literal
 
 # Signature spellings of pointer element types (triton.compile / ASTSource).
 SIG_NAMES: dict[torch.dtype, str] = {
@@ -36,20 +34,6 @@ def ptr_sig(dtype: torch.dtype) -> str:
 def int_sig(value: int) -> str:
     """The type Triton's JIT specializes an int argument to (i32 when it fits)."""
     return "i32" if -(2**31) <= value < 2**31 else "i64"
-
-
-def py_literal(value, dtype: torch.dtype) -> str:
-    """Python text for `value` as a number of `dtype` (inf/nan spelled so the parser accepts them)."""
-    if dtype == torch.bool:
-        return "1" if value else "0"
-    if dtype.is_floating_point:
-        v = float(value)
-        if math.isnan(v):
-            return "float('nan')"
-        if math.isinf(v):
-            return "float('inf')" if v > 0 else "float('-inf')"
-        return repr(v)
-    return repr(int(value))
 
 
 def literal(value, dtype: torch.dtype) -> str:

@@ -3,9 +3,11 @@
 Each program handles BLOCK linear indices of the group's iteration shape; indices are unraveled
 into per-dim indices with sizes passed at run time, and every input and output is addressed through
 runtime offset + strides (stride 0 broadcasts, negative strides serve flip). So one kernel source
-serves any sizes, strides and broadcasting of the same ranks and dtypes. Groups may hold:
-pointwise ops (their registry `triton` rule), `full` (inlined literal), `arange`, and `cat` (whose
-inputs are loaded with shifted, masked indices). Fusion hands bigger groups to the same emitter.
+serves any sizes, strides and broadcasting of the same ranks and dtypes. Each node is emitted by its
+registry entry: its `triton` rule (pointwise ops, `arange`), or, for generator ops, its `emit` hook
+(`full`: a literal block; `cat`: its inputs loaded at shifted, masked indices), which gets a
+`_Context` and the runtime ints its `emit_args` lists (cat's bounds) as extra kernel parameters.
+Fusion hands bigger groups to the same emitter.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Node, Value, get_op
+from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, bind_value, offset_expr, ptr_sig, py_literal, tl_compute, unravel
+from .emitter import Emitter, bind_value, offset_expr, ptr_sig, unravel
 from .kernel import Kernel, make_kernel, render
+from .launch import LaunchConfig, cdiv, interpreted
 
 
 @dataclass
@@ -32,8 +36,13 @@ class PointwiseGroup:
         return self.label or [n.op for n in self.nodes if not (n.op == "full" and n.out.type.rank == 0)]
 
 
-def _cat_nodes(group: PointwiseGroup) -> list[Node]:
-    return [n for n in group.nodes if n.op == "cat"]
+def _arg_nodes(group: PointwiseGroup) -> list[Node]:
+    """Nodes whose emit hook reads runtime ints (`OpDef.emit_args`), in group order."""
+    return [n for n in group.nodes if get_op(n.op).emit_args is not None]
+
+
+def _arg_names(c: int, count: int) -> list[str]:
+    return [f"g{c}_arg{k}" for k in range(count)]
 
 
 def pointwise_params(group: PointwiseGroup) -> list[tuple[str, str]]:
@@ -45,8 +54,8 @@ def pointwise_params(group: PointwiseGroup) -> list[tuple[str, str]]:
         params += [(f"out{j}_ptr", ptr_sig(v.dtype)), (f"out{j}_off", "int")]
         params += [(f"out{j}_st{d}", "int") for d in range(len(group.shape))]
     params += [("numel", "int")] + [(f"s{d}", "int") for d in range(len(group.shape))]
-    for c, node in enumerate(_cat_nodes(group)):
-        params += [(f"cat{c}_lo{k}", "int") for k in range(len(node.inputs) + 1)]
+    for c, node in enumerate(_arg_nodes(group)):
+        params += [(name, "int") for name in _arg_names(c, len(get_op(node.op).emit_args(node)))]
     return params + [("BLOCK", "constexpr")]
 
 
@@ -62,13 +71,32 @@ def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple]) -
     for s in group.shape:
         numel *= s
     args += [numel] + list(group.shape)
-    for node in _cat_nodes(group):
-        lo, dim = 0, node.attrs["dim"]
-        for v in node.inputs:
-            args.append(lo)
-            lo += v.shape[dim]
-        args.append(lo)
+    for node in _arg_nodes(group):
+        args += get_op(node.op).emit_args(node)
     return args
+
+
+class _Context:
+    """What an `emit` hook may use (ir/registry.py's module doc)."""
+
+    block = "[BLOCK]"
+    mask = "mask"
+
+    def __init__(self, e: Emitter, group: PointwiseGroup, idx: list[str], load) -> None:
+        self.e, self.group, self.idx, self._load = e, group, idx, load
+        self._args = {n: _arg_names(c, len(get_op(n.op).emit_args(n))) for c, n in enumerate(_arg_nodes(group))}
+
+    def dims(self, v: Value) -> list[str]:
+        return self.idx[len(self.idx) - v.type.rank:]
+
+    def load(self, v: Value, index: list[str], mask: str) -> str:
+        return self._load(self.group.inputs.index(v), v, index, mask)
+
+    def args(self, node: Node) -> list[str]:
+        return self._args[node]
+
+    def bind(self, expr: str, dtype) -> str:
+        return bind_value(self.e, expr, dtype)
 
 
 def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
@@ -83,10 +111,6 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
     idx = unravel(e, "lin", [f"s{d}" for d in range(rank)], "i")
     e.index = lambda k: idx[rank + k] if rank + k >= 0 else "zero"
     env: dict[Value, str] = {}
-    cat_inputs = {v for n in _cat_nodes(group) for v in n.inputs}
-
-    def dims_of(v: Value) -> list[str]:
-        return idx[rank - v.type.rank:]
 
     def load(i: int, v: Value, index: list[str], mask: str) -> str:
         off = offset_expr(f"in{i}_off", index, [f"in{i}_st{d}" for d in range(v.type.rank)], "zero")
@@ -95,34 +119,22 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
             x = e.tmp(load_cast(e, x, v.dtype), "x")
         return x
 
+    ctx = _Context(e, group, idx, load)
+    # Inputs read only by emit hooks are theirs to load (cat loads each at its own offset).
+    hooked = [n for n in group.nodes if get_op(n.op).emit is not None]
     for i, v in enumerate(group.inputs):
-        if v not in cat_inputs or any(v in n.inputs for n in group.nodes if n.op != "cat") or v in group.outputs:
-            env[v] = load(i, v, dims_of(v), "mask")
+        if v in group.outputs or any(v in n.inputs for n in group.nodes if n not in hooked) \
+                or not any(v in n.inputs for n in hooked):
+            env[v] = load(i, v, ctx.dims(v), "mask")
 
-    cat_count = 0
     for node in group.nodes:
-        out = node.out
-        if node.op == "full":
-            # Block-shaped, not 0-dim: the interpreter cannot combine 0-dim booleans (`&`, `|`).
-            env[out] = e.tmp(f"tl.full([BLOCK], {py_literal(node.attrs['value'], node.attrs['dtype'])}, "
-                             f"{tl_compute(node.attrs['dtype'])})", "c")
-            continue
-        if node.op == "arange":
-            a = node.attrs
-            wide = "tl.float64" if a["dtype"].is_floating_point else "tl.int64"
-            i_last = dims_of(out)[0] if out.shape[0] != 1 else "zero"
-            expr = (f"{py_literal(a['start'], a['dtype'])} + {py_literal(a['step'], a['dtype'])} * "
-                    f"{i_last}.to({wide})")
-            env[out] = bind_value(e, expr, out.dtype)
-            continue
-        if node.op == "cat":
-            env[out] = _emit_cat(e, group, node, cat_count, dims_of(out), load)
-            cat_count += 1
-            continue
         opdef = get_op(node.op)
+        if opdef.emit is not None:
+            env[node.out] = opdef.emit(ctx, node)
+            continue
         args = [env[v] for v in node.inputs]
-        expr = opdef.triton(e, args, [v.dtype for v in node.inputs], out.dtype, **node.attrs)
-        env[out] = bind_value(e, expr, out.dtype, node.op)
+        expr = opdef.triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
+        env[node.out] = bind_value(e, expr, node.out.dtype, node.op)
 
     for j, v in enumerate(group.outputs):
         off = offset_expr(f"out{j}_off", idx, [f"out{j}_st{d}" for d in range(rank)], "zero")
@@ -134,15 +146,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
     return make_kernel(prefix, render(params, e.text()), "pointwise", ops, params)
 
 
-def _emit_cat(e: Emitter, group: PointwiseGroup, node: Node, c: int, index: list[str], load) -> str:
-    """Each input covers [lo_k, lo_k+1) of the cat dim: load it there (masked) and select."""
-    d = node.attrs["dim"]
-    val = None
-    for k, v in enumerate(node.inputs):
-        i = group.inputs.index(v)
-        m = e.tmp(f"mask & ({index[d]} >= cat{c}_lo{k}) & ({index[d]} < cat{c}_lo{k + 1})", "m")
-        shifted = list(index)
-        shifted[d] = e.tmp(f"{index[d]} - cat{c}_lo{k}", "i")
-        x = load(i, v, shifted, m)
-        val = x if val is None else e.tmp(f"tl.where({m}, {x}, {val})", "v")
-    return val
+def launch_config(numel: int, target: str) -> LaunchConfig:
+    """One program per BLOCK elements of the iteration space (the interpreter: as few as fit 4096)."""
+    block = min(max(pow2(numel), 16), 4096 if interpreted(target) else 1024)
+    return LaunchConfig((cdiv(numel, block),), {"BLOCK": block})

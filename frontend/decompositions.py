@@ -3,7 +3,8 @@
 One table serves static mode (`capture`), the Dynamo backend (AOTAutograd's `decompositions`) and
 eager mode (each op captured alone). It is core ATen's table (`torch.export`'s defaults: torch's
 decompositions plus every CompositeImplicitAutograd op mapped to its own kernel), plus composites
-ember wants as fusable primitives, minus ops the IR has as primitives, with these corrections
+ember wants as fusable primitives, minus ops the IR has as primitives (the `aten` overloads of
+their registry entries, ir/registry.py), with these corrections
 (each found by tests/test_decompositions.py, which runs every entry against torch's kernel and
 compares every output and the gradients):
 
@@ -33,6 +34,8 @@ import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._prims_common import get_computation_dtype
 from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from ..ir.registry import primitive_aten_ops
 
 aten = torch.ops.aten
 
@@ -187,10 +190,12 @@ def _decomposition_table() -> dict:
         aten._native_batch_norm_legit_no_training, aten.native_group_norm, aten.native_dropout,
         aten.hardtanh, aten.leaky_relu, aten.elu, aten.isinf, aten.repeat, aten.clamp.Tensor,
     ]))
-    # Ops the IR has as primitives (or lowers to matmul) must not be decomposed further; detach is
-    # the stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients.
-    for op in (aten.silu, aten.gelu, aten.sigmoid, aten.tanh, aten.mv, aten.dot, aten.addmm, aten.baddbmm,
-               aten.embedding, aten.detach, aten.special_log_ndtr):
+    # The aten ops IR primitives are lowered from (their registry entries' `aten`: silu, gelu,
+    # softplus, ...) must not be decomposed further, nor those ember lowers to matmul; detach is the
+    # stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients.
+    for op in primitive_aten_ops():
+        table.pop(op, None)
+    for op in (aten.mv, aten.dot, aten.addmm, aten.baddbmm, aten.embedding, aten.detach, aten.special_log_ndtr):
         for overload in op.overloads():
             table.pop(getattr(op, overload), None)
     table = {op: fn for op, fn in table.items() if not op._schema.is_mutable}

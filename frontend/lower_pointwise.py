@@ -72,10 +72,12 @@ def _scalar_compute_dtype(other, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _unary(ir_op: str, predicate: bool):
+def _unary(ir_op: str, predicate: bool = False, attrs: tuple[str, ...] = ()):
+    """`attrs`: the aten op's Scalar arguments the IR op takes as float attributes, by name."""
+
     def rule(L, node, a):
         x = a.self if predicate else L.cast(a.self, out_dtype(node))
-        return L.add(ir_op, [x])
+        return L.add(ir_op, [x], **{k: float(a[k]) for k in attrs})
 
     return rule
 
@@ -119,6 +121,9 @@ for _op, _ir in BINARY.items():
     register(_op)(_binary(_ir, False))
 for _op, _ir in BINARY_PREDICATE.items():
     register(_op)(_binary(_ir, True))
+
+
+register(aten.softplus.default)(_unary("softplus", attrs=("beta", "threshold")))
 
 
 @register(aten.gelu.default)

@@ -80,9 +80,10 @@ class Graph:
 
         Returns the single output value, or the list of outputs for multi-output nodes.
         """
-        from .registry import get_op
+        from .registry import check_arity, get_op
 
         opdef = get_op(op)
+        check_arity(op, len(inputs))
         if out_types is None:
             t = opdef.infer([v.type for v in inputs], **attrs)
             out_types = list(t) if isinstance(t, (list, tuple)) else [t]

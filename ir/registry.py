@@ -66,14 +66,13 @@ ALL = NUMERIC + (torch.bool,)
 
 @dataclass(frozen=True)
 class Domain:
-    """A region where generated tests sample an op: inputs of one dtype out of `dtypes` (the dtypes
-    the type rule accepts with these `attrs`; the others of `ALL` are rejections the tests expect),
-    values in [low, high] (`ranges` per input overrides it), `nonzero` inputs kept away from 0
-    (divisors), `fixed` inputs of a fixed dtype (where's condition, rand's seed), `shapes` the input
-    shapes when the op needs particular ones (default: the tests' broadcasting shapes). An attribute
-    equal to `DTYPE` stands for the dtype under test (generator ops, whose `dtypes` are the output's).
-    `grad`: the VJP is checked here against torch.autograd (False where the derivative is not
-    defined at the samples)."""
+    """A region where generated tests sample an op: inputs of one dtype out of `dtypes` (dtypes the
+    type rule accepts with these `attrs`), values in [low, high] (`ranges` per input overrides it),
+    `nonzero` inputs kept away from 0 (divisors), `fixed` inputs of a fixed dtype (where's condition,
+    rand's seed), `shapes` the input shapes when the op needs particular ones (default: the tests'
+    broadcasting shapes). An attribute equal to `DTYPE` stands for the dtype under test (generator
+    ops, whose `dtypes` are the output's). `grad`: the VJP is checked here against torch.autograd
+    (False where the derivative is not defined at the samples)."""
 
     dtypes: tuple[torch.dtype, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +83,12 @@ class Domain:
     fixed: dict[int, torch.dtype] = field(default_factory=dict)
     shapes: tuple[tuple[int, ...], ...] | None = None
     grad: bool = True
+    # The dtypes of `ALL` the type rule rejects with these attrs (None: all but `dtypes`). Tests check
+    # each is rejected, and that a dtype neither sampled nor rejected here is sampled by another domain.
+    rejects: tuple[torch.dtype, ...] | None = None
+
+    def rejected(self) -> tuple[torch.dtype, ...]:
+        return tuple(d for d in ALL if d not in self.dtypes) if self.rejects is None else self.rejects
 
     def attrs_for(self, dtype: torch.dtype) -> dict[str, Any]:
         return {k: dtype if v is DTYPE else v for k, v in self.attrs.items()}
@@ -92,20 +97,24 @@ class Domain:
         return self.fixed.get(i, dtype)
 
     def sample(self, i: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """Input `i` of `shape`, for the dtype under test `dtype` (uniform in its range)."""
+        """Input `i` of `shape` for the dtype under test `dtype`: uniform in its range (integers:
+        the integers in it); a `nonzero` input gets magnitudes from 0.5 (integers: 1) up to the
+        range's largest, either sign (uint8: positive)."""
         dtype = self.input_dtype(i, dtype)
         low, high = self.ranges.get(i, (self.low, self.high))
         if dtype == torch.bool:
             return torch.randint(0, 2, shape).bool()
+        if dtype == torch.uint8:
+            low = max(low, 0.0)
+        if i in self.nonzero:
+            small = 0.5 if dtype.is_floating_point else 1.0
+            low, high = small, max(abs(low), abs(high), small)
         if dtype.is_floating_point:
             x = torch.rand(shape, dtype=torch.float64) * (high - low) + low
         else:
-            lo = max(math.ceil(low), 0) if dtype == torch.uint8 else math.ceil(low)
-            x = torch.randint(lo, math.floor(high) + 1, shape, dtype=torch.float64)
-        if i in self.nonzero:  # |x| in [max(low, 0.5), high], either sign (uint8: positive)
-            mag = x.abs().clamp(min=max(0.5, 1 if not dtype.is_floating_point else 0.5))
-            sign = torch.where(torch.rand(shape) < 0.5, -1.0, 1.0) if dtype != torch.uint8 else 1.0
-            x = mag * sign
+            x = torch.randint(math.ceil(low), math.floor(high) + 1, shape).double()
+        if i in self.nonzero and dtype != torch.uint8:
+            x = torch.where(torch.rand(shape) < 0.5, -x, x)
         return x.to(dtype)
 
 

@@ -108,3 +108,17 @@ TRITON_NAMES: dict[torch.dtype, str] = {
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in: half types are upcast to float32 after loading."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def py_literal(value, dtype: torch.dtype) -> str:
+    """Python text for `value` as a number of `dtype` (inf/nan spelled so the parser accepts them)."""
+    if dtype == torch.bool:
+        return "1" if value else "0"
+    if dtype.is_floating_point:
+        v = float(value)
+        if math.isnan(v):
+            return "float('nan')"
+        if math.isinf(v):
+            return "float('inf')" if v > 0 else "float('-inf')"
+        return repr(v)
+    return repr(int(value))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .graph import Graph
-from .registry import OPS
+from .registry import OPS, check_arity
 
 
 class VerificationError(ValueError):
@@ -25,6 +25,7 @@ def verify(graph: Graph) -> Graph:
             if v not in defined:
                 raise VerificationError(f"{where}: uses %{v.name}, which is not defined before it")
         try:
+            check_arity(node.op, len(node.inputs))
             t = OPS[node.op].infer([v.type for v in node.inputs], **node.attrs)
         except (TypeError, ValueError, RuntimeError) as e:
             raise VerificationError(f"{where}: type rule rejects it: {e}") from None

@@ -9,19 +9,15 @@ outputs at all: the frontend replays those views on the caller's tensor (fronten
 
 from __future__ import annotations
 
-from ..ir import Graph, get_op
+from ..ir import Graph
+from ..ir.registry import view_root
 from .rewrite import GraphRewriter
 
 
 def _aliases_input(graph: Graph, v) -> bool:
-    inputs = set(graph.inputs)
-    while v not in inputs:
-        p = v.producer
-        # flip too: two flips of a dim are the input itself again (a view the runtime returns as is)
-        if p is None or get_op(p.op).kind != "layout" or p.op == "cat":
-            return False
-        v = p.inputs[0]
-    return True
+    # Every view op counts, flip too: two flips of a dim are the input itself again (a view the
+    # runtime returns as is).
+    return view_root(v) in graph.inputs
 
 
 def materialize_outputs(graph: Graph) -> Graph:

@@ -86,6 +86,8 @@ def _broken(kind: str) -> Graph:
         late = Node("neg", [x], {}, [TensorType((4, 8), f32)])
         g.nodes.insert(0, Node("abs", [late.out], {}, [TensorType((4, 8), f32)]))
         g.nodes.append(late)
+    elif kind == "wrong arity":
+        g.nodes.append(Node("exp", [y, y], {}, [TensorType((4, 8), f32)]))
     elif kind == "unknown op":
         g.nodes.append(Node("frobnicate", [y], {}, [TensorType((4, 8), f32)]))
     elif kind == "bad attrs":
@@ -105,6 +107,7 @@ def _broken(kind: str) -> Graph:
     ("wrong type", "type rule gives"),
     ("use before def", "not defined before"),
     ("unknown op", "unknown op"),
+    ("wrong arity", "takes 1 input"),
     ("bad attrs", "dims"),
     ("mixed dtypes", "one dtype"),
     ("undefined output", "not defined"),

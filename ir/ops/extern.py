@@ -68,4 +68,4 @@ def _extern_infer(types: list[TensorType], target: str, args=(), kwargs=None, st
     return [NONE_TYPE if o is None else TensorType(tuple(o.shape), o.dtype) for o in outs]
 
 
-register(OpDef("extern", "extern", _extern_infer, lambda *xs, **attrs: call_extern(xs, **attrs)))
+register(OpDef("extern", "extern", _extern_infer, lambda *xs, **attrs: call_extern(xs, **attrs), arity=(0, None)))

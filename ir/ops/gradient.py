@@ -15,6 +15,8 @@ no byte, no broken fusion group.
 
 from __future__ import annotations
 
+import torch
+
 from ..registry import OpDef, register
 from ..types import TensorType
 
@@ -25,14 +27,15 @@ def _same(types: list[TensorType]) -> TensorType:
     return types[0]
 
 
-register(OpDef("stop_gradient", "layout", _same, lambda x: x,
+register(OpDef("stop_gradient", "layout", _same, lambda x: x, view=True,
                vjp=lambda g, inputs, out, ct: [None], active_inputs=(),
+               aten=(torch.ops.aten.detach.default,),
                doc="the value of x, no gradient (detach, .data, torch.no_grad())"))
-register(OpDef("untracked_update", "layout", _same, lambda new, old: new,
+register(OpDef("untracked_update", "layout", _same, lambda new, old: new, arity=2, view=True,
                vjp=lambda g, inputs, out, ct: [None, ct], active_inputs=(1,),
                doc="the value of `new`, the gradient passed to `old` (an in-place update autograd does not record)"))
 
-register(OpDef("zero_gradient", "layout", lambda types: types[0], lambda value, like: value,
+register(OpDef("zero_gradient", "layout", lambda types: types[0], lambda value, like: value, arity=2, view=True,
                vjp=lambda g, inputs, out, ct: [ct, None], active_inputs=(0, 1),
                doc="the value of `value`, attached to `like` with a zero gradient (fill, zero_)"))
 

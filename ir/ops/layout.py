@@ -1,5 +1,7 @@
-"""Layout ops. Most are views (the runtime folds them into strides, no data moves); `cat` and
-`flip` and reshapes of non-viewable layouts are copies made by kernels.
+"""Layout ops. Most are views (`view=True`: the runtime folds them into offsets and strides, no
+data moves; flip's negative strides are read in place by kernels, copied only where torch must see
+them); `cat` and reshapes that strides cannot express are copies made by kernels (cat's through its
+emit hook, in the pointwise emitter).
 
 VJPs are layout ops again: reshape back, the inverse permutation, `unbroadcast` for expand, the same
 flip, slices of the cotangent for `cat`, and for `slice`/`select` the cotangent placed among zeros
@@ -121,15 +123,46 @@ def _inverse(dims) -> tuple[int, ...]:
     return tuple(inv)
 
 
-register(OpDef("reshape", "layout", _reshape_infer, lambda x, shape: x.reshape(shape),
-               vjp=lambda g, inputs, out, ct, shape: [g.add("reshape", [ct], shape=inputs[0].shape)]))
-register(OpDef("permute", "layout", _permute_infer, lambda x, dims: x.permute(dims),
-               vjp=lambda g, inputs, out, ct, dims: [g.add("permute", [ct], dims=_inverse(dims))]))
-register(OpDef("expand", "layout", _expand_infer, lambda x, shape: x.expand(shape),
-               vjp=lambda g, inputs, out, ct, shape: [unbroadcast(g, ct, inputs[0].shape)]))
+def _cat_emit(ctx, node) -> str:
+    """Inside the pointwise emitter: input k covers [lo_k, lo_k+1) of the cat dim (the runtime ints
+    `emit_args` gives); each is loaded there (masked, at the shifted index) and selected."""
+    d, e = node.attrs["dim"], ctx.e
+    index, lo = ctx.dims(node.out), ctx.args(node)
+    val = None
+    for k, v in enumerate(node.inputs):
+        m = e.tmp(f"{ctx.mask} & ({index[d]} >= {lo[k]}) & ({index[d]} < {lo[k + 1]})", "m")
+        shifted = list(index)
+        shifted[d] = e.tmp(f"{index[d]} - {lo[k]}", "i")
+        x = ctx.load(v, shifted, m)
+        val = x if val is None else e.tmp(f"tl.where({m}, {x}, {val})", "v")
+    return val
+
+
+def _cat_bounds(node) -> list[int]:
+    """Where each input starts along the cat dim, and where the last one ends."""
+    bounds = [0]
+    for v in node.inputs:
+        bounds.append(bounds[-1] + v.shape[node.attrs["dim"]])
+    return bounds
+
+
+aten = torch.ops.aten
+register(OpDef("reshape", "layout", _reshape_infer, lambda x, shape: x.reshape(shape), view=True,
+               vjp=lambda g, inputs, out, ct, shape: [g.add("reshape", [ct], shape=inputs[0].shape)],
+               aten=(aten.view.default, aten.reshape.default)))
+register(OpDef("permute", "layout", _permute_infer, lambda x, dims: x.permute(dims), view=True,
+               vjp=lambda g, inputs, out, ct, dims: [g.add("permute", [ct], dims=_inverse(dims))],
+               aten=(aten.permute.default,)))
+register(OpDef("expand", "layout", _expand_infer, lambda x, shape: x.expand(shape), view=True,
+               vjp=lambda g, inputs, out, ct, shape: [unbroadcast(g, ct, inputs[0].shape)],
+               aten=(aten.expand.default,)))
 register(OpDef("slice", "layout", _slice_infer,
-               lambda x, dim, start, end, step: x[(slice(None),) * dim + (slice(start, end, step),)], vjp=_slice_vjp))
-register(OpDef("select", "layout", _select_infer, lambda x, dim, index: x.select(dim, index), vjp=_select_vjp))
-register(OpDef("cat", "layout", _cat_infer, lambda *xs, dim: torch.cat(xs, dim=dim), vjp=_cat_vjp))
-register(OpDef("flip", "layout", _flip_infer, lambda x, dims: torch.flip(x, dims),
-               vjp=lambda g, inputs, out, ct, dims: [g.add("flip", [ct], dims=dims)]))
+               lambda x, dim, start, end, step: x[(slice(None),) * dim + (slice(start, end, step),)], view=True,
+               vjp=_slice_vjp, aten=(aten.slice.Tensor,)))
+register(OpDef("select", "layout", _select_infer, lambda x, dim, index: x.select(dim, index), view=True,
+               vjp=_select_vjp, aten=(aten.select.int,)))
+# A copy made by the pointwise emitter through the emit hook; no arithmetic, so no flops.
+register(OpDef("cat", "layout", _cat_infer, lambda *xs, dim: torch.cat(xs, dim=dim), arity=(1, None),
+               vjp=_cat_vjp, emit=_cat_emit, emit_args=_cat_bounds, aten=(aten.cat.default,)))
+register(OpDef("flip", "layout", _flip_infer, lambda x, dims: torch.flip(x, dims), view=True,
+               vjp=lambda g, inputs, out, ct, dims: [g.add("flip", [ct], dims=dims)], aten=(aten.flip.default,)))

@@ -32,5 +32,12 @@ def _matmul_vjp(g, inputs, out, ct):
             unbroadcast(g, g.add("matmul", [_transpose(g, a), ct]), b.shape)]
 
 
-register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul, vjp=_matmul_vjp,
+def _matmul_flops(node) -> int:
+    """A multiply and an add per output element and contraction step."""
+    return 2 * node.out.type.numel * node.inputs[0].shape[-1]
+
+
+aten = torch.ops.aten
+register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul, arity=2, vjp=_matmul_vjp, cost=_matmul_flops,
+               aten=(aten.mm.default, aten.bmm.default),
                doc="fp32 accumulation; float32 inputs honour torch.get_float32_matmul_precision()"))

@@ -1,9 +1,11 @@
 """Pointwise ops: unary, binary, ternary and casts, all with broadcasting.
 
 IR pointwise ops take inputs of one dtype (the frontend inserts `convert` nodes for torch's type
-promotion) and broadcast like torch. The Triton rule of each op receives its arguments already
-loaded in the compute dtype (half types upcast to float32) and returns an expression; `e.tmp(expr)`
-binds a temporary when an expression needs a value more than once.
+promotion) and broadcast like torch. Each declares the dtypes it takes (those torch's kernel takes:
+no `neg` of bool), which its type rule enforces and generated tests sample. The Triton rule of
+each op receives its arguments already loaded in the compute dtype (half types upcast to float32)
+and returns an expression; `e.tmp(expr)` binds a temporary when an expression needs a value more
+than once.
 
 VJP rules follow torch's derivatives.yaml formulas (so ties and special values match eager): unary
 rules map (g, x, y, ct) to x's cotangent, and every pointwise rule's results are summed back over
@@ -16,9 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..registry import OpDef, register, scalar, unbroadcast
+from ..registry import ALL, FLOAT, INTEGRAL, NUMERIC, Domain, OpDef, register, scalar, unbroadcast
 from ..types import TRITON_NAMES, TensorType, broadcast_shapes, compute_dtype, is_float, is_int
 from .half import HALF_TYPES, round_half
+
+aten = torch.ops.aten
 
 # -- type rules -----------------------------------------------------------------------------------
 
@@ -30,23 +34,25 @@ def _same_dtype(name: str, types: list[TensorType]) -> torch.dtype:
     return dtypes.pop()
 
 
-def _infer(name: str, out: str, allow: str):
-    """out: 'same' | 'bool'; allow: 'float' | 'int' | 'any' (dtypes the op accepts)."""
+def _infer(name: str, out: str, dtypes: tuple[torch.dtype, ...] | None):
+    """out: 'same' | 'bool'; dtypes: the input dtypes the op accepts (None: any)."""
 
     def infer(types: list[TensorType], **attrs) -> TensorType:
         dtype = _same_dtype(name, types)
-        if allow == "float" and not is_float(dtype):
-            raise TypeError(f"{name}: needs a floating-point input, got {dtype}")
-        if allow == "int" and not is_int(dtype):
-            raise TypeError(f"{name}: needs an integer or bool input, got {dtype}")
+        if dtypes is not None and dtype not in dtypes:
+            raise TypeError(f"{name}: does not take {dtype} inputs (takes {', '.join(map(str, dtypes))})")
         shape = broadcast_shapes(*(t.shape for t in types))
         return TensorType(shape, torch.bool if out == "bool" else dtype)
 
     return infer
 
 
-def pointwise(name: str, impl, triton, *, out: str = "same", allow: str = "any", doc: str = "", vjp=None) -> OpDef:
-    return register(OpDef(name, "pointwise", _infer(name, out, allow), impl, triton=triton, doc=doc, vjp=vjp))
+def pointwise(name: str, impl, triton, *, arity: int = 1, out: str = "same", dtypes=ALL, domains=None, aten=(),
+              doc: str = "", vjp=None) -> OpDef:
+    """A pointwise op over inputs of one dtype out of `dtypes`, broadcasting; one flop per element.
+    `domains` defaults to one `Domain` over `dtypes`."""
+    return register(OpDef(name, "pointwise", _infer(name, out, dtypes), impl, arity=arity, triton=triton, doc=doc,
+                          vjp=vjp, cost=1, domains=domains or (Domain(dtypes),), aten=tuple(aten)))
 
 
 # -- VJP helpers ----------------------------------------------------------------------------------
@@ -242,6 +248,8 @@ def _remainder(e, a: str, b: str) -> str:
 def _sign(e, x: str, dtype: torch.dtype) -> str:
     if dtype == torch.bool:
         return x
+    if dtype == torch.uint8:  # no -1 (Triton refuses a negative literal with an unsigned operand)
+        return f"({x} != 0).to(tl.uint8)"
     return f"tl.where({x} > 0, 1, tl.where({x} < 0, -1, {x}))"
 
 
@@ -269,66 +277,76 @@ def _gelu(e, x: str, approximate: str) -> str:
 # -- unary ----------------------------------------------------------------------------------------
 _UNARY = [
     # (name, torch reference, triton rule (e, x, dtype) -> expr, dtypes accepted, output,
-    #  vjp (g, x, y, ct) -> cotangent of x | "zero" | None)
-    ("neg", torch.neg, lambda e, x, d: f"-{x}", "any", "same",
+    #  vjp (g, x, y, ct) -> cotangent of x | "zero" | None). The aten overload is aten.<name>.default.
+    ("neg", torch.neg, lambda e, x, d: f"-{x}", NUMERIC, "same",
      lambda g, x, y, ct: _f(g, "neg", ct)),
-    ("abs", torch.abs, lambda e, x, d: x if d == torch.bool else f"tl.abs({x})", "any", "same",
+    ("abs", torch.abs, lambda e, x, d: f"tl.abs({x})", NUMERIC, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "sign", x))),
-    ("exp", torch.exp, lambda e, x, d: f"tl.exp({x})", "float", "same",
+    ("exp", torch.exp, lambda e, x, d: f"tl.exp({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, y)),
-    ("exp2", torch.exp2, lambda e, x, d: f"tl.exp2({x})", "float", "same",
+    ("exp2", torch.exp2, lambda e, x, d: f"tl.exp2({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", _f(g, "mul", ct, y), _c(g, 0.6931471805599453, y))),
-    ("log", torch.log, lambda e, x, d: f"tl.log({x})", "float", "same",
+    ("log", torch.log, lambda e, x, d: f"tl.log({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "div", ct, x)),
-    ("log1p", torch.log1p, lambda e, x, d: _log1p(e, x), "float", "same",
+    ("log1p", torch.log1p, lambda e, x, d: _log1p(e, x), FLOAT, "same",
      lambda g, x, y, ct: _f(g, "div", ct, _f(g, "add", x, _c(g, 1.0, x)))),
-    ("expm1", torch.expm1, lambda e, x, d: _expm1(e, x), "float", "same",
+    ("expm1", torch.expm1, lambda e, x, d: _expm1(e, x), FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "add", y, _c(g, 1.0, y)))),
-    ("sqrt", torch.sqrt, lambda e, x, d: f"tl.sqrt({x})", "float", "same",
+    ("sqrt", torch.sqrt, lambda e, x, d: f"tl.sqrt({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "div", ct, _f(g, "mul", _c(g, 2.0, y), y))),
-    ("rsqrt", torch.rsqrt, lambda e, x, d: f"1.0 / tl.sqrt({x})", "float", "same",
+    ("rsqrt", torch.rsqrt, lambda e, x, d: f"1.0 / tl.sqrt({x})", FLOAT, "same",
      _rsqrt_vjp),
-    ("reciprocal", torch.reciprocal, lambda e, x, d: f"1.0 / {x}", "float", "same",
+    ("reciprocal", torch.reciprocal, lambda e, x, d: f"1.0 / {x}", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "neg", _f(g, "mul", y, y)))),
-    ("sin", torch.sin, lambda e, x, d: f"tl.sin({x})", "float", "same",
+    ("sin", torch.sin, lambda e, x, d: f"tl.sin({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "cos", x))),
-    ("cos", torch.cos, lambda e, x, d: f"tl.cos({x})", "float", "same",
+    ("cos", torch.cos, lambda e, x, d: f"tl.cos({x})", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "neg", _f(g, "sin", x)))),
-    ("tanh", torch.tanh, lambda e, x, d: _tanh(e, x), "float", "same",
+    ("tanh", torch.tanh, lambda e, x, d: _tanh(e, x), FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", ct, _f(g, "sub", _c(g, 1.0, y), _f(g, "mul", y, y)))),
-    ("sigmoid", torch.sigmoid, lambda e, x, d: f"1.0 / (1.0 + tl.exp(-{x}))", "float", "same",
+    ("sigmoid", torch.sigmoid, lambda e, x, d: f"1.0 / (1.0 + tl.exp(-{x}))", FLOAT, "same",
      lambda g, x, y, ct: _f(g, "mul", _f(g, "mul", ct, _f(g, "sub", _c(g, 1.0, y), y)), y)),  # torch: (g * (1 - y)) * y
-    ("relu", torch.relu, lambda e, x, d: f"tl.where({x} < 0, 0, {x})", "any", "same",
+    ("relu", torch.relu, lambda e, x, d: f"tl.where({x} < 0, 0, {x})", NUMERIC, "same",
      lambda g, x, y, ct: _where0(g, _f(g, "gt", y, _c(g, 0.0, y)), ct)),
-    ("silu", F.silu, lambda e, x, d: f"{x} / (1.0 + tl.exp(-{x}))", "float", "same",
+    ("silu", F.silu, lambda e, x, d: f"{x} / (1.0 + tl.exp(-{x}))", FLOAT, "same",
      _silu_vjp),
-    ("erf", torch.erf, lambda e, x, d: _erf(e, x), "float", "same",
+    ("erf", torch.erf, lambda e, x, d: _erf(e, x), FLOAT, "same",
      _erf_vjp),
-    ("floor", torch.floor, lambda e, x, d: f"tl.floor({x})" if is_float(d) else x, "any", "same",
+    ("floor", torch.floor, lambda e, x, d: f"tl.floor({x})" if is_float(d) else x, NUMERIC, "same",
      "zero"),
-    ("ceil", torch.ceil, lambda e, x, d: f"tl.ceil({x})" if is_float(d) else x, "any", "same",
+    ("ceil", torch.ceil, lambda e, x, d: f"tl.ceil({x})" if is_float(d) else x, NUMERIC, "same",
      "zero"),
-    ("trunc", torch.trunc, lambda e, x, d: _trunc(e, x) if is_float(d) else x, "any", "same",
+    ("trunc", torch.trunc, lambda e, x, d: _trunc(e, x) if is_float(d) else x, NUMERIC, "same",
      "zero"),
-    ("round", torch.round, lambda e, x, d: _round(e, x, d), "any", "same",
+    ("round", torch.round, lambda e, x, d: _round(e, x, d), NUMERIC, "same",
      "zero"),
-    ("sign", torch.sign, lambda e, x, d: _sign(e, x, d), "any", "same",
+    ("sign", torch.sign, lambda e, x, d: _sign(e, x, d), ALL, "same",
      "zero"),
-    ("isnan", torch.isnan, lambda e, x, d: f"{x} != {x}", "any", "bool",
+    ("isnan", torch.isnan, lambda e, x, d: f"{x} != {x}", ALL, "bool",
      None),
-    ("logical_not", torch.logical_not, lambda e, x, d: f"{x} == 0", "any", "bool",
+    ("logical_not", torch.logical_not, lambda e, x, d: f"{x} == 0", ALL, "bool",
      None),
-    ("bitwise_not", torch.bitwise_not, lambda e, x, d: f"{x} == 0" if d == torch.bool else f"~{x}", "int", "same",
+    ("bitwise_not", torch.bitwise_not, lambda e, x, d: f"{x} == 0" if d == torch.bool else f"~{x}", INTEGRAL, "same",
      None),
-    ("copy", torch.clone, lambda e, x, d: x, "any", "same",
+    # Any dtype: materialize_outputs copies graph outputs of every dtype, extern-only ones included.
+    ("copy", torch.clone, lambda e, x, d: x, None, "same",
      lambda g, x, y, ct: ct),
 ]
+
+# Where generated tests sample the unary ops whose default domain (-3, 3) would leave theirs.
+_UNARY_DOMAINS = {
+    "log": Domain(FLOAT, low=0.1), "sqrt": Domain(FLOAT, low=0.1), "rsqrt": Domain(FLOAT, low=0.1),
+    "log1p": Domain(FLOAT, low=-0.9), "reciprocal": Domain(FLOAT, nonzero=(0,)),
+    "copy": Domain(ALL, rejects=()),
+}
+# Lowered from another aten op than aten.<name>.default (copy: aten.clone is an identity).
+_UNARY_ATEN = {"copy": ()}
 
 # Ops whose backward is one float32 kernel in torch, for these half types (and gelu, below): see
 # _fused_backward. torch's CPU sigmoid_backward computes float16 in float16, op by op.
 _FUSED_BACKWARD = {"sigmoid": (torch.bfloat16,), "tanh": HALF_TYPES, "silu": HALF_TYPES}
 
-for _name, _ref, _rule, _allow, _out, _grad in _UNARY:
+for _name, _ref, _rule, _dtypes, _out, _grad in _UNARY:
     if _name in _FUSED_BACKWARD:
         _grad = _fused_backward((lambda rule: lambda g, inputs, out, ct: [rule(g, inputs[0], out, ct)])(_grad),
                                 _FUSED_BACKWARD[_name])
@@ -340,7 +358,9 @@ for _name, _ref, _rule, _allow, _out, _grad in _UNARY:
         (lambda ref: lambda x: ref(x))(_ref),
         (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(_rule),
         out=_out,
-        allow=_allow,
+        dtypes=_dtypes,
+        domains=(_UNARY_DOMAINS[_name],) if _name in _UNARY_DOMAINS else None,
+        aten=_UNARY_ATEN.get(_name, (getattr(aten, _name).default,)),
         vjp=_grad,
     )
 
@@ -348,9 +368,40 @@ pointwise(
     "gelu",
     lambda x, approximate="none": F.gelu(x, approximate=approximate),
     lambda e, args, dtypes, out, approximate="none": _gelu(e, args[0], approximate),
-    allow="float",
+    dtypes=FLOAT,
+    domains=(Domain(FLOAT, {"approximate": "none"}), Domain(FLOAT, {"approximate": "tanh"})),
+    aten=(aten.gelu.default,),
     doc="GELU, exact (erf) or approximate='tanh'",
     vjp=_vjp(_fused_backward(_gelu_vjp)),
+)
+
+
+def _softplus(e, x: str, dtype: torch.dtype, beta, threshold) -> str:
+    # torch's kernel: x * beta > threshold ? x : log1p(exp(x * beta)) / beta, in the compute dtype.
+    xb = e.tmp(f"{x} * {_lit(beta, dtype)}")
+    soft = e.tmp(_log1p(e, e.tmp(f"tl.exp({xb})")))
+    return f"tl.where({xb} > {_lit(threshold, dtype)}, {x}, {soft} / {_lit(beta, dtype)})"
+
+
+def _softplus_vjp(g, inputs, out, ct, beta=1.0, threshold=20.0):
+    # derivatives.yaml: softplus_backward(grad, self, beta, threshold): z = exp(x * beta);
+    # x * beta > threshold ? grad : grad * z / (z + 1). One kernel in torch (_fused_backward).
+    (x,) = inputs
+    xb = _f(g, "mul", x, _c(g, beta, x))
+    z = _f(g, "exp", xb)
+    soft = _f(g, "div", _f(g, "mul", ct, z), _f(g, "add", z, _c(g, 1.0, z)))
+    return [_f(g, "where", _f(g, "gt", xb, _c(g, threshold, xb)), ct, soft)]
+
+
+pointwise(
+    "softplus",
+    lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
+    lambda e, args, dtypes, out, beta=1.0, threshold=20.0: _softplus(e, args[0], dtypes[0], beta, threshold),
+    dtypes=FLOAT,
+    domains=(Domain(FLOAT, {"beta": 1.0, "threshold": 20.0}), Domain(FLOAT, {"beta": 2.0, "threshold": 1.0})),
+    aten=(aten.softplus.default,),
+    doc="log1p(exp(x * beta)) / beta, x where x * beta > threshold",
+    vjp=_vjp(_fused_backward(_softplus_vjp)),
 )
 
 
@@ -370,6 +421,11 @@ register(OpDef(
     lambda x, dtype: x.to(dtype),
     triton=lambda e, args, dtypes, out, dtype: _convert(e, args[0], dtypes[0], dtype),
     vjp=_convert_vjp,
+    cost=1,
+    # From any dtype (extern-only ones too); sampled in [0, 3], where every target holds the value.
+    domains=tuple(Domain(ALL, {"dtype": t}, low=0.0, rejects=())
+                  for t in (torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.bool)),
+    aten=(aten._to_copy.default, torch.ops.prims.convert_element_type.default),
     doc="cast to `dtype` (float to int truncates toward zero, to bool tests != 0)",
 ))
 
@@ -393,57 +449,82 @@ def _minmax_vjp(g, a, b, ct, a_loses: str, b_loses: str):
 
 _BINARY = [
     # (name, torch reference, triton rule (e, a, b, dtype) -> expr, dtypes accepted, output,
-    #  vjp (g, a, b, y, ct) -> [cotangent of a, of b] at y's shape | None)
+    #  vjp (g, a, b, y, ct) -> [cotangent of a, of b] at y's shape | None). The aten overloads are
+    #  aten.<name>'s Tensor and Scalar overloads, or its default one (_BINARY_ATEN: others).
     # bool add is logical or in torch; int1 + int1 would wrap to 0 in Triton.
-    ("add", torch.add, lambda e, a, b, d: f"{a} | {b}" if d == torch.bool else f"{a} + {b}", "any", "same",
+    ("add", torch.add, lambda e, a, b, d: f"{a} | {b}" if d == torch.bool else f"{a} + {b}", ALL, "same",
      lambda g, a, b, y, ct: [ct, ct]),
-    ("sub", torch.sub, lambda e, a, b, d: f"{a} - {b}", "any", "same",
+    ("sub", torch.sub, lambda e, a, b, d: f"{a} - {b}", NUMERIC, "same",
      lambda g, a, b, y, ct: [ct, _f(g, "neg", ct)]),
-    ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", "any", "same",
+    ("mul", torch.mul, lambda e, a, b, d: f"{a} * {b}", ALL, "same",
      lambda g, a, b, y, ct: [_f(g, "mul", ct, b), _f(g, "mul", ct, a)]),
-    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b, d), "float", "same",
+    ("pow", torch.pow, lambda e, a, b, d: _pow(e, a, b, d), FLOAT, "same",
      _pow_vjp),
-    ("maximum", torch.maximum, lambda e, a, b, d: f"tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})", "any", "same",
+    ("maximum", torch.maximum, lambda e, a, b, d: f"tl.where(({a} > {b}) | ({a} != {a}), {a}, {b})", ALL, "same",
      lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "lt", "gt")),
-    ("minimum", torch.minimum, lambda e, a, b, d: f"tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})", "any", "same",
+    ("minimum", torch.minimum, lambda e, a, b, d: f"tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})", ALL, "same",
      lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "gt", "lt")),
-    ("fmod", torch.fmod, lambda e, a, b, d: f"{a} % {b}", "any", "same",
+    ("fmod", torch.fmod, lambda e, a, b, d: f"{a} % {b}", NUMERIC, "same",
      lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="trunc")))]),
-    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b), "any", "same",
+    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b), NUMERIC, "same",
      lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="floor")))]),
-    ("eq", torch.eq, lambda e, a, b, d: f"{a} == {b}", "any", "bool",
+    ("eq", torch.eq, lambda e, a, b, d: f"{a} == {b}", ALL, "bool",
      None),
-    ("ne", torch.ne, lambda e, a, b, d: f"{a} != {b}", "any", "bool",
+    ("ne", torch.ne, lambda e, a, b, d: f"{a} != {b}", ALL, "bool",
      None),
-    ("lt", torch.lt, lambda e, a, b, d: f"{a} < {b}", "any", "bool",
+    ("lt", torch.lt, lambda e, a, b, d: f"{a} < {b}", ALL, "bool",
      None),
-    ("le", torch.le, lambda e, a, b, d: f"{a} <= {b}", "any", "bool",
+    ("le", torch.le, lambda e, a, b, d: f"{a} <= {b}", ALL, "bool",
      None),
-    ("gt", torch.gt, lambda e, a, b, d: f"{a} > {b}", "any", "bool",
+    ("gt", torch.gt, lambda e, a, b, d: f"{a} > {b}", ALL, "bool",
      None),
-    ("ge", torch.ge, lambda e, a, b, d: f"{a} >= {b}", "any", "bool",
+    ("ge", torch.ge, lambda e, a, b, d: f"{a} >= {b}", ALL, "bool",
      None),
-    ("logical_and", torch.logical_and, lambda e, a, b, d: f"({a} != 0) & ({b} != 0)", "any", "bool",
+    ("logical_and", torch.logical_and, lambda e, a, b, d: f"({a} != 0) & ({b} != 0)", ALL, "bool",
      None),
-    ("logical_or", torch.logical_or, lambda e, a, b, d: f"({a} != 0) | ({b} != 0)", "any", "bool",
+    ("logical_or", torch.logical_or, lambda e, a, b, d: f"({a} != 0) | ({b} != 0)", ALL, "bool",
      None),
-    ("logical_xor", torch.logical_xor, lambda e, a, b, d: f"({a} != 0) ^ ({b} != 0)", "any", "bool",
+    ("logical_xor", torch.logical_xor, lambda e, a, b, d: f"({a} != 0) ^ ({b} != 0)", ALL, "bool",
      None),
-    ("bitwise_and", torch.bitwise_and, lambda e, a, b, d: f"{a} & {b}", "int", "same",
+    ("bitwise_and", torch.bitwise_and, lambda e, a, b, d: f"{a} & {b}", INTEGRAL, "same",
      None),
-    ("bitwise_or", torch.bitwise_or, lambda e, a, b, d: f"{a} | {b}", "int", "same",
+    ("bitwise_or", torch.bitwise_or, lambda e, a, b, d: f"{a} | {b}", INTEGRAL, "same",
      None),
-    ("bitwise_xor", torch.bitwise_xor, lambda e, a, b, d: f"{a} ^ {b}", "int", "same",
+    ("bitwise_xor", torch.bitwise_xor, lambda e, a, b, d: f"{a} ^ {b}", INTEGRAL, "same",
      None),
 ]
 
-for _name, _ref, _rule, _allow, _out, _grad in _BINARY:
+# Where generated tests sample the binary ops whose default domain (-3, 3) would leave theirs.
+_BINARY_DOMAINS = {
+    "pow": Domain(FLOAT, ranges={0: (0.1, 3.0)}),
+    "fmod": Domain(NUMERIC, nonzero=(1,)),  # integer modulo by zero is undefined behaviour in a kernel
+    "remainder": Domain(NUMERIC, nonzero=(1,)),
+}
+
+
+_BINARY_ATEN = {
+    "pow": (aten.pow.Tensor_Tensor, aten.pow.Tensor_Scalar, aten.pow.Scalar),
+    "remainder": (aten.remainder.Tensor, aten.remainder.Scalar, aten.remainder.Scalar_Tensor),
+}
+
+
+def _binary_aten(name: str) -> tuple:
+    if name in _BINARY_ATEN:
+        return _BINARY_ATEN[name]
+    packet = getattr(aten, name)
+    return tuple(getattr(packet, o) for o in ("Tensor", "Scalar") if o in packet.overloads()) or (packet.default,)
+
+
+for _name, _ref, _rule, _dtypes, _out, _grad in _BINARY:
     pointwise(
         _name,
         (lambda ref: lambda a, b: ref(a, b))(_ref),
         (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], args[1], dtypes[0]))(_rule),
+        arity=2,
         out=_out,
-        allow=_allow,
+        dtypes=_dtypes,
+        domains=(_BINARY_DOMAINS[_name],) if _name in _BINARY_DOMAINS else None,
+        aten=_binary_aten(_name),
         vjp=None if _grad is None else _vjp((lambda rule: lambda g, inputs, out, ct: rule(g, *inputs, out, ct))(_grad)),
     )
 
@@ -456,19 +537,32 @@ def _div_vjp(g, inputs, out, ct, rounding_mode=None):
 
 
 def _div_infer(types: list[TensorType], rounding_mode=None) -> TensorType:
-    t = _infer("div", "same", "any")(types)
-    if rounding_mode is None and not is_float(t.dtype):
-        raise TypeError("div: true division needs floating-point inputs (convert first)")
     if rounding_mode not in (None, "trunc", "floor"):
         raise ValueError(f"div: rounding_mode must be None, 'trunc' or 'floor', got {rounding_mode!r}")
-    return t
+    if rounding_mode is None and not is_float(_same_dtype("div", types)):
+        raise TypeError("div: true division needs floating-point inputs (convert first)")
+    return _infer("div", "same", NUMERIC)(types)
+
+
+def _div_impl(a: torch.Tensor, b: torch.Tensor, rounding_mode=None) -> torch.Tensor:
+    if rounding_mode == "trunc" and a.dtype == torch.bfloat16:
+        # torch's CPU kernel truncates the float32 quotient in its scalar loop but the quotient
+        # rounded to bfloat16 in its vectorized one (-2.828 / -0.5664 = 4.993: 4, or 5 by layout).
+        # The reference and kernels take the float32 quotient, as the scalar loop does.
+        return torch.div(a.float(), b.float(), rounding_mode="trunc").to(a.dtype)
+    return torch.div(a, b, rounding_mode=rounding_mode)
 
 
 register(OpDef(
     "div", "pointwise", _div_infer,
-    lambda a, b, rounding_mode=None: torch.div(a, b, rounding_mode=rounding_mode),
+    _div_impl,
+    arity=2,
     triton=lambda e, args, dtypes, out, rounding_mode=None: _div(e, args[0], args[1], dtypes[0], rounding_mode),
     vjp=_vjp(_div_vjp),
+    cost=1,
+    domains=(Domain(FLOAT, nonzero=(1,)), Domain(NUMERIC, {"rounding_mode": "trunc"}, nonzero=(1,)),
+             Domain(NUMERIC, {"rounding_mode": "floor"}, nonzero=(1,))),
+    aten=(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode),
 ))
 
 # -- ternary and clamp ----------------------------------------------------------------------------
@@ -484,14 +578,18 @@ def _where_infer(types: list[TensorType]) -> TensorType:
 
 register(OpDef(
     "where", "pointwise", _where_infer, torch.where,
+    arity=3,
     triton=lambda e, args, dtypes, out: f"tl.where({args[0]}, {args[1]}, {args[2]})",
     vjp=_vjp(lambda g, inputs, out, ct: [None, _where0(g, inputs[0], ct),
                                          _f(g, "where", inputs[0], _c(g, 0.0, ct), ct)]),
+    cost=1,
+    domains=(Domain(ALL, fixed={0: torch.bool}, rejects=()),),
+    aten=(aten.where.self,),
 ))
 
 
 def _clamp_infer(types: list[TensorType], min=None, max=None) -> TensorType:
-    return _infer("clamp", "same", "any")(types)
+    return _infer("clamp", "same", NUMERIC)(types)
 
 
 def _clamp(e, args, dtypes, out, min=None, max=None) -> str:
@@ -523,5 +621,10 @@ register(OpDef(
     lambda x, min=None, max=None: torch.clamp(x, min, max),
     triton=_clamp,
     vjp=_vjp(_clamp_vjp),
+    cost=1,
+    # Bounds of every numeric dtype (a negative one would wrap for uint8), then fractional ones.
+    domains=(Domain(NUMERIC, {"min": 0, "max": 2}), Domain(FLOAT, {"min": -0.5, "max": None}, rejects=(torch.bool,)),
+             Domain(FLOAT, {"min": None, "max": 0.25}, rejects=(torch.bool,))),
+    aten=(aten.clamp.default,),
     doc="clamp to scalar bounds (tensor bounds lower to maximum/minimum)",
 ))

@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from ..registry import OpDef, register
+from ..registry import DTYPE, Domain, OpDef, register
 from ..types import TensorType
 
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)   # round multipliers
@@ -123,5 +123,8 @@ def _rand_vjp(g, inputs, out, ct, **attrs):
     return [None]  # the seed is an integer: no cotangent
 
 
-register(OpDef("rand", "pointwise", _rand_infer, _rand_impl, triton=_rand_triton, vjp=_rand_vjp,
+# Not lowered from one aten op: frontend/lower_random.py feeds each call its seed and stream.
+register(OpDef("rand", "pointwise", _rand_infer, _rand_impl, triton=_rand_triton, vjp=_rand_vjp, cost=1,
+               domains=(Domain(tuple(UNIFORM_BITS), {"shape": (4, 8), "dtype": DTYPE, "stream": 3},
+                               fixed={0: torch.int64}, ranges={0: (0, 2**40)}, shapes=((),)),),
                doc="uniform [0, 1) of shape, Philox-4x32-10 of (seed, stream, linear index)"))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import OpDef, register, restore_reduced, scalar
+from ..registry import ALL, FLOAT, Domain, OpDef, register, restore_reduced, scalar
 from ..types import TensorType, is_float
+
+aten = torch.ops.aten
 
 
 def reduced_shape(shape: tuple[int, ...], dims: tuple[int, ...], keepdim: bool) -> tuple[int, ...]:
@@ -56,6 +58,8 @@ def _reduce_impl(fn, out: str):
             x = x.to(torch.int64)
         if not dims:  # nothing to reduce (0-dim input)
             return x.clone()
+        if fn is None:  # sum: every dim at once, as eager (a half type rounds once)
+            return torch.sum(x, dim=tuple(dims), keepdim=keepdim)
         for d in sorted(dims, reverse=True):  # one dim at a time: prod/amax take a single dim in all torch versions
             x = fn(x, d, keepdim)
         return x
@@ -100,14 +104,25 @@ def _prod_vjp(g, x, y, ct, dims, keepdim):
                            g.add("where", [g.add("eq", [zeros_in_slice, one]), one_zero, zero])])
 
 
-for _name, _fn, _out, _combine, _vjp in [
-    ("sum", lambda x, d, k: torch.sum(x, dim=d, keepdim=k), "acc", "sum", _sum_vjp),
-    ("prod", lambda x, d, k: torch.prod(x, dim=d, keepdim=k), "acc", "prod", _prod_vjp),
-    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max", _extremum_vjp),
-    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min", _extremum_vjp),
+def _input_flops(node) -> int:
+    """A reduction combines each input element once."""
+    return node.inputs[0].type.numel
+
+
+# Where generated tests sample reductions: over some dims of a 3-d input, keeping them or not.
+_DIMS = ({"dims": (1,), "keepdim": False}, {"dims": (0, 2), "keepdim": True})
+_SHAPE = ((2, 3, 4),)
+
+for _name, _fn, _out, _combine, _vjp, _aten in [
+    ("sum", None, "acc", "sum", _sum_vjp, (aten.sum.dim_IntList,)),
+    ("prod", lambda x, d, k: torch.prod(x, dim=d, keepdim=k), "acc", "prod", _prod_vjp,
+     (aten.prod.default, aten.prod.dim_int)),
+    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max", _extremum_vjp, (aten.amax.default,)),
+    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min", _extremum_vjp, (aten.amin.default,)),
 ]:
     register(OpDef(_name, "reduction", _reduce_infer(_name, _out), _reduce_impl(_fn, _out), combine=_combine,
-                   vjp=_float_only(_vjp)))
+                   vjp=_float_only(_vjp), cost=_input_flops, aten=_aten,
+                   domains=tuple(Domain(ALL, a, shapes=_SHAPE, rejects=()) for a in _DIMS)))
 
 
 def _arg_infer(name: str):
@@ -122,11 +137,21 @@ def _arg_infer(name: str):
     return infer
 
 
-register(OpDef("argmax", "reduction", _arg_infer("argmax"),
-               lambda x, dim=None, keepdim=False: torch.argmax(x, dim=dim, keepdim=keepdim), combine="argmax",
+def _arg_impl(fn):
+    # torch.argmax refuses bool; torch.max(x, dim) takes it, and its indices lower to argmax.
+    def impl(x: torch.Tensor, dim=None, keepdim=False) -> torch.Tensor:
+        return fn(x.to(torch.uint8) if x.dtype == torch.bool else x, dim=dim, keepdim=keepdim)
+
+    return impl
+
+
+_ARG_DOMAINS = (Domain(ALL, {"dim": 1, "keepdim": False}, shapes=_SHAPE, rejects=()),
+                Domain(ALL, {"dim": None, "keepdim": True}, shapes=_SHAPE, rejects=()))
+register(OpDef("argmax", "reduction", _arg_infer("argmax"), _arg_impl(torch.argmax), combine="argmax",
+               cost=_input_flops, domains=_ARG_DOMAINS, aten=(aten.argmax.default,),
                doc="index of the first maximum (NaN counts as maximum); dim=None flattens"))
-register(OpDef("argmin", "reduction", _arg_infer("argmin"),
-               lambda x, dim=None, keepdim=False: torch.argmin(x, dim=dim, keepdim=keepdim), combine="argmin"))
+register(OpDef("argmin", "reduction", _arg_infer("argmin"), _arg_impl(torch.argmin), combine="argmin",
+               cost=_input_flops, domains=_ARG_DOMAINS, aten=(aten.argmin.default,)))
 
 # -- composites -----------------------------------------------------------------------------------
 
@@ -187,10 +212,13 @@ def _std_vjp(g, x, y, ct, dims, keepdim, correction=1):
 
 register(OpDef("mean", "composite", _float_reduce_infer("mean"),
                lambda x, dims=(), keepdim=False: torch.mean(x, dim=tuple(dims), keepdim=keepdim) if dims else x.clone(),
-               decompose=_mean_decompose, vjp=_float_only(_mean_vjp)))
-for _name, _fn, _rule, _vjp in [("var", torch.var, _var_decompose, _var_vjp),
-                                ("std", torch.std, _std_decompose, _std_vjp)]:
+               decompose=_mean_decompose, vjp=_float_only(_mean_vjp),
+               domains=tuple(Domain(FLOAT, a, shapes=_SHAPE) for a in _DIMS), aten=(aten.mean.dim,)))
+for _name, _fn, _rule, _vjp, _aten in [("var", torch.var, _var_decompose, _var_vjp, (aten.var.correction,)),
+                                       ("std", torch.std, _std_decompose, _std_vjp, ())]:
     register(OpDef(_name, "composite", _float_reduce_infer(_name),
                    (lambda fn: lambda x, dims=(), correction=1, keepdim=False:
                     fn(x, dim=tuple(dims), correction=correction, keepdim=keepdim))(_fn),
-                   decompose=_rule, vjp=_float_only(_vjp)))
+                   decompose=_rule, vjp=_float_only(_vjp), aten=_aten,
+                   domains=(Domain(FLOAT, {"dims": (1,), "correction": 1, "keepdim": False}, shapes=_SHAPE),
+                            Domain(FLOAT, {"dims": (0, 2), "correction": 0, "keepdim": True}, shapes=_SHAPE))))
