@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..ir import Graph, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
 from ..ir.ops.reduction import reduced_shape
-from ..ir.registry import flops, view_root
+from ..ir.registry import flops, is_view, view_root
 
 
 @dataclass
@@ -84,8 +84,7 @@ def distinct_elements(v: Value) -> int:
         return 0
     chain = []
     root = v
-    while root.producer is not None and root.producer.op in ("reshape", "permute", "expand", "slice", "select",
-                                                             "flip"):
+    while root.producer is not None and is_view(root.producer.op):  # (gradient markers: identity views)
         chain.append(root.producer)
         root = root.producer.inputs[0]
     dims: list[tuple[int, int]] | None = [(s, s) for s in root.shape]  # (size, distinct elements along it)
@@ -187,7 +186,7 @@ def _flops(group: KernelGroup) -> int:
 
 
 def group_cost(group: KernelGroup) -> KernelCost:
-    if group.kind == "layout" and group.nodes[0].op != "cat":
+    if group.kind == "layout" and is_view(group.nodes[0].op):
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
     if group.kind == "row":
         read = row_read_bytes(group)
@@ -205,7 +204,7 @@ def group_cost(group: KernelGroup) -> KernelCost:
 
 def is_kernel(group: KernelGroup) -> bool:
     """Groups that launch a generated kernel (views and extern calls do not)."""
-    return group.kind not in ("extern",) and not (group.kind == "layout" and group.nodes[0].op != "cat")
+    return group.kind != "extern" and not (group.kind == "layout" and is_view(group.nodes[0].op))
 
 
 def compulsory_bytes(graph: Graph) -> int:

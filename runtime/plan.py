@@ -23,6 +23,7 @@ from ..codegen.launch import LaunchConfig
 from ..codegen.pointwise import PointwiseGroup
 from ..ir import Node, TensorType, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
+from ..ir.registry import is_view
 from ..passes.cost import storage_root
 from . import views as V
 from .progress import Progress
@@ -286,32 +287,19 @@ class Planner:
     def group_layout(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
         a, out = node.attrs, node.out
-        if node.op == "cat":
+        if not is_view(node.op):  # cat: a pointwise kernel of shifted loads (its registry emit hook)
             inputs = [v for v in node.inputs if v.shape[a["dim"]] > 0]
             if not inputs:
                 self.views[out] = self._alloc(out.shape, out.dtype)
                 return
-            node = Node("cat", inputs, a, [out.type]) if len(inputs) != len(node.inputs) else node
+            node = Node(node.op, inputs, a, [out.type]) if len(inputs) != len(node.inputs) else node
             self.pointwise(PointwiseGroup([node], list(dict.fromkeys(inputs)), [node.out], out.shape), config)
             self.views[out] = self.views[node.out]
             return
         x = self.views[node.inputs[0]]
-        if node.op == "reshape":
-            view = V.reshape(x, a["shape"])
-            if view is None:  # not expressible as strides: copy contiguously, then view
-                view = V.reshape(self.copy(x, out.dtype, "reshape"), a["shape"])
-        elif node.op == "permute":
-            view = V.permute(x, a["dims"])
-        elif node.op == "expand":
-            view = V.expand(x, a["shape"])
-        elif node.op == "slice":
-            view = V.slice_(x, a["dim"], a["start"], a["end"], a["step"])
-        elif node.op == "select":
-            view = V.select(x, a["dim"], a["index"])
-        elif node.op == "flip":
-            view = V.flip(x, a["dims"])
-        else:
-            raise NotImplementedError(f"layout op {node.op}")
+        view = V.VIEW_RULES[node.op](x, a)
+        if view is None:  # a reshape strides cannot express: copy contiguously, then view
+            view = V.VIEW_RULES[node.op](self.copy(x, out.dtype, node.op), a)
         self.views[out] = view
 
     def group_extern(self, g: KernelGroup, config: LaunchConfig | None) -> None:

@@ -23,6 +23,7 @@ from ..codegen import matmul, pointwise, reduction, row
 from ..codegen.launch import LaunchConfig
 from ..ir import Graph, Node
 from ..ir.kernel_group import KernelGroup
+from ..ir.registry import is_view
 from ..passes.cost import KernelCost, group_cost, storage_root
 from ..passes.fusion import partition, singleton_groups
 from ..passes.gradient_markers import strip_gradient_markers
@@ -97,7 +98,7 @@ class Schedule:
 def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
     """The config the group's emitter chooses for it (None: no kernel)."""
     kind = group.kind
-    if kind == "layout" and group.nodes[0].op == "cat":
+    if kind == "layout" and not is_view(group.nodes[0].op):  # cat: a pointwise kernel
         numel = group.outputs[0].type.numel
         return pointwise.launch_config(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
     if kind in ("pointwise", "constant"):

@@ -106,3 +106,16 @@ def reshape(v: View, shape: tuple[int, ...]) -> View | None:
     if view_d != -1:
         return None
     return View(v.buf, v.offset, shape, tuple(new))
+
+
+# The view rule of each IR view op (`ir.registry.is_view`) as offset/stride arithmetic: (view, attrs) ->
+# the output view, or None when strides cannot express it (a reshape that must copy). The gradient
+# markers, views too, never reach the planner (the schedule drops them).
+VIEW_RULES = {
+    "reshape": lambda v, a: reshape(v, a["shape"]),
+    "permute": lambda v, a: permute(v, a["dims"]),
+    "expand": lambda v, a: expand(v, a["shape"]),
+    "slice": lambda v, a: slice_(v, a["dim"], a["start"], a["end"], a["step"]),
+    "select": lambda v, a: select(v, a["dim"], a["index"]),
+    "flip": lambda v, a: flip(v, a["dims"]),
+}

@@ -123,3 +123,4 @@ def test_runtime_launches_what_the_schedule_lists():
         entry = exe.schedule.entries[s.entry]
         assert s.grid == entry.config.grid and s.ops == entry.group.ops
         assert all(s.constexprs[k] == v for k, v in entry.config.constexprs.items())
+

@@ -137,3 +137,13 @@ def test_chain_reuses_kernels_and_reports_ops():
     cg = check(g, [rand((8, 16), F32)], kernels=3)
     assert [k.ops for k in cg.kernels] == [["exp"], ["sum"], ["div"]]
     assert all(k.name and "@triton.jit" in k.source for k in cg.kernels)
+
+
+def test_every_view_op_has_a_runtime_view_rule():
+    """The registry's view rule and the planner's offset/stride arithmetic cover the same ops (the
+    gradient markers, views too, are dropped before planning)."""
+    from ember.ir.ops.gradient import GRADIENT_MARKERS
+    from ember.ir.registry import OPS
+    from ember.runtime.views import VIEW_RULES
+
+    assert set(VIEW_RULES) == {name for name, op in OPS.items() if op.view} - set(GRADIENT_MARKERS)
