@@ -3,6 +3,8 @@ dtype spellings, literals, and the block of index math that turns linear indices
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..ir.ops.half import HALF_TYPES, ROUNDED_OPS, round_half
@@ -106,3 +108,12 @@ def offset_expr(base: str, idx: list[str], strides: list[str], zero: str) -> str
     """`base + sum(idx[d] * strides[d])`; `zero` (a block of zeros) keeps 0-dim offsets block-shaped."""
     terms = [f"{i} * {s}" for i, s in zip(idx, strides)]
     return f"{base} + " + (" + ".join(terms) if terms else zero)
+
+
+@dataclass
+class BlockContext:
+    """What a generator op's `emit` hook (ir/registry.py) sees in a row or matmul kernel: the emitter
+    and the block shape the kernel computes in (the pointwise emitter passes a richer context)."""
+
+    e: Emitter
+    block: str

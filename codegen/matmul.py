@@ -20,7 +20,7 @@ from ..ir import Node, Value, get_op
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import HALF_TYPES, load_cast, round_half, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, bind_value, ptr_sig, py_literal, tl_compute, unravel
+from .emitter import BlockContext, Emitter, bind_value, ptr_sig, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -154,9 +154,8 @@ def _emit_epilogue(e: Emitter, ep: MatmulEpilogue, dtype: torch.dtype, bidx: lis
                   "x")
         env[v] = e.tmp(load_cast(e, x, v.dtype), "x") if compute_dtype(v.dtype) != v.dtype else x
     for node in ep.scalars + ep.nodes:
-        if node.op == "full":  # block-shaped: see codegen/pointwise.py
-            value = py_literal(node.attrs["value"], node.out.dtype)
-            env[node.out] = e.tmp(f"tl.full([BM, BN], {value}, {tl_compute(node.out.dtype)})", "v")
+        if get_op(node.op).emit is not None:  # a generator op (`full`): an output-tile-shaped block
+            env[node.out] = get_op(node.op).emit(BlockContext(e, "[BM, BN]"), node)
             continue
         args = [env[v] for v in node.inputs]
         expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)

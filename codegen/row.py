@@ -26,7 +26,7 @@ from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup, pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.ops.reduction import reduced_shape
 from ..ir.types import compute_dtype
-from .emitter import Emitter, bind_value, literal, ptr_sig, py_literal, tl_compute, tl_dtype, unravel
+from .emitter import BlockContext, Emitter, bind_value, literal, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -170,10 +170,9 @@ class _RowEmitter:
             self.e.index = lambda k: f"({self.kidx[self.nk + k]} + rzero)"
         else:
             self.e.index = lambda k: self.index(k, tile)
-        if node.op == "full":
-            shape = "[BM, BR]" if tile else "[BM]"
-            return self.e.tmp(f"tl.full({shape}, {py_literal(node.attrs['value'], node.out.dtype)}, "
-                              f"{tl_compute(node.out.dtype)})", "v")
+        opdef = get_op(node.op)
+        if opdef.emit is not None:  # a generator op (`full`): a block of the shape this value has here
+            return opdef.emit(BlockContext(self.e, "[BM, BR]" if tile else "[BM]"), node)
         args = [self.operand(v, tile) for v in node.inputs]
         expr = get_op(node.op).triton(self.e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
         return bind_value(self.e, expr, node.out.dtype, node.op)
