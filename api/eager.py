@@ -45,6 +45,7 @@ from ..codegen.lru import LRU
 from ..frontend.capture import CaptureError
 from .eager_build import FallThrough, OpGraph, build, inplace_target, run, static_reason
 from .eager_stats import EagerStats, eager_stats, reset_eager_stats
+from .signature import const_key
 
 __all__ = ["EagerError", "EagerStats", "clear_eager_cache", "eager", "eager_stats", "is_eager_active",
            "reset_eager_stats"]
@@ -79,11 +80,7 @@ def _name(func: torch._ops.OpOverload) -> str:
 def _leaf_key(x: Any) -> Hashable:
     if isinstance(x, torch.Tensor):  # what `static_reason` reads, so one group has one verdict
         return ("T", x.dtype, x.dim(), x.device, type(x) in (torch.Tensor, torch.nn.Parameter))
-    try:
-        hash(x)
-        return ("C", type(x), x)
-    except TypeError:
-        return ("C", type(x), repr(x))
+    return const_key(x)  # a non-tensor value is baked into the op's graph, as in static mode
 
 
 def _shape_key(leaves: list) -> tuple:

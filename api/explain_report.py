@@ -51,20 +51,21 @@ class EagerOp:
     bytes_written: int
 
 
+def _scaled(n: float, base: int, units: tuple[str, ...]) -> str:
+    """`n` in the largest unit that keeps it under `base` (the first unit: an integer count)."""
+    for unit in units:
+        if abs(n) < base or unit == units[-1]:
+            return f"{n:.0f} {unit}".rstrip() if unit == units[0] else f"{n:.1f} {unit}"
+        n /= base
+    raise AssertionError("unreachable")
+
+
 def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+    return _scaled(n, 1024, ("B", "KB", "MB", "GB"))
 
 
 def _fmt_count(n: float) -> str:
-    for unit in ("", "K", "M", "G"):
-        if abs(n) < 1000 or unit == "G":
-            return f"{n:.0f}" if unit == "" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} G"
+    return _scaled(n, 1000, ("", "K", "M", "G"))
 
 
 def _ratio(a: int, b: int) -> str:
