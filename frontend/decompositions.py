@@ -19,8 +19,10 @@ compares every output and the gradients):
   `_scaled_dot_product_flash_attention_for_cpu` (torch's returns the attention probabilities in the
   logsumexp slot, which torch's flash backward then consumes), its backward (so the backward graph
   runs on ember too), `_safe_softmax` (NaN gradient on fully masked rows), `index_fill` (the
-  filled value's gradient counted repeated indices several times; negative indices failed) and
-  `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate).
+  filled value's gradient counted repeated indices several times; negative indices failed),
+  `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate) and `native_group_norm`
+  (torch's CPU branch flattens per-channel scale and shift with `as_strided`, which ember runs as an
+  extern: 5 launches where ember's is one row kernel).
 - Results that do not depend on an input autograd differentiates (`fill`, `zero`, a `repeat` with no
   elements) are wrapped in `ember::zero_gradient(result, input)` (IR `zero_gradient`): eager's result
   requires grad (with a zero gradient), and the IR's activity analysis would otherwise see a constant.
@@ -165,6 +167,36 @@ def _sdpa_flash_cpu_backward(grad_out: torch.Tensor, query: torch.Tensor, key: t
     return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
 
 
+def _native_group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int, c: int,
+                       hxw: int, group: int, eps: float):
+    """GroupNorm as one row reduction: the input viewed as (N, G, C/G, HxW), mean and biased variance
+    over the last two dims, the affine applied per channel in that same view (every value is a row
+    or a tile of it, so fusion makes it one kernel). torch's decomposition (its CPU branch) folds the
+    statistics into per-(N, C) scale and shift and flattens them with `as_strided`, which ember runs
+    as an extern: 5 launches. Mean and rstd, which torch's backward reads, are (N, G) in the input
+    dtype, or float32 when a half input has float32 parameters (torch's mixed-type CPU kernel)."""
+    torch._check(x.ndim >= 2, lambda: f"Expected at least 2 dimensions for input tensor but received {x.ndim}")
+    torch._check(c % group == 0, lambda: "Expected number of channels in input to be divisible by num_groups, "
+                 f"but got input of shape {x.shape} and num_groups = {group}")
+    cpg = c // group
+    # converted after the view and before the view back: a conversion over the input's own shape
+    # would be a kernel of its own
+    xr = x.reshape(n, group, cpg, hxw).to(get_computation_dtype(x.dtype))
+    var, mean = torch.var_mean(xr, dim=[2, 3], unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    out = (xr - mean) * rstd
+    # parameters expanded to the tile before they meet it, so a half parameter's conversion is a
+    # tile op in the row kernel rather than a kernel over its own (1, G, C/G, 1) shape
+    if weight is not None:
+        out = out * weight.reshape(1, group, cpg, 1).expand(xr.shape)
+    if bias is not None:
+        out = out + bias.reshape(1, group, cpg, 1).expand(xr.shape)
+    params = [t.dtype for t in (weight, bias) if t is not None]
+    mixed = x.dtype in (torch.float16, torch.bfloat16) and params and all(d == torch.float32 for d in params)
+    stats = torch.float32 if mixed else x.dtype
+    return out.to(x.dtype).reshape(x.shape), mean.reshape(n, group).to(stats), rstd.reshape(n, group).to(stats)
+
+
 _TORCH_REPEAT = get_decompositions([aten.repeat.default])[aten.repeat.default]
 
 # ember's own decompositions (see the module doc for why each replaces torch's).
@@ -178,6 +210,7 @@ _EMBER = {
     aten.repeat.default: _repeat,
     aten.index_fill.int_Scalar: _index_fill,
     aten.index_fill.int_Tensor: _index_fill,
+    aten.native_group_norm.default: _native_group_norm,
 }
 
 
