@@ -28,10 +28,13 @@ VJP rules (one per differentiable op, in the op's entry)::
 rule appends IR nodes to `g` (`g.add(op, inputs, **attrs)`) and returns one cotangent per input, of
 exactly that input's type, or None for "zero / not differentiable" (an integer input, the condition
 of `where`, an op with zero derivative such as `floor`). Rules may build cotangents for inputs that do
-not need one; `passes.autodiff` removes them with DCE. An op whose entry has `vjp=None` is either
-never reached by a float cotangent (comparisons, integer ops, constants) or cannot be differentiated
-(`extern`): autodiff raises an error naming it. The helpers below (`scalar`, `zeros`,
-`unbroadcast`, `restore_reduced`) are shared by the rules in `ops/*.py`.
+not need one; `passes.autodiff` removes them with DCE. A node with several outputs (`extern`) gets
+`out` and `ct` as lists, `ct[k]` None where no cotangent reaches output k; an entry with `vjp_needs`
+also gets `needs` (per input: does it need a cotangent), for rules whose work DCE cannot prune
+(`extern` asks torch for those gradients only). An op whose entry has `vjp=None` is never reached by
+a float cotangent (comparisons, integer ops, constants): autodiff raises an error naming it. The
+helpers below (`scalar`, `zeros`, `unbroadcast`, `restore_reduced`) are shared by the rules in
+`ops/*.py`.
 
 Emit hooks (generator ops inside the pointwise emitter, codegen/pointwise.py)::
 
@@ -141,6 +144,8 @@ class OpDef:
     decompose: Callable[..., Any] | None = None
     # vjp(graph, inputs, out, cotangent, **attrs) -> list[Value | None]: see the module doc.
     vjp: Callable[..., list] | None = None
+    # The VJP rule takes `needs=` (see the module doc).
+    vjp_needs: bool = False
     # reduction: the combine used by the reduction emitter ("sum", "prod", "max", "min", "argmax", ...)
     combine: str | None = None
     # The inputs whose gradient dependence the output carries (None: all). `passes.autodiff`'s activity

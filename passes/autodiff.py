@@ -21,10 +21,12 @@ API (what the autograd bridge, losses and `compile_step` build on)
     convention and the recomputation policy.
 
 Semantics follow `torch.autograd`: fan-out accumulates cotangents with `add`; an op whose entry has
-no VJP raises `NotImplementedError` naming it (e.g. `extern` calls) only when a cotangent actually
-has to flow through it from a differentiated input. The joint graph is verified and dead-code
-eliminated (cotangents built by rules for inputs that need none disappear); it may still contain
-composite ops (`mean`, `var`, `std`): `run_pipeline` decomposes them like any other graph.
+no VJP raises `NotImplementedError` naming it only when a cotangent actually has to flow through it
+from a differentiated input. An `extern` call's VJP is PyTorch's derivative of the op, traced and
+lowered to IR (ir/ops/extern.py, frontend/extern_vjp.py); it raises for an op torch cannot
+differentiate either, and for a gradient through a complex value. The joint graph is verified and
+dead-code eliminated (cotangents built by rules for inputs that need none disappear); it may still
+contain composite ops (`mean`, `var`, `std`): `run_pipeline` decomposes them like any other graph.
 """
 
 from __future__ import annotations
@@ -91,11 +93,12 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
             raise NotImplementedError(
                 f"cannot differentiate through op {what}: it has no VJP rule, and a gradient must flow "
                 f"through it to an input ({node})")
-        if len(node.outputs) != 1:
-            raise NotImplementedError(f"op '{node.op}' has {len(node.outputs)} outputs: VJPs of multi-output ops "
-                                      f"are not supported")
-        out = node.outputs[0]
-        results = opdef.vjp(g, list(node.inputs), out, cts[out], **node.attrs)
+        if len(node.outputs) == 1:
+            out, ct = node.outputs[0], cts[node.outputs[0]]
+        else:  # an extern returning several tensors: lists, None where no cotangent reaches (registry doc)
+            out, ct = list(node.outputs), [cts.get(v) for v in node.outputs]
+        needs = {"needs": tuple(v in active for v in node.inputs)} if opdef.vjp_needs else {}
+        results = opdef.vjp(g, list(node.inputs), out, ct, **needs, **node.attrs)
         if len(results) != len(node.inputs):
             raise RuntimeError(f"VJP rule of '{node.op}' returned {len(results)} cotangents for "
                                f"{len(node.inputs)} inputs")
@@ -115,8 +118,8 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
 def _active(graph: Graph, wrt_values: list[Value]) -> set[Value]:
     """Float values that depend on `wrt_values` through ops that carry a gradient (not through integer
     values, nor `stop_gradient`: `OpDef.active_inputs`). Complex values are active too: only externs
-    make or read them, and externs have no VJP, so a gradient through an FFT raises instead of
-    silently stopping at the complex intermediate."""
+    make or read them, and an extern's VJP refuses a gradient through a complex input, so a gradient
+    through an FFT raises instead of silently stopping at the complex intermediate."""
     active: set[Value] = set(wrt_values)
     for node in graph.nodes:
         carried = get_op(node.op).active_inputs

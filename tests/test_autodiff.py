@@ -76,7 +76,7 @@ def op(name, **attrs):
 
 NO_VJP = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "logical_not",
           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "isnan", "argmax", "argmin",
-          "full", "arange", "iota", "extern"}
+          "full", "arange", "iota"}  # extern's VJP is torch's derivative (tests/test_extern_vjp.py)
 
 
 def test_every_differentiable_op_has_a_vjp_rule():
@@ -234,17 +234,24 @@ def test_integer_inputs_have_no_gradient():
         vjp_graph(g, wrt=[1])
 
 
-def test_extern_without_vjp_raises_naming_it():
+def test_extern_vjp_is_torchs_derivative():
+    """An extern's VJP is PyTorch's derivative of the op (tests/test_extern_vjp.py has the rest); one
+    torch cannot differentiate either raises naming it."""
     g = Graph()
     x = g.add_input(TensorType((3, 4), f64), "x")
     w = g.add_input(TensorType((3, 4), f64), "w")
     e = g.add("extern", [x], target="aten.cumsum.default", args=(("__input__", 0), 1))
     g.set_outputs([g.add("mul", [e, w])])
-    with pytest.raises(NotImplementedError, match=r"'extern' \(target aten.cumsum.default\)"):
-        vjp_graph(g)
-    joint = vjp_graph(g, wrt=[1])  # no gradient flows through the extern: fine
     xi, wi, ct = rand((3, 4)), rand((3, 4)), rand((3, 4))
-    torch.testing.assert_close(evaluate(joint, xi, wi, ct)[1], ct * xi.cumsum(1))
+    _, gx, gw = evaluate(vjp_graph(g), xi, wi, ct)
+    rx, rw = reference_grads(g, [xi, wi], [ct], [0, 1], fn=lambda x, w: x.cumsum(1) * w)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    g = Graph()
+    a = g.add_input(TensorType((3,), f64), "a")
+    g.set_outputs([g.add("extern", [a, a], target="aten.igamma.default", args=(("__input__", 0), ("__input__", 1)))])
+    with pytest.raises(NotImplementedError, match=r"'extern' \(target aten.igamma.default\): PyTorch has no"):
+        vjp_graph(g)
 
 
 def test_grad_graph_seeds_ones():

@@ -400,10 +400,16 @@ def test_embedding_bag_outputs_match_eager(kw):
 
 
 def test_ir_of_an_error_names_no_none_values():
+    # matrix_exp's gradient was refused here; a torch fallback now differentiates with torch's
+    # derivative (tests/test_extern_vjp.py), so the refusal is one torch makes too (igamma's input)
+    x = torch.randn(3, 3, requires_grad=True)
+    ember.compile(torch.linalg.matrix_exp)(x).sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    torch.linalg.matrix_exp(xr).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
     with pytest.raises(NotImplementedError) as info:
-        y = ember.compile(torch.linalg.matrix_exp)(torch.randn(3, 3, requires_grad=True))
-        y.sum().backward()
-    assert "%None" not in str(info.value) and "linalg_matrix_exp" in str(info.value)
+        ember.compile(lambda a: torch.igamma(a.abs() + 1, torch.ones(3, 3)))(x).sum().backward()
+    assert "%None" not in str(info.value) and "igamma" in str(info.value)
 
 
 def test_a_long_cause_moves_whole_sentences_to_the_next_line():

@@ -10,14 +10,23 @@ torch saw it: some internal ops rely on their caller's `.contiguous()`), and opt
 rule runs the target on meta tensors. An output torch returns as None (`convolution_backward`'s
 gradients masked off by `output_mask`) gets the placeholder type `b8[0]`: nothing reads it, and the
 runtime does not check it.
+
+The VJP is PyTorch's own derivative of the op: a provider the frontend registers
+(`set_vjp_provider`, frontend/extern_vjp.py: ir/ does not import the frontend) traces
+`torch.autograd.grad` of the one call into aten ops and lowers them to an IR graph (`ExternVJP`),
+which the rule inlines into the graph being differentiated. A `passthrough` extern passes its
+outputs' cotangents to the values it returned; a gradient through a complex value is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..graph import Graph, Value
 from ..registry import OpDef, register
 from ..types import TensorType
 
@@ -68,4 +77,60 @@ def _extern_infer(types: list[TensorType], target: str, args=(), kwargs=None, st
     return [NONE_TYPE if o is None else TensorType(tuple(o.shape), o.dtype) for o in outs]
 
 
-register(OpDef("extern", "extern", _extern_infer, lambda *xs, **attrs: call_extern(xs, **attrs), arity=(0, None)))
+@dataclass(frozen=True)
+class ExternVJP:
+    """The derivative of one extern call: `graph` takes the call's inputs, its outputs, then the
+    cotangents of the outputs listed in `cts`, and returns the gradients of the inputs `wrt`, in that
+    order (an input not in `wrt` gets none: integer, not needed, or no path in torch's derivative)."""
+
+    graph: Graph
+    wrt: tuple[int, ...]
+
+
+# provider(target, args, kwargs, in_types, out_types, needs, cts, strided) -> ExternVJP, where
+# `needs[i]`: input i needs a gradient, `cts`: the outputs that have a cotangent (module doc).
+VJPProvider = Callable[..., ExternVJP]
+_provider: VJPProvider | None = None
+
+
+def set_vjp_provider(fn: VJPProvider | None) -> None:
+    """Install the function that builds an extern's VJP graph (frontend/extern_vjp.py does, at import)."""
+    global _provider
+    _provider = fn
+
+
+def inline(g: Graph, template: Graph, values: Sequence[Value]) -> list[Value]:
+    """Append `template`'s nodes to `g`, its inputs bound to `values`; its outputs' values in `g`."""
+    env: dict[Value, Value] = dict(zip(template.inputs, values))
+    for node in template.nodes:
+        out = g.add(node.op, [env[v] for v in node.inputs], out_types=[v.type for v in node.outputs], **node.attrs)
+        env.update(zip(node.outputs, out if isinstance(out, list) else [out]))
+    return [env[v] for v in template.outputs]
+
+
+def _extern_vjp(g: Graph, inputs: list[Value], out, ct, target: str, args=(), kwargs=None, strided=(),
+                passthrough: int = 0, needs: Sequence[bool] | None = None) -> list[Value | None]:
+    outs, cts = (out, ct) if isinstance(out, list) else ([out], [ct])
+    needs = tuple(needs) if needs is not None else (True,) * len(inputs)
+    n = len(inputs) - passthrough
+    if passthrough:  # the outputs are the trailing inputs, returned after the check
+        return [None] * n + list(cts)
+    what = f"op 'extern' (target {target})"
+    if any(need and v.dtype.is_complex for v, need in zip(inputs, needs)):
+        raise NotImplementedError(f"cannot differentiate through {what} on complex values: a gradient through a "
+                                  f"complex value has no rule in ember's autodiff")
+    if _provider is None:
+        raise NotImplementedError(f"cannot differentiate through {what}: no VJP provider is installed "
+                                  f"(importing ember.frontend installs PyTorch's derivatives)")
+    have = tuple(k for k, c in enumerate(cts) if c is not None)
+    vjp = _provider(target, args, dict(kwargs or {}), [v.type for v in inputs], [v.type for v in outs], needs, have,
+                    tuple(strided))
+    grads = inline(g, vjp.graph, list(inputs) + list(outs) + [cts[k] for k in have])
+    result: list[Value | None] = [None] * len(inputs)
+    for i, grad in zip(vjp.wrt, grads):
+        result[i] = grad
+    return result
+
+
+register(OpDef("extern", "extern", _extern_infer, lambda *xs, **attrs: call_extern(xs, **attrs), arity=(0, None),
+               vjp=_extern_vjp, vjp_needs=True))
