@@ -45,16 +45,6 @@ class _LossOf(nn.Module):
         return self.loss_fn(self.model(x), y)
 
 
-def _inline(target: Graph, source: Graph, inputs: list[Value]) -> list[Value]:
-    """Append `source`'s nodes to `target` with source.inputs bound to `inputs`; returns its outputs."""
-    env = dict(zip(source.inputs, inputs))
-    for node in source.nodes:
-        outs = target.add(node.op, [env[v] for v in node.inputs], [v.type for v in node.outputs], **node.attrs)
-        for old, new in zip(node.outputs, outs if isinstance(outs, list) else [outs]):
-            env[old] = new
-    return [env[v] for v in source.outputs]
-
-
 def _fit(g: Graph, v: Value, like: Value) -> Value:
     """`v` reshaped / converted to `like`'s type (the update graph works on flattened tensors)."""
     if v.dtype != like.dtype:
@@ -99,7 +89,7 @@ class _StepProgram:
                 replaced.append(len(joint.inputs) - 1)
                 self.num_states += 1
             k += 2 + len(u.states)
-        new_values = [_fit(joint, v, joint.inputs[i]) for v, i in zip(_inline(joint, update_graph, bound), replaced)]
+        new_values = [_fit(joint, v, joint.inputs[i]) for v, i in zip(joint.inline(update_graph, bound), replaced)]
         joint.set_outputs(joint.outputs[:n_out] + new_values)
         # Every new value is stored over the tensor it replaces (donation): no copies after the step.
         # Updated buffers (batch-norm statistics) too.

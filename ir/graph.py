@@ -124,3 +124,12 @@ class Graph:
         return format_graph(self)
 
     __repr__ = __str__
+
+    def inline(self, template: Graph, values: Sequence[Value]) -> list[Value]:
+        """Append `template`'s nodes, its inputs bound to `values`; returns its outputs' values here."""
+        env: dict[Value, Value] = dict(zip(template.inputs, values))
+        for node in template.nodes:
+            out = self.add(node.op, [env[v] for v in node.inputs], out_types=[v.type for v in node.outputs],
+                           **node.attrs)
+            env.update(zip(node.outputs, out if isinstance(out, list) else [out]))
+        return [env[v] for v in template.outputs]

@@ -99,15 +99,6 @@ def set_vjp_provider(fn: VJPProvider | None) -> None:
     _provider = fn
 
 
-def inline(g: Graph, template: Graph, values: Sequence[Value]) -> list[Value]:
-    """Append `template`'s nodes to `g`, its inputs bound to `values`; its outputs' values in `g`."""
-    env: dict[Value, Value] = dict(zip(template.inputs, values))
-    for node in template.nodes:
-        out = g.add(node.op, [env[v] for v in node.inputs], out_types=[v.type for v in node.outputs], **node.attrs)
-        env.update(zip(node.outputs, out if isinstance(out, list) else [out]))
-    return [env[v] for v in template.outputs]
-
-
 def _extern_vjp(g: Graph, inputs: list[Value], out, ct, target: str, args=(), kwargs=None, strided=(),
                 passthrough: int = 0, needs: Sequence[bool] | None = None) -> list[Value | None]:
     outs, cts = (out, ct) if isinstance(out, list) else ([out], [ct])
@@ -125,7 +116,7 @@ def _extern_vjp(g: Graph, inputs: list[Value], out, ct, target: str, args=(), kw
     have = tuple(k for k, c in enumerate(cts) if c is not None)
     vjp = _provider(target, args, dict(kwargs or {}), [v.type for v in inputs], [v.type for v in outs], needs, have,
                     tuple(strided))
-    grads = inline(g, vjp.graph, list(inputs) + list(outs) + [cts[k] for k in have])
+    grads = g.inline(vjp.graph, list(inputs) + list(outs) + [cts[k] for k in have])
     result: list[Value | None] = [None] * len(inputs)
     for i, grad in zip(vjp.wrt, grads):
         result[i] = grad
