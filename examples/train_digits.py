@@ -71,10 +71,11 @@ def progress(epoch: int, epochs: int, loss: float, start: float) -> None:
     sys.stdout.flush()
 
 
-def train(epochs: int = 12, batch: int = 128, seed: int = 0, quiet: bool = False) -> dict:
+def train(epochs: int = 12, batch: int = 128, seed: int = 0, quiet: bool = False, make=make_model) -> dict:
+    """Train `make()` (the MLP by default; examples/train_cnn.py passes its CNN) and evaluate it."""
     torch.manual_seed(seed)
     xtr, xte, ytr, yte = load_data(seed)
-    model = make_model()
+    model = make()
     opt = ember.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
     step = ember.compile_step(model, nn.functional.cross_entropy, opt)
     start = time.perf_counter()
@@ -95,7 +96,7 @@ def train(epochs: int = 12, batch: int = 128, seed: int = 0, quiet: bool = False
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "digits.pt")
         torch.save(model.state_dict(), path)
-        fresh = make_model()
+        fresh = make()
         fresh.load_state_dict(torch.load(path))
     reloaded = evaluate(fresh, xte, yte)
     metrics["reloaded_accuracy"] = reloaded["accuracy"]

@@ -1,0 +1,36 @@
+"""The training examples run as CI: a CNN on the digits (compile_step through convolutions, batch
+norm and max pooling) and a character-level GPT (through an embedding and attention)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+import sys
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(EXAMPLES))  # train_cnn imports train_digits
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cnn_example_reaches_97_percent():
+    cnn, digits = _load("train_cnn"), _load("train_digits")
+    metrics = digits.train(epochs=3, batch=cnn.BATCH, quiet=True, make=cnn.make_model)  # the example runs 4
+    assert metrics["accuracy"] >= 0.97, digits.report(metrics)
+    assert metrics["reloaded_accuracy"] == metrics["accuracy"]
+
+
+def test_lm_example_loss_falls_and_samples():
+    lm = _load("train_lm")
+    m = lm.train(steps=8, quiet=True)  # the example runs 300; a few steps already learn the characters' frequencies
+    first, last = sum(m["losses"][:3]) / 3, sum(m["losses"][-3:]) / 3
+    assert all(math.isfinite(x) for x in m["losses"])
+    assert first < m["uniform_loss"] + 0.1 and last < first - 0.2, m["losses"]
+    text = lm.sample(m["model"], m["chars"], "The ", 12, m["context"])
+    assert text.startswith("The ") and len(text) == 16 and set(text) <= set(m["chars"])
