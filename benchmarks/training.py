@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the GPT of examples/train_lm.py
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -74,11 +75,14 @@ MB = 1024 * 1024
 ADAMW = dict(lr=1e-3, weight_decay=1e-2, eps=1e-6)
 RTOL, ATOL = 1e-4, 1e-5
 
-# MLP: (batch, features, hidden, classes); transformer: (batch, seq, dim, heads, classes).
-SIZES = {
-    "tiny": {"mlp": (16, 12, 24, 5), "transformer": (2, 4, 16, 2, 5)},
-    "small": {"mlp": (128, 256, 512, 10), "transformer": (8, 32, 64, 4, 10)},
-    "large": {"mlp": (1024, 1024, 4096, 1000), "transformer": (16, 256, 512, 8, 100)},
+# MLP: (batch, features, hidden, classes); transformer: (batch, seq, dim, heads, classes);
+SIZES = {  # gpt: (batch, seq, vocab, dim, heads, layers); resnet: (batch, channels, image size, classes)
+    "tiny": {"mlp": (16, 12, 24, 5), "transformer": (2, 4, 16, 2, 5), "gpt": (2, 8, 16, 16, 2, 1),
+             "resnet": (2, 4, 8, 5)},
+    "small": {"mlp": (128, 256, 512, 10), "transformer": (8, 32, 64, 4, 10), "gpt": (8, 32, 64, 48, 4, 2),
+              "resnet": (8, 16, 16, 10)},
+    "large": {"mlp": (1024, 1024, 4096, 1000), "transformer": (16, 256, 512, 8, 100),
+              "gpt": (16, 256, 256, 512, 8, 4), "resnet": (64, 64, 32, 100)},
 }
 
 
@@ -143,7 +147,55 @@ def build_transformer(size: str, device: torch.device) -> tuple[nn.Module, torch
     return model, x, torch.randint(0, classes, (batch,), device=device)
 
 
-MODELS: dict[str, Callable] = {"mlp": build_mlp, "transformer": build_transformer}
+class GPT(nn.Module):
+    """examples/train_lm.py's character-level GPT (embedding, learned positions, causal attention, a
+    tied head), its logits as (batch, vocab, seq): the layout F.cross_entropy takes with (batch, seq)
+    targets."""
+
+    def __init__(self, vocab: int, context: int, dim: int, heads: int, layers: int):
+        super().__init__()
+        from train_lm import CharGPT  # examples/ is on sys.path (top of this file)
+
+        self.lm = CharGPT(vocab, context, dim, heads, layers)
+
+    def forward(self, idx):
+        return self.lm(idx).transpose(1, 2)
+
+
+class ResNet(nn.Module):
+    """A ResNet-style CNN: conv-BN-ReLU stem, one residual block, max pooling, global average pooling
+    and a linear head (batch norm in train mode: the step updates its running statistics)."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        c = channels
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                   nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.pool, self.head = nn.MaxPool2d(2), nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.pool(F.relu(x + self.block(x)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def build_gpt(size: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    batch, seq, vocab, dim, heads, layers = SIZES[size]["gpt"]
+    model = GPT(vocab, seq, dim, heads, layers).to(device)
+    tokens = torch.randint(0, vocab, (batch, seq + 1), device=device)
+    return model, tokens[:, :-1], tokens[:, 1:]
+
+
+def build_resnet(size: str, device: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    batch, channels, image, classes = SIZES[size]["resnet"]
+    model = ResNet(channels, classes).to(device)
+    x = torch.randn(batch, 3, image, image, device=device)
+    return model, x, torch.randint(0, classes, (batch,), device=device)
+
+
+MODELS: dict[str, Callable] = {"mlp": build_mlp, "transformer": build_transformer, "gpt": build_gpt,
+                               "resnet": build_resnet}
 
 
 # -- measuring ----------------------------------------------------------------------------------------
