@@ -278,14 +278,10 @@ class _RowEmitter:
             elif self.L.is_row(node.out):
                 self.rows[node.out] = self.pointwise(node, False)
             # tile nodes are computed on demand, inside the loop (or block) that needs them
-        # Every row output is computed before any is stored: an output may be stored over an input
-        # (donation, runtime/plan.py) that computing another one still loads.
+        # Row outputs are computed first (registers) and stored last, after the tiles: every load of a
+        # program precedes its row stores, so a row output may be stored over an input it or a tile
+        # reads at the same row (donation, runtime/plan.py).
         values = [self.operand(v, False) for v in self.L.row_outputs]
-        for j, (v, value) in enumerate(zip(self.L.row_outputs, values)):
-            # A one-element output (a loss) is written once, by row 0; rows go to their own places.
-            row = " + ".join([f"{k} * ro{j}_k{d}" for d, k in enumerate(self.kidx)] + ["rzero"])
-            where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else (f"({row})", "rmask")
-            e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, value, v.dtype)}, mask={mask})")
         if self.L.tile_outputs:
             if self.looped:
                 self.chunk_loop()
@@ -293,6 +289,11 @@ class _RowEmitter:
                 self.end_loop()
             else:
                 self.store_tiles()
+        for j, (v, value) in enumerate(zip(self.L.row_outputs, values)):
+            # A one-element output (a loss) is written once, by row 0; rows go to their own places.
+            row = " + ".join([f"{k} * ro{j}_k{d}" for d, k in enumerate(self.kidx)] + ["rzero"])
+            where, mask = ("rzero", "rows == 0") if v.type.numel == 1 else (f"({row})", "rmask")
+            e.line(f"tl.store(ro{j}_ptr + {where}, {store_cast(e, value, v.dtype)}, mask={mask})")
         return e.text()
 
 

@@ -121,12 +121,12 @@ class Planner:
         shape = tuple(shape)
         return View(self._buf(shape, dtype, "alloc"), 0, shape, V.contiguous_strides(shape))
 
-    def _alloc_value(self, v: Value, donate: bool = True) -> View:
+    def _alloc_value(self, v: Value) -> View:
         """A buffer for `v` laid out for its consumer: a value only read through one permute (attention's
         heads merged back by transpose + reshape) is stored so that the permuted view is contiguous,
         which keeps the reshape after it a view instead of a copy kernel. A donated output is stored
         in its input's memory when that input is dense."""
-        donated = self._donated(v) if donate else None
+        donated = self._donated(v)
         if donated is not None:
             return donated
         users = self.users.get(v, [])
@@ -218,13 +218,8 @@ class Planner:
         layout = codegen.row_layout(g)
         for v in layout.tile_outputs:
             self.views[v] = self._alloc(v.shape, v.dtype)
-        # Rows are stored (through strides) after every row value is computed, tiles after that: a row
-        # output may be stored over a donated input only when no tile output reads that input.
-        late = {self.views[v].buf for v in _inputs_reaching(g, layout.tile_outputs)}
-        for v in layout.row_outputs:
-            donated = self._donated(v)
-            self.views[v] = donated if donated is not None and donated.buf not in late \
-                else self._alloc_value(v, donate=False)
+        for v in layout.row_outputs:  # stored through strides, after every load (codegen/row.py)
+            self.views[v] = self._alloc_value(v)
         if config is None:
             return
         kept = [g.shape[d] for d in layout.kept]
@@ -326,27 +321,11 @@ def _view_chain(v: Value) -> list[Value]:
     return chain
 
 
-def _inputs_reaching(g: KernelGroup, values: list[Value]) -> set[Value]:
-    """The group inputs `values` are computed from, inside the group."""
-    inside = {v: n for n in g.nodes for v in n.outputs}
-    seen, stack, found = set(), list(values), set()
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        if v in inside:
-            stack += inside[v].inputs
-        elif v in g.inputs:
-            found.add(v)
-    return found
-
-
 def _in_place(plan: Plan, k: int, j: int) -> bool:
     """Whether output k really is stored over input j safely: one launch writes buffer j, every other
     step reading it runs before, and the writer reads it only at the element it stores (a pointwise
     kernel, a matmul's epilogue, a row kernel's row outputs: each loads all it needs of an element
-    before storing it)."""
+    before storing it; a row kernel stores its rows after everything else)."""
     writers = [i for i, s in enumerate(plan.steps) if isinstance(s, LaunchStep) and any(w.buf == j for w in s.writes)]
     if plan.outputs[k].buf != j or len(writers) != 1:
         return False

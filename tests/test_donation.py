@@ -78,15 +78,23 @@ def test_donation_type_must_match():
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
-def test_compile_step_copies_nothing(opt):
-    """Parameters, optimizer states and batch-norm statistics are stored in place by their kernels."""
-    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_compile_step_copies_nothing(opt, net):
+    """Parameters, optimizer states and batch-norm statistics are stored in place by their kernels
+    (a batch norm's weight and bias by the row kernel that reduces their gradients, whose tiles read
+    the weight too: rows are stored after the tiles)."""
+    if net == "mlp":
+        model, x = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)), torch.randn(10, 6)
+    else:
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                              nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+        x = torch.randn(10, 2, 5, 5)
     o = (ember.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if opt == "sgd"
          else ember.optim.AdamW(model.parameters(), lr=1e-2))
     step = ember.compile_step(model, nn.functional.cross_entropy, o)
     ptrs = [t.data_ptr() for t in model.state_dict().values()]
     for _ in range(2):
-        step(torch.randn(10, 6), torch.randint(0, 3, (10,)))
+        step(x, torch.randint(0, 3, (10,)))
     assert step.copies == 0
     assert [t.data_ptr() for t in model.state_dict().values()] == ptrs
 
