@@ -117,7 +117,10 @@ def test_interpreted_program_instance(config, log, monkeypatch):
 
     config(after=0.0, every=0.0)
     fn = ember.compile(lambda x: torch.sin(x * 2.0))
-    x = torch.randn(3 * 4096 + 5)
+    from ember.codegen.pointwise import launch_config
+
+    block = launch_config(1 << 30, "cpu").constexprs["BLOCK"]  # the interpreter's largest block
+    x = torch.randn(3 * block + 5)
     fn(x)  # compiled: only the call below is looked at
     assert K.interpreter_position(0) is None  # no launch running
     seen = []
