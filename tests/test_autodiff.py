@@ -10,7 +10,7 @@ from ember.ir import OPS, Graph, TensorType, evaluate, parse_graph, verify
 from ember.passes import run_pipeline
 from ember.passes.autodiff import forward_backward, grad_graph, vjp_graph
 from ember.passes.remat import partition
-from ember.runtime import compile_graph
+from ember.runtime import compile_ir
 
 f64, f32 = torch.float64, torch.float32
 
@@ -387,7 +387,7 @@ def test_saved_bytes_no_more_than_eager(make, shape):
 # -- float32 through the compiled Triton path -------------------------------------------------------
 
 def compiled_vs_reference(joint, inputs, rtol=1e-4, atol=1e-4):
-    compiled = compile_graph(run_pipeline(joint).graph)
+    compiled = compile_ir(joint)
     got = compiled(inputs)
     want = evaluate(joint, *[t.double() if t.is_floating_point() else t for t in inputs])
     for a, b in zip(got, want):
@@ -403,12 +403,12 @@ def test_compiled_mlp_gradients_float32():
     joint = vjp_graph(g)
     compiled_vs_reference(joint, inputs + [ct])
     want = eager_grads(module, x, ct)
-    got = compile_graph(run_pipeline(joint).graph)(inputs + [ct])[1:]
+    got = compile_ir(joint)(inputs + [ct])[1:]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # forward and backward compiled separately give the same gradients
     part = partition(joint, len(g.inputs), len(g.outputs))
-    fwd, bwd = (compile_graph(run_pipeline(p).graph) for p in (part.forward, part.backward))
+    fwd, bwd = (compile_ir(p) for p in (part.forward, part.backward))
     outs = fwd(inputs)
     grads = bwd(outs[part.num_outputs:] + [inputs[i] for i in part.saved_inputs] + [ct])
     for a, b in zip(grads, want):
