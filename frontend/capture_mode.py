@@ -34,6 +34,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import gradient_ops  # noqa: F401  (defines torch.ops.ember.untracked_update)
+
 
 def is_size(x: Any) -> bool:
     """pytree's `is_leaf` for tree maps over a program's values: torch registers torch.Size as a node
@@ -44,19 +46,6 @@ def is_size(x: Any) -> bool:
 class CaptureError(RuntimeError):
     """The program cannot be captured as a static graph (e.g. data-dependent control flow)."""
 
-
-@torch.library.custom_op("ember::untracked_update", mutates_args=())
-def untracked_update(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    """The value of `new`; the gradient passes to `old` (see the module doc)."""
-    return new.clone()
-
-
-@untracked_update.register_fake
-def _(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(new)
-
-
-untracked_update.register_autograd(lambda ctx, grad: (None, grad))
 
 _DATA = torch._C.TensorBase.__dict__["data"]
 _DETACH = {torch.Tensor.detach, torch.detach}

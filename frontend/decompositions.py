@@ -38,6 +38,7 @@ from torch._prims_common import get_computation_dtype
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ir.registry import primitive_aten_ops
+from .gradient_ops import zero_gradient
 
 aten = torch.ops.aten
 
@@ -51,20 +52,6 @@ def _safe_softmax(x: torch.Tensor, dim: int, dtype: torch.dtype | None = None) -
     masked = (x == _NEG_INF).all(dim, keepdim=True)
     out = torch.softmax(torch.where(masked, 0, x), dim, dtype=dtype)
     return torch.where(masked, 0, out)
-
-
-@torch.library.custom_op("ember::zero_gradient", mutates_args=())
-def zero_gradient(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The value of `value`, attached to `like` with a zero gradient (see the module doc)."""
-    return value.clone()
-
-
-@zero_gradient.register_fake
-def _(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(value)
-
-
-zero_gradient.register_autograd(lambda ctx, grad: (grad, None))
 
 
 def _fill_tensor(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

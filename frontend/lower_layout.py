@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import capture_mode, decompositions  # noqa: F401  (register torch.ops.ember.untracked_update, zero_gradient)
+from . import gradient_ops  # noqa: F401  (defines torch.ops.ember.untracked_update, zero_gradient)
 from .lowering import Fallback, aten, norm_dim, norm_dims, out_dtype, out_shape, overloads, register, typed
 
 prims = torch.ops.prims

@@ -112,14 +112,10 @@ class CompiledGraph:
         """The schedule of the last call's device (before any call, the default device's)."""
         return self.schedule_for(self._last_device)
 
-    def plan_for(self, inputs: list[torch.Tensor]) -> Plan:
-        device = inputs[0].device if inputs else self.default_device
-        return self.plan_at(device, [t.stride() for t in inputs])
-
     def plan_at(self, device: torch.device, strides: list[tuple[int, ...]]) -> Plan:
         """The plan for inputs with these strides on `device` (built once; `explain` asks for other
         targets' plans this way, on any machine: planning emits kernels but launches nothing)."""
-        key = (device.type, device.index, tuple(tuple(st) for st in strides), torch.get_float32_matmul_precision())
+        key = (device.type, device.index, tuple(strides), torch.get_float32_matmul_precision())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._build(list(key[2]), device)
@@ -137,9 +133,8 @@ class CompiledGraph:
         for v, t in zip(self.graph.inputs, inputs):
             if tuple(t.shape) != v.shape or t.dtype != v.dtype:
                 raise TypeError(f"input %{v.name}: expected {v.type}, got {t.dtype}{list(t.shape)}")
-        plan = self.plan_for(inputs)
-        self._last = plan
         device = self._last_device = inputs[0].device if inputs else self.default_device
+        plan = self._last = self.plan_at(device, [t.stride() for t in inputs])
         return execute(plan, inputs, device, self.name, self.donate)
 
     @property

@@ -27,7 +27,7 @@ from ..ir.registry import is_view
 from ..passes.cost import storage_root
 from . import views as V
 from .progress import Progress
-from .schedule import Entry, Schedule, reduction_dims
+from .schedule import Schedule, reduction_dims
 from .views import View
 
 
@@ -96,7 +96,7 @@ def _wide(numel: int, views: list[View]) -> bool:
 
 class Planner:
     def __init__(self, schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device,
-                 in_place: frozenset[int] | None = None):
+                 in_place: frozenset[int] = frozenset()):
         self.schedule = schedule
         self.graph = graph = schedule.graph
         self.device = device
@@ -108,9 +108,9 @@ class Planner:
         self.entry: int | None = None  # the schedule entry being planned
         for v, strides in zip(graph.inputs, input_strides):
             self.views[v] = View(self._buf(v.shape, v.dtype, "input"), 0, v.shape, tuple(strides))
-        # donated outputs to try in place: the value whose buffer the output views -> the input index
-        tried = schedule.donate.keys() if in_place is None else in_place
-        self.donated = {v: j for k, j in schedule.donate.items() if k in tried for v in _view_chain(graph.outputs[k])}
+        # donated outputs tried in place (`in_place`): each value their buffers hold -> the input index
+        self.donated = {v: j for k, j in schedule.donate.items() if k in in_place
+                        for v in _view_chain(graph.outputs[k])}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _buf(self, shape, dtype, kind: str) -> int:
@@ -356,4 +356,4 @@ def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device:
     return plan
 
 
-__all__ = ["Buf", "BufSpec", "Entry", "ExternStep", "LaunchStep", "Plan", "build_plan"]
+__all__ = ["Buf", "BufSpec", "ExternStep", "LaunchStep", "Plan", "build_plan"]

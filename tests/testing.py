@@ -86,3 +86,14 @@ def assert_matches(fn: Callable, *args: Any, rtol: float | None = None, atol: fl
         unexpected = set(sg.unsupported()) - set(externs)
         assert not unexpected, f"ops fell back to extern: {sorted(unexpected)}\n{sg}"
     return compiled
+
+
+def assert_vjp_matches(fn: Callable, inputs: tuple, out: torch.Tensor, grads: tuple, cotangent: torch.Tensor) -> None:
+    """ember's `out = fn(*inputs)` and `grads` (of `out` w.r.t. `inputs` for `cotangent`) against eager's,
+    at the chains tolerance (attention sums over the keys)."""
+    want_out = fn(*inputs)
+    want = torch.autograd.grad(want_out, inputs, cotangent)
+    rtol, atol = CHAIN_TOLERANCES[want_out.dtype]
+    torch.testing.assert_close(out, want_out, rtol=rtol, atol=atol)
+    for i, (a, b) in enumerate(zip(grads, want, strict=True)):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
