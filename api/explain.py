@@ -26,8 +26,10 @@ from ..frontend.lowering import LOWERINGS
 from ..frontend.tracing import make_fx
 from ..ir import Node
 from ..ir.ops.extern import resolve_target
+from ..ir.ops.scatter import SORT_TARGET
 from ..ir.types import COMPILABLE_DTYPES
-from ..passes.cost import compulsory_bytes
+from ..passes.cost import compulsory_bytes, group_cost
+from ..passes.horizontal import multi_group
 from ..runtime.plan import ExternStep, LaunchStep, Plan
 from ..runtime.schedule import Schedule, build_schedule
 from .compiled import CompiledFunction
@@ -98,6 +100,8 @@ def _fallback_reason(node: Node) -> str:
     dtypes = {v.dtype for v in node.inputs + node.outputs} - COMPILABLE_DTYPES
     if dtypes:
         return f"dtype {', '.join(sorted(str(d).replace('torch.', '') for d in dtypes))} is not compiled"
+    if target == SORT_TARGET:
+        return "the sort of a deterministic scatter kernel (ir/ops/scatter.py)"
     if op not in LOWERINGS:
         return "no lowering rule for this op"
     return "the lowering rule declined these arguments"
@@ -120,6 +124,8 @@ def _kernels(schedule: Schedule, plan: Plan) -> list[KernelInfo]:
                                    None, _launch_text(step)))
         else:
             c = entry.cost
+            if entry.kind == "multi":  # a launch runs some of the entry's members (split by layout or size)
+                c = group_cost(multi_group([entry.group.members[i] for i, _, _ in step.parts]))
             rows.append(KernelInfo(len(rows), entry.kind, entry.ops, entry.group.shape, c.bytes_read,
                                    c.bytes_written, c.flops, entry.group, _launch_text(step)))
     return rows

@@ -144,6 +144,24 @@ class CompiledStep:
     @boundary  # errors name the user's line (frontend/errors.py)
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            counters = self._step_counters()
+            try:
+                return self._run(x, y)
+            except BaseException:
+                # A step that raised (an index out of range) changed nothing: neither parameters
+                # (the executor checks before any donated write) nor the optimizer's step counters.
+                for state, value in counters:
+                    state["step"] = value
+                raise
+
+    def _step_counters(self) -> list[tuple[dict, object]]:
+        """(state, its step counter, copied) for every parameter state that has one."""
+        states = (self.optimizer.state.get(p) for g in self.optimizer.param_groups for p in g["params"])
+        return [(st, st["step"].clone() if isinstance(st["step"], torch.Tensor) else st["step"])
+                for st in states if st and "step" in st]
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
             updates = self._updates()
             key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
                    tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))

@@ -10,6 +10,9 @@ AdamW. One training step runs three ways from the same initial weights and the s
   live with `ember.explain`'s rule (views and metadata ops are not kernels); bytes are each op's
   input + output bytes as `ember.explain` counts them. Counted on a second step, so the optimizer's
   state initialization (two `zeros_like` per parameter on step 1) is not in the count.
+- `eager foreach`: the same with `torch.optim.AdamW(foreach=True)` (the default on CUDA): each
+  `torch._foreach_*` op updates every parameter at once and counts as one kernel (on a GPU it is one
+  launch per chunk of tensors). Bytes as above; saved bytes are the eager forward's.
 - `ember static`: `ember.compile(model + loss)` (loss inside the compiled module, so the loss is
   fused too), `loss.backward()` through ember's forward and backward graphs (`AutogradGraph`), and
   `ember.optim.AdamW.step()`. Kernels: forward + backward graphs' `num_kernels` + the optimizer
@@ -305,6 +308,15 @@ def measure(name: str, size: str = "small", device: str | torch.device = "cpu", 
     row["torch_eager"] = {"kernels": counter.kernels, "zero_dim_ops": counter.zero_dim, "bytes": counter.bytes,
                           "saved_bytes": saved,
                           "saved_activation_bytes": saved_act, "ops": dict(counter.ops)}
+    foreach = copy.deepcopy(model0)  # the same step with foreach AdamW: one op per foreach op, all tensors
+    opt = torch.optim.AdamW(foreach.parameters(), **ADAMW, foreach=True)
+    eager_step(foreach, opt, x, y)
+    counter = CountOps()
+    with counter:
+        eager_step(foreach, opt, x, y)
+    row["torch_eager_foreach"] = {"kernels": counter.kernels, "zero_dim_ops": counter.zero_dim,
+                                  "bytes": counter.bytes, "saved_bytes": saved, "saved_activation_bytes": saved_act,
+                                  "ops": dict(counter.ops)}
 
     # ember static: ember.compile(model + loss), loss.backward(), ember.optim.AdamW
     try:
@@ -453,7 +465,17 @@ def _b(n: int | None) -> str:
     return f"{n / MB:.2f} MB" if n >= MB else f"{n / 1024:.1f} KB"
 
 
-PATHS = (("torch_eager", "torch eager"), ("ember_static", "ember static"), ("ember_step", "ember step"))
+PATHS = (("torch_eager", "torch eager"), ("torch_eager_foreach", "eager foreach"), ("ember_static", "ember static"),
+         ("ember_step", "ember step"))
+
+
+def _ratios(r: dict[str, Any], key: str) -> str:
+    """`key`'s kernels per step over eager's (foreach=False) and over eager foreach's."""
+    if r.get(key) is None:
+        return "n/a"
+    ours = r[key]["kernels"]
+    return " / ".join(f"{ours / r[e]['kernels']:.2f}x" if r.get(e) else "n/a"
+                      for e in ("torch_eager", "torch_eager_foreach"))
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -469,13 +491,13 @@ def format_table(result: dict[str, Any]) -> str:
             if d is None:
                 cells = [r["model"], label] + ["n/a"] * 7 + ["error: " + r["errors"].get(key, "not run")]
             else:
-                if key == "torch_eager":
+                if key.startswith("torch_eager"):
                     check = "reference"
                 elif d["params_close"] and d["loss_close"]:
                     check = f"ok ({d['max_abs_diff']:.0e})"
                 else:
                     check = f"MISMATCH {d['max_abs_diff']:.1e}" + ("" if d["loss_close"] else " (loss)")
-                extra = [f"({d['zero_dim_ops']} 0-d)", "", ""] if key == "torch_eager" else \
+                extra = [f"({d['zero_dim_ops']} 0-d)", "", ""] if key.startswith("torch_eager") else \
                     [str(d["torch_ops"]), f"({d['copies']})", _b(d["copy_bytes"])]
                 cells = [r["model"], label, str(d["kernels"]), extra[0], extra[1], _b(d["bytes"]), extra[2],
                          _b(d["saved_bytes"]), _b(d["saved_activation_bytes"]), check]
@@ -491,12 +513,16 @@ def format_table(result: dict[str, Any]) -> str:
     text = ["  ".join(c.ljust(w) if i < 2 or i == 9 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
             .rstrip() for cells in [head] + lines]
     sizes = "; ".join(f"{k} {v}" for k, v in result["sizes"].items())
+    text += ["", "kernels per step against eager's: " + "; ".join(
+        f"{r['model']}: static {_ratios(r, 'ember_static')}, step {_ratios(r, 'ember_step')}" for r in result["rows"])]
     text += ["", f"{result['date']}  {result['device']}  {result['machine']}  torch {result['torch']}  "
                  f"triton {result['triton']}",
              f"size={result['size']} (mlp: batch, features, hidden, classes; transformer: batch, seq, dim, heads, "
              f"classes): {sizes}; AdamW {result['optimizer']}",
              "kernels per training step (forward, loss, backward, AdamW update): torch eager = non-view aten ops "
-             "(foreach=False AdamW, steady state); ember static = forward + backward graphs + ember.optim step; "
+             "(foreach=False AdamW, steady state); eager foreach = the same with foreach=True AdamW (one op per "
+             "_foreach_* call); ratios above: ember / eager, ember / eager foreach; "
+             "ember static = forward + backward graphs + ember.optim step; "
              "ember step = compile_step graph.",
              "+torch = torch ops an ember path runs per step outside its kernels, counted on a second step (copies: "
              "Tensor.copy_: new values into the caller's tensors, autograd's gradient layout; plus AdamW's "

@@ -67,10 +67,18 @@ class Emitter:
         # index(k) -> the element index along the k-th dim from the end of the kernel's iteration space,
         # shaped like the kernel's values; set by each emitter (the `iota` op uses it).
         self.index = self._no_index
+        # check(bad, code) -> raise the kernel's error flag to `code` where the block of booleans `bad`
+        # holds, on the kernel's valid elements; set by emitters whose kernels take one (`err_ptr`,
+        # OpDef.emit_checks; the codes: ir/ops/index.py INDEX_ERRORS).
+        self.check = self._no_check
 
     @staticmethod
     def _no_index(k: int) -> str:
         raise NotImplementedError("this kernel kind does not expose element indices")
+
+    @staticmethod
+    def _no_check(bad: str, code: int = 1) -> None:
+        raise NotImplementedError("this kernel kind has no error flag")
 
     def fresh(self, prefix: str = "t") -> str:
         self._count += 1

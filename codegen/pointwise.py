@@ -5,8 +5,10 @@ into per-dim indices with sizes passed at run time, and every input and output i
 runtime offset + strides (stride 0 broadcasts, negative strides serve flip). So one kernel source
 serves any sizes, strides and broadcasting of the same ranks and dtypes. Each node is emitted by its
 registry entry: its `triton` rule (pointwise ops, `arange`), or, for generator ops, its `emit` hook
-(`full`: a literal block; `cat`: its inputs loaded at shifted, masked indices), which gets a
-`_Context` and the runtime ints its `emit_args` lists (cat's bounds) as extra kernel parameters.
+(`full`: a literal block; `cat`: its inputs loaded at shifted, masked indices; the gathers: the table
+loaded at the indices, ir/ops/index.py), which gets a `_Context` and the runtime ints its `emit_args`
+lists (cat's bounds) as extra kernel parameters; a group with a checking hook (`emit_checks`) also
+takes an error flag pointer (`err_ptr`, see `checked`).
 Fusion hands bigger groups to the same emitter.
 """
 
@@ -41,6 +43,12 @@ def _arg_nodes(group: PointwiseGroup) -> list[Node]:
     return [n for n in group.nodes if get_op(n.op).emit_args is not None]
 
 
+def checked(group: PointwiseGroup) -> bool:
+    """Does the kernel take an error flag (`err_ptr`, an int32 the planner zeroes)? When an emit hook
+    may raise it (`OpDef.emit_checks`: a gather's index out of range)."""
+    return any(get_op(n.op).emit_checks for n in group.nodes)
+
+
 def _arg_names(c: int, count: int) -> list[str]:
     return [f"g{c}_arg{k}" for k in range(count)]
 
@@ -54,13 +62,16 @@ def pointwise_params(group: PointwiseGroup) -> list[tuple[str, str]]:
         params += [(f"out{j}_ptr", ptr_sig(v.dtype)), (f"out{j}_off", "int")]
         params += [(f"out{j}_st{d}", "int") for d in range(len(group.shape))]
     params += [("numel", "int")] + [(f"s{d}", "int") for d in range(len(group.shape))]
+    if checked(group):
+        params.append(("err_ptr", "*i32"))
     for c, node in enumerate(_arg_nodes(group)):
         params += [(name, "int") for name in _arg_names(c, len(get_op(node.op).emit_args(node)))]
     return params + [("BLOCK", "constexpr")]
 
 
-def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple]) -> list:
-    """Runtime args in param order. `ins`/`outs`: (pointer object, offset, strides) per value."""
+def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple], flag=None) -> list:
+    """Runtime args in param order. `ins`/`outs`: (pointer object, offset, strides) per value; `flag`:
+    the error flag's pointer object when the group is `checked`."""
     args: list = []
     for v, (ptr, off, strides) in zip(group.inputs, ins):
         # Size-1 dims get stride 0, so broadcasting needs no special code in the kernel.
@@ -71,6 +82,10 @@ def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple]) -
     for s in group.shape:
         numel *= s
     args += [numel] + list(group.shape)
+    if checked(group):
+        if flag is None:
+            raise ValueError("pointwise_args: this kernel checks its indices and needs an error flag")
+        args.append(flag)
     for node in _arg_nodes(group):
         args += get_op(node.op).emit_args(node)
     return args
@@ -81,6 +96,7 @@ class _Context:
 
     block = "[BLOCK]"
     mask = "mask"
+    zero = "zero"  # a block of zeros of the index width (int64 in the wide variant)
 
     def __init__(self, e: Emitter, group: PointwiseGroup, idx: list[str], load) -> None:
         self.e, self.group, self.idx, self._load = e, group, idx, load
@@ -97,6 +113,11 @@ class _Context:
 
     def bind(self, expr: str, dtype) -> str:
         return bind_value(self.e, expr, dtype)
+
+    def check(self, bad: str, code: int = 1) -> None:
+        """Raise the error flag to `code` (ir/ops/index.py `INDEX_ERRORS`) where `bad` (a block of
+        booleans) holds; the executor raises after the run. Lanes may race to store: any code wins."""
+        self.e.line(f"tl.store(err_ptr + zero, (zero + {code}).to(tl.int32), mask={bad})")
 
 
 def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
@@ -120,6 +141,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
         return x
 
     ctx = _Context(e, group, idx, load)
+    e.check = lambda bad, code=1: ctx.check(f"mask & ({bad})", code)
     # Inputs read only by emit hooks are theirs to load (cat loads each at its own offset).
     hooked = [n for n in group.nodes if get_op(n.op).emit is not None]
     for i, v in enumerate(group.inputs):

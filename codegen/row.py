@@ -10,6 +10,9 @@ reduction results and what is computed from them). A program owns BM rows.
 - Looped: each reduction runs a loop over BR-wide chunks that recomputes the tile values it needs from
   the inputs, accumulating in a [BM, BR] tile; a last loop computes and stores the tile outputs.
 
+A scan along the group's one reduced dim (cumsum, ...) is a tile op here (`scan.scan_tile`), in
+persistent groups only: it needs the whole row in one block.
+
 Inputs are addressed by `loads`: (value, mode) pairs, mode "tile" or "row", so the same tensor may be
 read both ways (a bias broadcast along rows as a tile). The runtime maps each load's view onto the
 row/col index space (`row_load_strides`).
@@ -29,6 +32,7 @@ from ..ir.types import compute_dtype
 from .emitter import BlockContext, Emitter, bind_value, literal, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
+from .scan import scan_tile, with_combines
 
 _COMBINE = {"sum": "_sum_combine", "amax": "_elementwise_max", "amin": "_elementwise_min"}
 
@@ -82,7 +86,15 @@ def row_params(layout: RowLayout) -> list[tuple[str, str]]:
     for j, v in enumerate(layout.row_outputs):  # stored through strides: the planner picks the layout
         p += [(f"ro{j}_ptr", ptr_sig(v.dtype))] + [(f"ro{j}_k{d}", "int") for d in range(nk)]
     p += [(f"ks{d}", "int") for d in range(nk)] + [(f"rs{d}", "int") for d in range(nr)]
+    if row_checked(layout):
+        p.append(("err_ptr", "*i32"))
     return p + [("M", "int"), ("R", "int"), ("BM", "constexpr"), ("BR", "constexpr")]
+
+
+def row_checked(layout: RowLayout) -> bool:
+    """Does the kernel take an error flag (`err_ptr`)? When a node may raise it (`OpDef.emit_checks`:
+    `check_index` on a row's target index)."""
+    return any(get_op(n.op).emit_checks for n in layout.group.nodes)
 
 
 def row_load_strides(layout: RowLayout, v: Value, mode: str, strides: tuple[int, ...]) -> tuple[list, list]:
@@ -170,7 +182,12 @@ class _RowEmitter:
             self.e.index = lambda k: f"({self.kidx[self.nk + k]} + rzero)"
         else:
             self.e.index = lambda k: self.index(k, tile)
+        flag, valid = ("err_ptr + z2", "m2") if tile else ("err_ptr + rzero", "rmask")
+        self.e.check = lambda bad, code=1: self.e.line(f"tl.store({flag}, {code}, mask={valid} & ({bad}))")
         opdef = get_op(node.op)
+        if opdef.kind == "scan":  # along the row's one dim, which the group holds whole (codegen/scan.py)
+            return scan_tile(self.e, self.operand(node.inputs[0], True), "m2", opdef.combine, node.inputs[0].dtype,
+                             node.out.dtype, f"{self.ridx[0]}[None, :] + z2")
         if opdef.emit is not None:  # a generator op (`full`): a block of the shape this value has here
             return opdef.emit(BlockContext(self.e, "[BM, BR]" if tile else "[BM]"), node)
         args = [self.operand(v, tile) for v in node.inputs]
@@ -301,7 +318,9 @@ def emit_row(layout: RowLayout, looped: bool, int64: bool = False) -> Kernel:
     body = _RowEmitter(layout, looped, int64).emit()
     params = row_params(layout)
     ops = layout.group.ops
-    return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], render(params, body), "row", ops, params)
+    source = with_combines(render(params, body), [get_op(n.op).combine for n in layout.group.nodes
+                                                  if get_op(n.op).kind == "scan"])
+    return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], source, "row", ops, params)
 
 
 def launch_config(m: int, r: int, whole: bool, target: str) -> LaunchConfig:

@@ -35,6 +35,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import gradient_ops  # noqa: F401  (defines torch.ops.ember.untracked_update)
+from .decompositions import functional_instance_norm, instance_norm
 
 
 def is_size(x: Any) -> bool:
@@ -49,6 +50,9 @@ class CaptureError(RuntimeError):
 
 _DATA = torch._C.TensorBase.__dict__["data"]
 _DETACH = {torch.Tensor.detach, torch.detach}
+# C++ composites make_fx cannot intercept, captured as ember's decompositions write them (they return
+# NotImplemented where torch's composite must run): InstanceNorm as one row kernel.
+_REWRITES = {torch.instance_norm: instance_norm, torch.nn.functional.instance_norm: functional_instance_norm}
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__", "__imod__",
                     "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
                     "__setitem__"}
@@ -130,6 +134,10 @@ class CaptureMode(TorchFunctionMode):
             return self._detach(args[0], args[0])
         grad = torch.is_grad_enabled()
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        rewrite = _REWRITES.get(func)
+        out = rewrite(*args, **kwargs) if rewrite is not None else NotImplemented
+        if out is not NotImplemented:  # pure (no update), so only no_grad's detach applies
+            return self._results(out, inputs, grad)
         updated = updated_tensors(func, args, kwargs)
         if updated and (not grad or any(t in self.roots for t in updated)):
             return self._untracked(func, args, kwargs, updated, inputs)

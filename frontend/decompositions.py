@@ -184,6 +184,31 @@ def _native_group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch
     return out.to(x.dtype).reshape(x.shape), mean.reshape(n, group).to(stats), rstd.reshape(n, group).to(stats)
 
 
+def instance_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                  running_mean: torch.Tensor | None, running_var: torch.Tensor | None, use_input_stats: bool,
+                  momentum: float, eps: float, cudnn_enabled: bool):
+    """`torch.instance_norm` as one row reduction: GroupNorm with one channel per group
+    (`_native_group_norm`), the affine applied in the row kernel. torch's composite repeats weight
+    and bias per sample (`expand` + `clone`: two copy kernels before the row kernel). It is C++
+    (CompositeImplicitAutograd), so make_fx never sees it: capture calls this in its place
+    (frontend/capture_mode.py). NotImplemented (torch's composite runs) with running statistics,
+    which that composite updates in place or normalizes by."""
+    if not use_input_stats or running_mean is not None or running_var is not None or x.numel() == 0:
+        return NotImplemented
+    n, c = x.shape[0], x.shape[1]
+    return _native_group_norm(x, weight, bias, n, c, x.numel() // max(n * c, 1), c, eps)[0]
+
+
+def functional_instance_norm(x: torch.Tensor, running_mean: torch.Tensor | None = None,
+                             running_var: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1,
+                             eps: float = 1e-5):
+    """`F.instance_norm` (the call a TorchFunctionMode sees first), with its size check."""
+    if use_input_stats:
+        torch.nn.functional._verify_spatial_size(x.size())
+    return instance_norm(x, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, False)
+
+
 _TORCH_REPEAT = get_decompositions([aten.repeat.default])[aten.repeat.default]
 
 # ember's own decompositions (see the module doc for why each replaces torch's).
@@ -212,10 +237,13 @@ def _decomposition_table() -> dict:
     ]))
     # The aten ops IR primitives are lowered from (their registry entries' `aten`: silu, gelu,
     # softplus, ...) must not be decomposed further, nor those ember lowers to matmul; detach is the
-    # stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients.
+    # stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients; index_add's
+    # (an index_put) wraps negative indices, which eager's index_add refuses (frontend/lower_scatter.py);
+    # upsample_linear1d's ignores torch's copy where out == in and a scale is given (frontend/lower_interpolate.py).
     for op in primitive_aten_ops():
         table.pop(op, None)
-    for op in (aten.mv, aten.dot, aten.addmm, aten.baddbmm, aten.embedding, aten.detach, aten.special_log_ndtr):
+    for op in (aten.mv, aten.dot, aten.addmm, aten.baddbmm, aten.embedding, aten.detach, aten.special_log_ndtr,
+               aten.index_add, aten.upsample_linear1d):
         for overload in op.overloads():
             table.pop(getattr(op, overload), None)
     table = {op: fn for op, fn in table.items() if not op._schema.is_mutable}

@@ -5,8 +5,12 @@ A pooling window tiles the input when stride == kernel, with no padding and no d
 pooling: when each input size is a multiple of the output size). Then the input, cut to the windows
 it holds (floor mode drops a remainder), reshaped to (..., o1, k1, o2, k2), has one window per
 kept index and its elements along the k dims: pooling is a reduction over those dims, one row kernel
-with its neighbours, and exact. Any other configuration (overlapping windows, padding, dilation,
-ceil_mode's partial windows) raises Fallback: the op runs as an extern.
+with its neighbours (a producer such as BN-apply + ReLU joins it as prologue), and exact. Any other
+configuration (overlapping windows, padding, dilation, ceil_mode's partial windows) lowers to the
+window ops of ir/ops/window.py (`max_pool`, `max_pool_index`, `avg_pool` and their backward ops:
+gathers of the pointwise emitter, with the same index semantics), adaptive average pooling whose
+windows do not tile the input to `adaptive_avg_pool`. A window loop longer than `MAX_LOADS` raises
+Fallback: the op runs as an extern.
 
 Max pooling must give the whole gradient to one element per window, the one torch's index records:
 the first maximum in window order, or where the window holds NaN, the last NaN (torch's kernels keep
@@ -28,6 +32,7 @@ import math
 import torch
 
 from ..ir import Value
+from ..ir.ops.window import MAX_LOADS, unrolled_loads
 from .lowering import Fallback, aten, out_shape, overloads, register
 
 
@@ -37,6 +42,30 @@ def _sizes(value, n: int, default: list[int] | None = None) -> list[int]:
         return list(default) if default is not None else [0] * n
     value = list(value) if isinstance(value, (list, tuple)) else [value]
     return value * n if len(value) == 1 else value
+
+
+def _window_attrs(n: int, kernel, stride, padding, dilation=None, ceil_mode=False) -> dict:
+    """The attributes of a window op (ir/ops/window.py) for a pooling call's arguments."""
+    kernel = _sizes(kernel, n)
+    return dict(kernel_size=tuple(kernel), stride=tuple(_sizes(stride, n, kernel)), padding=tuple(_sizes(padding, n)),
+                dilation=tuple(_sizes(dilation, n, [1] * n)), ceil_mode=bool(ceil_mode))
+
+
+def _avg_attrs(n: int, a) -> dict:
+    attrs = _window_attrs(n, a.kernel_size, a.stride, a.padding, None, a.ceil_mode)
+    del attrs["dilation"]
+    return dict(attrs, count_include_pad=bool(a.count_include_pad), divisor_override=a.divisor_override)
+
+
+def window_op(L, op: str, inputs: list[Value], **attrs) -> Value:
+    """A window op (ir/ops/window.py), unless its unrolled loop is too long (then an extern)."""
+    try:
+        loads = unrolled_loads(op, inputs[0].type, attrs)
+    except (TypeError, ValueError) as e:  # a dtype or a size the op does not take (empty windows)
+        raise Fallback(str(e)) from None
+    if loads > MAX_LOADS:
+        raise Fallback(f"{op}: a window loop of more than {MAX_LOADS} loads")
+    return L.add(op, inputs, **attrs)
 
 
 def _tiled_kernel(in_sizes, out_sizes, kernel, stride, padding, dilation=None) -> list[int]:
@@ -129,7 +158,10 @@ def _avg_pool(L, node, a):
     n = 3 if node.target._overloadpacket is aten.avg_pool3d else 2
     _eager_rejects(node, n == 3)
     out_sizes = list(out_shape(node)[-n:])
-    kernel = _tiled_kernel(a.self.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding)
+    try:
+        kernel = _tiled_kernel(a.self.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding)
+    except Fallback:
+        return window_op(L, "avg_pool", [a.self], **_avg_attrs(n, a))
     return _average(L, a.self, kernel, out_sizes, a.divisor_override)
 
 
@@ -137,7 +169,12 @@ def _avg_pool(L, node, a):
 def _avg_pool_backward(L, node, a):
     n = 3 if node.target._overloadpacket is aten.avg_pool3d_backward else 2
     _eager_rejects(node, n == 3)
-    kernel = _tiled_kernel(a.self.shape[-n:], a.grad_output.shape[-n:], a.kernel_size, a.stride, a.padding)
+    try:
+        kernel = _tiled_kernel(a.self.shape[-n:], a.grad_output.shape[-n:], a.kernel_size, a.stride, a.padding)
+    except Fallback:
+        grad = window_op(L, "avg_pool_backward", [L.cast(a.grad_output, a.self.dtype)], input_size=a.self.shape[-n:],
+                       **_avg_attrs(n, a))
+        return _attached(L, grad, a.self)
     return _average_backward(L, a.grad_output, a.self, kernel, a.divisor_override)
 
 
@@ -153,7 +190,11 @@ def _adaptive_avg_pool(L, node, a):
     n = 3 if node.target._overloadpacket is aten._adaptive_avg_pool3d else 2
     _eager_rejects(node)
     out_sizes = list(out_shape(node)[-n:])
-    return _average(L, a.self, _adaptive_kernel(a.self.shape[-n:], out_sizes), out_sizes, None)
+    try:
+        kernel = _adaptive_kernel(a.self.shape[-n:], out_sizes)
+    except Fallback:
+        return window_op(L, "adaptive_avg_pool", [a.self], output_size=tuple(out_sizes))
+    return _average(L, a.self, kernel, out_sizes, None)
 
 
 @register(*overloads(aten._adaptive_avg_pool2d_backward, "default"),
@@ -161,7 +202,12 @@ def _adaptive_avg_pool(L, node, a):
 def _adaptive_avg_pool_backward(L, node, a):
     n = 3 if node.target._overloadpacket is aten._adaptive_avg_pool3d_backward else 2
     _eager_rejects(node)
-    kernel = _adaptive_kernel(a.self.shape[-n:], a.grad_output.shape[-n:])
+    try:
+        kernel = _adaptive_kernel(a.self.shape[-n:], a.grad_output.shape[-n:])
+    except Fallback:
+        grad = window_op(L, "adaptive_avg_pool_backward", [L.cast(a.grad_output, a.self.dtype)],
+                         input_size=a.self.shape[-n:])
+        return _attached(L, grad, a.self)
     return _average_backward(L, a.grad_output, a.self, kernel, None)
 
 
@@ -194,7 +240,11 @@ def _max_pool(L, node, a):
         raise Fallback("torch has no bool max pooling")
     out = tuple(int(s) for s in node.meta["val"][0].shape)
     out_sizes = list(out[-n:])
-    kernel = _tiled_kernel(x.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding, a.dilation)
+    try:
+        kernel = _tiled_kernel(x.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding, a.dilation)
+    except Fallback:
+        attrs = _window_attrs(n, a.kernel_size, a.stride, a.padding, a.dilation, a.ceil_mode)
+        return [window_op(L, "max_pool", [x], **attrs), window_op(L, "max_pool_index", [x], **attrs)]
     w, dims = _windows(L, x, kernel, out_sizes)
     pos = _positions(L, w.shape, kernel, x.shape[-n:])
     red = dict(dims=dims, keepdim=True)
@@ -217,7 +267,14 @@ def _max_pool_backward(L, node, a):
     n = _max_pool_n(node)
     x, grad = a.self, a.grad_output
     out_sizes = list(grad.shape[-n:])
-    kernel = _tiled_kernel(x.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding, a.dilation)
+    try:
+        kernel = _tiled_kernel(x.shape[-n:], out_sizes, a.kernel_size, a.stride, a.padding, a.dilation)
+    except Fallback:
+        if not x.dtype.is_floating_point:
+            raise
+        attrs = _window_attrs(n, a.kernel_size, a.stride, a.padding, a.dilation, a.ceil_mode)
+        g = window_op(L, "max_pool_backward", [L.cast(grad, x.dtype), a.indices], input_size=x.shape[-n:], **attrs)
+        return _attached(L, g, x)
     shape = grad.shape[:-n] + tuple(s for o, k in zip(out_sizes, kernel) for s in (o, k))
     dims = tuple(grad.type.rank - n + 2 * i + 1 for i in range(n))
     keep = _keep(shape, dims)

@@ -152,11 +152,16 @@ def _vector_norm(L, node, a):
 def _gather(L, node, a):
     """gather picking one element per row along `dim` (cross-entropy's target logit) is a one-hot
     masked sum: iota == index selects the element, the sum keeps it. It is a row reduction, so it
-    fuses into the log-softmax kernel. Other gathers run as externs."""
+    fuses into the log-softmax kernel. Other gathers are the IR's `gather` (lower_index.py)."""
     x, idx = a.self, a.index
+    if a.get("sparse_grad"):
+        raise Fallback("gather with sparse gradients")
     d = norm_dim(a.dim, x.type.rank)
-    if a.get("sparse_grad") or x.type.rank == 0 or idx.type.shape != x.type.shape[:d] + (1,) + x.type.shape[d + 1:]:
-        raise Fallback("general gather")
+    if x.type.rank == 0 or idx.type.shape != x.type.shape[:d] + (1,) + x.type.shape[d + 1:]:
+        from .lower_index import gather
+
+        return gather(L, x, d, idx)
+    idx = L.add("check_index", [idx], size=x.type.shape[d], error="target")  # out of range: an error, never 0
     iota = L.add("iota", [], shape=x.type.shape, dim=d, dtype=idx.dtype)
     picked = L.add("where", [L.add("eq", [iota, idx]), x, L.const(0, x.dtype)])
     out = L.add("sum", [picked], dims=(d,), keepdim=True)

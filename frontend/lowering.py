@@ -332,7 +332,19 @@ def _compilable(args: tuple, kwargs: dict, val: Any) -> bool:
 
 def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Lowered:
     """Lower a captured fx graph to an IR graph (see module doc)."""
-    from . import lower_layout, lower_matmul, lower_pointwise, lower_pool, lower_random, lower_reduction  # noqa: F401
+    from . import (  # noqa: F401
+        lower_conv,
+        lower_index,
+        lower_interpolate,
+        lower_layout,
+        lower_matmul,
+        lower_pointwise,
+        lower_pool,
+        lower_random,
+        lower_reduction,
+        lower_scan,
+        lower_scatter,
+    )
     from .refunctionalize import refunctionalize
 
     return Lowerer(refunctionalize(gm), input_names).run()

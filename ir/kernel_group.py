@@ -7,7 +7,11 @@ Kinds:
   `dims` set to 1); outputs are tiles, rows, or the reduction itself without keepdim;
 - "matmul": one matmul and its pointwise epilogue over the matmul's output `shape`;
 - "reduction": one reduction the row kernel does not take (prod, argmax, argmin);
-- "layout", "extern", "constant": one node each (layout ops are usually views: no kernel).
+- "scan": one scan (cumsum, ...) whose rows are too long for a row kernel, which otherwise runs it as
+  a tile op along its one dim (`dims`);
+- "layout", "extern", "constant": one node each (layout ops are usually views: no kernel);
+- "multi": independent pointwise groups of one structure (`members`, any shapes: the per-parameter
+  updates of an optimizer step) run by one multi-tensor launch (passes/horizontal.py).
 0-dim `full` scalars used only by pointwise nodes belong to no group: kernels inline them as literals.
 """
 
@@ -29,10 +33,13 @@ class KernelGroup:
     scalars: list[Node] = field(default_factory=list)   # inlined 0-dim constants the nodes use
     # "row" groups that also reduce across rows (a loss's mean): one program must hold every row.
     whole: bool = False
+    # "multi" groups: the pointwise groups one launch runs (`nodes`, `inputs`, `outputs`: theirs, joined).
+    members: list[KernelGroup] = field(default_factory=list)
 
     @property
     def ops(self) -> list[str]:
-        return [n.op for n in self.nodes]
+        """The IR ops the kernel runs (a "multi" group: those of one member, which all members share)."""
+        return self.members[0].ops if self.members else [n.op for n in self.nodes]
 
     def __repr__(self) -> str:
         return f"KernelGroup({self.kind}, ops={self.ops}, shape={self.shape}, dims={self.dims})"

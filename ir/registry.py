@@ -42,9 +42,12 @@ Emit hooks (generator ops inside the pointwise emitter, codegen/pointwise.py)::
     emit_args(node) -> list[int]      # runtime ints the emitted code reads, as ctx.args(node)
 
 `ctx` offers `e` (the Emitter: `tmp`, `line`, `index`), `block` (the shape text of a kernel value),
-`mask` (in-bounds lanes), `dims(v)` (index expressions of v's dims), `load(v, index, mask)` (a group
-input loaded at per-dim `index` expressions), `args(node)` (the names of the node's runtime ints)
-and `bind(expr, dtype)` (a value of IR dtype `dtype`, rounded to a half type like any op result).
+`mask` (in-bounds lanes), `zero` (a block of zeros of the kernel's index width), `dims(v)` (index
+expressions of v's dims), `load(v, index, mask)` (a group input loaded at per-dim `index`
+expressions), `args(node)` (the names of the node's runtime ints) and `bind(expr, dtype)` (a
+value of IR dtype `dtype`, rounded to a half type like any op result); an entry with `emit_checks`
+may call `check(bad)`: lanes where `bad` holds raise the kernel's error flag, which the executor
+turns into an IndexError after the run (a gather's index out of range).
 Group inputs read only by emit-hook nodes are left to those hooks to load.
 """
 
@@ -57,7 +60,8 @@ from typing import Any
 
 import torch
 
-KINDS = ("pointwise", "reduction", "matmul", "layout", "constant", "composite", "extern")
+KINDS = ("pointwise", "reduction", "scan", "matmul", "conv", "scatter", "layout", "constant", "composite",
+         "extern")
 
 # dtype families domains and type rules name (the dtypes generated kernels compute on).
 FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -140,13 +144,15 @@ class OpDef:
     # (see the module doc).
     emit: Callable[..., str] | None = None
     emit_args: Callable[..., list[int]] | None = None
+    # The emit hook may raise the kernel's error flag (`ctx.check`: an index out of range).
+    emit_checks: bool = False
     # composite: decompose(graph, inputs, **attrs) -> Value, appending primitive nodes to `graph`
     decompose: Callable[..., Any] | None = None
     # vjp(graph, inputs, out, cotangent, **attrs) -> list[Value | None]: see the module doc.
     vjp: Callable[..., list] | None = None
     # The VJP rule takes `needs=` (see the module doc).
     vjp_needs: bool = False
-    # reduction: the combine used by the reduction emitter ("sum", "prod", "max", "min", "argmax", ...)
+    # reduction, scan: the combine used by the reduction emitter ("sum", "prod", "max", "min", "argmax", ...)
     combine: str | None = None
     # The inputs whose gradient dependence the output carries (None: all). `passes.autodiff`'s activity
     # analysis stops elsewhere: nothing downstream of `stop_gradient` is differentiated, so an op with

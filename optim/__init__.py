@@ -4,8 +4,8 @@
     loss.backward(); opt.step(); opt.zero_grad()
 
 Same constructor arguments, param groups and `state_dict` format as torch.optim (each class
-subclasses its namesake); each step runs one kernel per parameter tensor, updating parameters and
-optimizer state in place. See `optimizers.py` (the update rules) and `engine.py` (graph, cache,
+subclasses its namesake); each step runs one multi-tensor kernel per dtype group of parameters,
+updating parameters and optimizer state in place. See `optimizers.py` (the update rules) and `engine.py` (graph, cache,
 in-place execution).
 """
 

@@ -14,8 +14,10 @@ copy of `hp`. Only a change of structure (a new shape, a flag, a parameter gaini
 gradient) builds a new graph; the kernels themselves stay cached by source in `ember.codegen`.
 
 The graph goes through the driver (`ember.runtime.compile_ir`: passes, schedule, plan); the fusion
-pass makes each parameter's whole update one pointwise kernel (independent parameters of different
-shapes do not share an iteration space), so a step launches one kernel per parameter tensor.
+pass makes each parameter's whole update one pointwise group, and horizontal fusion
+(passes/horizontal.py) runs the groups of one structure (one rule, flags and dtype; any shapes) as
+one multi-tensor kernel, so a step launches one kernel per dtype group (more when rules or flags
+differ between param groups, or a parameter is not contiguous).
 
 In place: each new parameter and state value is a donated output (`runtime.compile_ir(...,
 donate=...)`, JAX's `donate_argnums`): the runtime stores it into the tensor it replaces, in the kernel

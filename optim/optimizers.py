@@ -5,7 +5,7 @@ param groups (`add_param_group`, per-group hyperparameters), `zero_grad`, hooks,
 the `state_dict` format are torch's own: a state_dict moves between ember and torch.optim in both
 directions. Only `step()` differs: each parameter's update is an IR rule (below, next to the torch
 code it mirrors, operation by operation so rounding matches torch's single-tensor CPU path), and
-`engine.FusedStep` runs all of them as one graph, one kernel per parameter tensor, in place.
+`engine.FusedStep` runs all of them as one graph, one multi-tensor kernel per dtype group, in place.
 
 Not supported (raise at construction): `differentiable=True`, `capturable=True`, `fused=True`
 (ember fuses its own kernels; `foreach` is accepted and ignored), complex and sparse gradients.

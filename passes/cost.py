@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from ..ir import Graph, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
+from ..ir.ops.index import GATHER_OPS
 from ..ir.ops.reduction import reduced_shape
+from ..ir.ops.window import WINDOW_OPS, window_read_bytes
 from ..ir.registry import flops, is_view, view_root
 
 
@@ -180,6 +182,21 @@ def row_read_bytes(group: KernelGroup) -> int:
     return read
 
 
+def _pointwise_read_bytes(group: KernelGroup, v: Value) -> int:
+    """Bytes a pointwise kernel loads of input `v`: all it reaches, once; but an input only gathers
+    read (ir/ops/index.py) is loaded by each gather's emit hook: its indices whole, its table at the
+    elements it picks (one per output element, at most the elements of the table)."""
+    gathers = [n for n in group.nodes if n.op in GATHER_OPS and v in n.inputs]
+    windows = [n for n in group.nodes if n.op in WINDOW_OPS and v in n.inputs]  # counted by window_read_bytes
+    plain = v in group.outputs or any(v in n.inputs for n in group.nodes if n not in gathers and n not in windows)
+    read = value_read_bytes(v) if plain or not (gathers or windows) else 0
+    for n in gathers:
+        read += sum(value_read_bytes(v) for u in n.inputs[1:] if u is v)
+        if n.inputs[0] is v:
+            read += min(value_read_bytes(v), n.out.type.numel * v.dtype.itemsize)
+    return read
+
+
 def _flops(group: KernelGroup) -> int:
     """Each node's flops, by its registry entry's `cost`."""
     return sum(flops(n) for n in group.nodes)
@@ -188,16 +205,29 @@ def _flops(group: KernelGroup) -> int:
 def group_cost(group: KernelGroup) -> KernelCost:
     if group.kind == "layout" and is_view(group.nodes[0].op):
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
+    if group.kind == "multi":  # one launch over pointwise members (passes/horizontal.py): theirs, summed
+        costs = [group_cost(m) for m in group.members]
+        return KernelCost(group, sum(c.bytes_read for c in costs), sum(c.bytes_written for c in costs),
+                          sum(c.flops for c in costs))
     if group.kind == "row":
         read = row_read_bytes(group)
     elif group.kind == "matmul":  # both operands, then what the epilogue loads (an operand again, too)
         mm = group.nodes[0]
         tail = {v for n in group.nodes[1:] for v in n.inputs}
         read = sum(value_read_bytes(v) for v in mm.inputs) + sum(value_read_bytes(v) for v in group.inputs if v in tail)
+    elif group.kind == "conv":  # both operands (a gathered pixel counts once), then the epilogue's loads
+        conv = next(n for n in group.nodes if get_op(n.op).kind == "conv")
+        tail = {v for n in group.nodes if n is not conv for v in n.inputs}
+        read = sum(value_read_bytes(v) for v in conv.inputs)
+        read += sum(value_read_bytes(v) for v in group.inputs if v in tail)
+    elif group.kind == "scatter":  # segment_add: sources, sorted keys, permutation and x (not the unsorted keys)
+        node = group.nodes[0]
+        read = sum(value_read_bytes(v) for i, v in enumerate(node.inputs) if i != 3)
     elif group.kind == "layout":  # cat: each piece, as often as it appears
         read = sum(value_read_bytes(v) for v in group.nodes[0].inputs)
     else:
-        read = sum(value_read_bytes(v) for v in group.inputs)
+        read = sum(_pointwise_read_bytes(group, v) for v in group.inputs)
+        read += window_read_bytes([n for n in group.nodes if n.op in WINDOW_OPS])
     written = sum(v.type.nbytes for v in group.outputs)
     return KernelCost(group, read, written, _flops(group))
 

@@ -1,11 +1,14 @@
 """Common-subexpression elimination: one node per (op, inputs, attrs).
 
-`extern` nodes are never merged: a torch call may be random (dropout, rand) or otherwise impure.
+`extern` nodes are never merged: a torch call may be random (dropout, rand) or otherwise impure;
+but for the sort of ember's scatters (`ember::sort_index`, ir/ops/scatter.py), which is pure: two
+scatters by one index sort it once.
 """
 
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ir.ops.scatter import SORT_TARGET
 from ..ir.printer import format_attr
 from .rewrite import GraphRewriter
 
@@ -14,7 +17,7 @@ def cse(graph: Graph) -> Graph:
     rw = GraphRewriter(graph)
     seen: dict[tuple, list] = {}
     for node in graph.nodes:
-        if node.op == "extern":
+        if node.op == "extern" and node.attrs["target"] != SORT_TARGET:
             rw.copy(node)
             continue
         key = (node.op, tuple(rw.map[v].id for v in node.inputs),

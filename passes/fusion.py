@@ -12,7 +12,11 @@ Rules:
 - a `sum`/`amax`/`amin` turns a pointwise group over its input shape into a "row" group (prologue),
   and joins a row group over the same shape and dims; pointwise nodes whose shape is a tile or a row
   of a row group join it (epilogue), so softmax, layernorm and cross-entropy become one kernel;
-- pointwise nodes over a matmul's output shape join its group (epilogue: bias, activation, residual).
+- pointwise nodes over a matmul's output shape join its group (epilogue: bias, activation, residual);
+- gathers (`GATHER_OPS`: ir/ops/index.py, and the window ops of ir/ops/window.py) start pointwise
+  groups that take epilogues but never their inputs' producers; a window op joins a sibling window
+  op over the same input (max_pool's value and index), and leaves a pointwise node whose value a
+  reduction reads to that reduction's row group (`_row_prologue_to_window`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ import networkx as nx
 
 from ..ir import Graph, Node, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, WHOLE_BLOCK_LIMIT, KernelGroup, pow2
+from ..ir.ops.index import GATHER_OPS as INDEX_GATHERS
 from ..ir.ops.reduction import reduced_shape
+from ..ir.ops.window import WINDOW_OPS
 
+# Generator ops that load their inputs at other elements than their own (gathers, window ops).
+GATHER_OPS = INDEX_GATHERS | WINDOW_OPS
 ROW_REDUCTIONS = ("sum", "amax", "amin")
 MAX_GROUP_NODES = 64  # bounds the size of one generated kernel
 
@@ -43,13 +51,17 @@ def row_shapes(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[tuple[int
 
 def _start(node: Node) -> KernelGroup:
     op = get_op(node.op)
-    if op.kind == "pointwise" or (op.kind == "constant" and node.out.type.rank > 0 and node.op == "full"):
+    if op.kind == "pointwise" or (op.kind == "constant" and node.out.type.rank > 0 and node.op == "full") \
+            or node.op in GATHER_OPS:  # gathers: generator ops of the pointwise emitter
         return KernelGroup("pointwise", [node], shape=node.out.shape)
     if node.op in ROW_REDUCTIONS and math.prod(node.inputs[0].shape[d] for d in node.attrs["dims"]) > 1:
         return KernelGroup("row", [node], shape=node.inputs[0].shape, dims=tuple(sorted(node.attrs["dims"])))
-    if op.kind == "matmul":
-        return KernelGroup("matmul", [node], shape=node.out.shape)
-    kind = {"reduction": "reduction", "layout": "layout", "extern": "extern"}.get(op.kind, "constant")
+    if op.kind in ("matmul", "conv"):
+        return KernelGroup(op.kind, [node], shape=node.out.shape)
+    if op.kind == "scan":  # its own kernel (codegen/scan.py), or a row group's tile op (`_scan_in_row`)
+        return KernelGroup("scan", [node], shape=node.out.shape, dims=(node.attrs["dim"],) if node.out.shape else ())
+    kinds = {"reduction": "reduction", "scatter": "scatter", "layout": "layout", "extern": "extern"}
+    kind = kinds.get(op.kind, "constant")
     return KernelGroup(kind, [node], shape=node.outputs[0].shape)
 
 
@@ -79,6 +91,10 @@ class _Partitioner:
     def _fused_kind(self, a: KernelGroup, b: KernelGroup) -> tuple[str, tuple, tuple] | None:
         """(kind, shape, dims) of a ∪ b, or None when one kernel cannot run both."""
         kinds = {a.kind, b.kind}
+        if self._gathers_computed_input(a, b):
+            return None
+        if kinds == {"pointwise"} and self._row_prologue_to_window(a, b):
+            return None
         if kinds == {"pointwise"}:
             if a.shape == b.shape:
                 return "pointwise", a.shape, ()
@@ -98,14 +114,35 @@ class _Partitioner:
                     and not self._tile_misreads_row(other, members):
                 return "row", other.shape, other.dims
             return None
-        if kinds == {"matmul", "pointwise"}:
-            mm, pw = (a, b) if a.kind == "matmul" else (b, a)
-            matmul = next(n for n in mm.nodes if n.op == "matmul")
+        if kinds in ({"matmul", "pointwise"}, {"conv", "pointwise"}):  # a GEMM and its epilogue
+            mm, pw = (a, b) if a.kind != "pointwise" else (b, a)
+            if any(n.op in GATHER_OPS or get_op(n.op).emit_checks for n in pw.nodes):
+                return None  # only the pointwise emitter runs emit hooks; only it and rows take a flag
+            matmul = next(n for n in mm.nodes if get_op(n.op).kind == mm.kind)
             if any(v.producer in pw.nodes for v in matmul.inputs):
                 return None  # a producer of the operands: the kernel has epilogues, not prologues
             if all(v.shape == mm.shape for n in pw.nodes for v in n.outputs):
-                return "matmul", mm.shape, ()
+                return mm.kind, mm.shape, ()
         return None
+
+    @staticmethod
+    def _gathers_computed_input(a: KernelGroup, b: KernelGroup) -> bool:
+        """Would a gather of a ∪ b read a value the union computes? Its emit hook loads its table and
+        indices from memory at other elements than the group's own (ir/ops/index.py)."""
+        members = set(a.nodes) | set(b.nodes)
+        return any(v.producer in members for n in members if n.op in GATHER_OPS for v in n.inputs)
+
+    def _row_prologue_to_window(self, a: KernelGroup, b: KernelGroup) -> bool:
+        """Would a window op's group (ir/ops/window.py) take pointwise nodes whose values a row
+        reduction reads? They stay out, to be that reduction's prologue, where sibling reductions of
+        one value share a kernel (the ReLU and batch-norm backward after max_pool_backward); a window
+        op cannot run in a row kernel."""
+        for win, other in ((a, b), (b, a)):
+            if any(n.op in WINDOW_OPS for n in win.nodes) and any(
+                    u.op in ROW_REDUCTIONS for n in other.nodes if n.op not in WINDOW_OPS
+                    for v in n.outputs for u in self.users.get(v, [])):
+                return True
+        return False
 
     def _row_member(self, row: KernelGroup, node: Node, members: set[Node]) -> bool:
         """Can `node` run inside row group `row` (whose nodes would be `members`)? Tiles and rows
@@ -119,6 +156,8 @@ class _Partitioner:
         if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
             shapes = {node.inputs[0].shape, node.out.shape}
             return shapes <= rows or (whole and node.out.type.numel == 1 == node.inputs[0].type.numel)
+        if kind == "scan":  # a tile op along the row's one dim
+            return _scan_in_row(node) and node.inputs[0].shape == row.shape and row.dims == (node.attrs["dim"],)
         if node.op in ROW_REDUCTIONS:
             x = node.inputs[0]
             if x.shape == row.shape:
@@ -157,6 +196,8 @@ class _Partitioner:
             if len(node.outputs) == 1 and inlined_scalar(node.out, self.users, self.outputs):
                 continue
             group = _start(node)
+            if group.kind == "scan" and _scan_in_row(node):
+                group.kind = "row"  # fuses with its pointwise prologue and epilogue (codegen/row.py)
             self.group_of[node] = group
             self.dag.add_node(group)
             producers = []
@@ -172,9 +213,35 @@ class _Partitioner:
                 fused = self._fused_kind(p, group)
                 if fused is not None and self._can_merge(p, group):
                     group = self._merge(p, group, fused)
+            if node.op in WINDOW_OPS:
+                group = self._join_window_sibling(node, group)
+            if group.kind == "row" and get_op(node.op).kind == "scan":
+                group = self._join_scan_sibling(node, group)
             if group.kind == "row":
                 self._absorb_producers(group)
         return self._finish()
+
+    def _join_window_sibling(self, node: Node, group: KernelGroup) -> KernelGroup:
+        """A window op joins the group of a window op over the same input and output shape (max_pool's
+        value and index: one kernel, whose emit hooks share one window loop, ir/ops/window.py)."""
+        for u in self.users.get(node.inputs[0], []):
+            s = self.group_of.get(u)
+            if u is not node and u.op in WINDOW_OPS and s is not None and s is not group \
+                    and u.out.shape == node.out.shape and self._fused_kind(s, group) is not None \
+                    and self._can_merge(s, group):
+                return self._merge(s, group, ("pointwise", s.shape, ()))
+        return group
+
+    def _join_scan_sibling(self, node: Node, group: KernelGroup) -> KernelGroup:
+        """A scan joins the row group of a scan of the same input over the same rows (cummax's values
+        and indices are two IR scans: one kernel)."""
+        for u in self.users.get(node.inputs[0], []):
+            s = self.group_of.get(u)
+            if u is not node and get_op(u.op).kind == "scan" and s is not None and s is not group \
+                    and s.kind == "row" and self._fused_kind(s, group) == ("row", group.shape, group.dims) \
+                    and self._can_merge(s, group):
+                return self._merge(s, group, ("row", s.shape, s.dims))
+        return group
 
     def _absorb_producers(self, group: KernelGroup) -> None:
         """Pull row-shaped producers (a target index, its reshape) into a row group as prologue."""
@@ -207,6 +274,13 @@ class _Partitioner:
             g.outputs = [v for n in g.nodes for v in n.outputs
                          if v in self.outputs or any(u not in members for u in self.users.get(v, []))]
         return groups
+
+
+def _scan_in_row(node: Node) -> bool:
+    """A scan runs as a tile op of a row kernel when the row kernel holds its rows whole (persistent:
+    the scan needs every earlier column of the row in the same block)."""
+    shape = node.out.shape
+    return node.out.type.numel > 0 and bool(shape) and 1 < shape[node.attrs["dim"]] <= ROW_BLOCK_LIMIT
 
 
 def _fits_one_program(row: KernelGroup) -> bool:

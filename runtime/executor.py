@@ -18,6 +18,7 @@ from ..codegen.kernel import interpreter_position
 from ..codegen.lru import LRU
 from ..ir import Graph
 from ..ir.ops.extern import call_extern
+from ..ir.ops.index import INDEX_ERRORS
 from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
 from .progress import Progress
 from .schedule import Schedule, build_schedule
@@ -35,11 +36,15 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
             donate: dict[int, int] | None = None) -> list[torch.Tensor]:
     bufs: list = list(inputs)
     for spec in plan.bufs[len(inputs):]:
-        bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else None)
+        bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else
+                    torch.zeros(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "flag" else None)
     # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
     inner = interpreter_position if device.type == "cpu" else None
+    checks = _flag_checks(plan, len(inputs))
     with Progress("kernel", len(plan.steps), title=f"running {name}", inner=inner) as progress:
         for i, step in enumerate(plan.steps, 1):
+            if i - 1 in checks:
+                _check_flags(plan, bufs)
             if isinstance(step, LaunchStep):
                 progress.update(i, step.kernel.name)
                 args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
@@ -47,6 +52,7 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
             else:
                 progress.update(i, step.node.attrs.get("target", "extern"))
                 _run_extern(step, bufs)
+    _check_flags(plan, bufs)
     outs = [_as_tensor(bufs, v) for v in plan.outputs]
     if donate:
         copied = dict(plan.copies)
@@ -58,6 +64,35 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
                     torch.autograd.graph.increment_version(inputs[j])
                 outs[k] = inputs[j]
     return outs
+
+
+def _flag_checks(plan: Plan, n_inputs: int) -> set[int]:
+    """The steps before which raised error flags are read: each step that writes a caller's buffer
+    (a donated input) or calls torch, after a kernel with a flag ran, so an index out of range raises
+    eager's error before any of the caller's state changes and before a torch op sees the index (it
+    would raise its own error, or a later op's). Empty for plans without flags."""
+    if not any(spec.kind == "flag" for spec in plan.bufs):
+        return set()
+    checks, pending = set(), False
+    for i, step in enumerate(plan.steps):
+        launch = isinstance(step, LaunchStep)
+        if pending and (not launch or any(v.buf < n_inputs for v in step.writes)):
+            checks.add(i)
+            pending = False
+        if launch:
+            pending = pending or any(isinstance(a, Buf) and plan.bufs[a.index].kind == "flag" for a in step.args)
+    return checks
+
+
+def _check_flags(plan: Plan, bufs: list) -> None:
+    """Raise eager's IndexError when a kernel raised its error flag (a gather's index out of range:
+    the kernel loaded nothing there, ir/ops/index.py). One read after the run, only for plans with
+    such kernels."""
+    flags = [bufs[k] for k, spec in enumerate(plan.bufs) if spec.kind == "flag"]
+    code = int(torch.cat(flags).max()) if flags else 0
+    if code:
+        kind, message = INDEX_ERRORS[code]
+        raise kind(message)
 
 
 def _run_extern(step: ExternStep, bufs: list) -> None:

@@ -17,18 +17,24 @@ from typing import Any
 import torch
 
 from .. import codegen
-from ..codegen import pointwise, reduction
+from ..codegen import multi, pointwise, reduction
+from ..codegen import scan as scan_codegen
 from ..codegen.emitter import INT32_LIMIT
 from ..codegen.launch import LaunchConfig
 from ..codegen.pointwise import PointwiseGroup
 from ..ir import Node, TensorType, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
+from ..ir.ops.index import GATHER_OPS as INDEX_GATHERS
+from ..ir.ops.window import WINDOW_OPS
 from ..ir.registry import is_view
 from ..passes.cost import storage_root
 from . import views as V
 from .progress import Progress
 from .schedule import Schedule, reduction_dims
 from .views import View
+
+# Generator ops that load their inputs at other elements than their own (gathers, window ops).
+GATHER_OPS = INDEX_GATHERS | WINDOW_OPS
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Buf:
 class BufSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
-    kind: str  # "input" | "alloc" | "extern"
+    kind: str  # "input" | "alloc" | "extern" | "flag" (a kernel's error flag: zeroed, read after the run)
 
 
 @dataclass
@@ -56,6 +62,9 @@ class LaunchStep:
     entry: int | None = None  # the schedule entry it runs; None: a copy the layout needed
     reads: list[View] = field(default_factory=list)
     writes: list[View] = field(default_factory=list)
+    # a launch of a "multi" entry: (member index, reads, writes) of each member it runs (the programs of
+    # a member touch only these)
+    parts: list[tuple[int, list[View], list[View]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -171,7 +180,9 @@ class Planner:
             return
         in_views = [self.views[v] for v in group.inputs]
         kernel = codegen.emit_pointwise(group, _wide(out_views[0].numel, in_views + out_views))
-        args = codegen.pointwise_args(group, [self._ptr(v) for v in in_views], [self._ptr(v) for v in out_views])
+        flag = Buf(self._buf((1,), torch.int32, "flag")) if pointwise.checked(group) else None
+        args = codegen.pointwise_args(group, [self._ptr(v) for v in in_views], [self._ptr(v) for v in out_views],
+                                      flag)
         self._launch(kernel, group.ops, config, args, in_views, out_views)
 
     def copy(self, view: View, dtype: torch.dtype, label: str) -> View:
@@ -214,6 +225,48 @@ class Planner:
 
     group_constant = group_pointwise
 
+    def group_multi(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        """Members the multi-tensor kernel can address (codegen/multi.py: contiguous, 32-bit indices)
+        share launches of at most `multi.MAX_PARAMS` parameters; the others run as pointwise kernels.
+        Each launch lists its members (index in `g.members`, reads, writes) in `parts`."""
+        members = [PointwiseGroup(m.scalars + m.nodes, m.inputs, m.outputs, m.shape) for m in g.members]
+        for m in members:
+            for v in m.outputs:
+                self.views[v] = self._alloc_value(v)
+        if config is None:
+            return
+        flat, alone = [], []
+        for i, m in enumerate(members):
+            ins, outs = [self.views[v] for v in m.inputs], [self.views[v] for v in m.outputs]
+            numel = math.prod(m.shape)
+            if numel and multi.addressable(m, [v.strides for v in ins], [v.strides for v in outs]) \
+                    and not _wide(numel, ins + outs):
+                flat.append((i, ins, outs))
+            elif numel:
+                alone.append((i, ins, outs))
+        block = config.constexprs["BLOCK"]
+        shared_by = lambda part: [len({ins[k].buf for _, ins, _ in part}) == 1 for k in range(len(part[0][1]))]
+        chunks = multi.chunks(len(flat), multi.params_per_member(members[flat[0][0]], shared_by(flat)),
+                              sum(shared_by(flat))) if len(flat) > 1 else [range(len(flat))]
+        for chunk in ([flat[k] for k in part] for part in chunks):
+            if len(chunk) < 2:
+                alone += chunk
+                continue
+            template, shared = members[chunk[0][0]], shared_by(chunk)
+            kernel = multi.emit_multi(template, len(chunk), shared)
+            args, programs = multi.multi_args(
+                template, [([(Buf(v.buf), v.offset) for v in ins], [(Buf(v.buf), v.offset) for v in outs],
+                            math.prod(members[i].shape)) for i, ins, outs in chunk], shared, block)
+            self._launch(kernel, template.ops, LaunchConfig((programs,), {"BLOCK": block}, config.num_warps), args,
+                         [v for _, ins, _ in chunk for v in ins], [v for _, _, outs in chunk for v in outs])
+            self.plan.steps[-1].parts = chunk
+        for i, ins, outs in alone:
+            m, numel = members[i], math.prod(members[i].shape)
+            kernel = codegen.emit_pointwise(m, _wide(numel, ins + outs))
+            args = codegen.pointwise_args(m, [self._ptr(v) for v in ins], [self._ptr(v) for v in outs])
+            self._launch(kernel, m.ops, pointwise.launch_config(numel, self.target), args, ins, outs)
+            self.plan.steps[-1].parts = [(i, ins, outs)]
+
     def group_row(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         layout = codegen.row_layout(g)
         for v in layout.tile_outputs:
@@ -236,10 +289,23 @@ class Planner:
         for v in layout.row_outputs:
             view = self.views[v]
             args += [Buf(view.buf)] + codegen.row_load_strides(layout, v, "row", view.strides)[0]
-        args += kept + red + [m, r]
+        args += kept + red + ([Buf(self._buf((1,), torch.int32, "flag"))] if codegen.row_checked(layout) else [])
+        args += [m, r]
         outs = [self.views[v] for v in g.outputs]
         kernel = codegen.emit_row(layout, r > ROW_BLOCK_LIMIT, _wide(m * r, loads + outs))
         self._launch(kernel, g.ops, config, args, loads, outs)
+
+    def group_scan(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        node = g.nodes[0]
+        x, out = self.views[node.inputs[0]], node.out
+        view = self._alloc(out.shape, out.dtype)  # a scan reads other elements than it stores: no donation
+        self.views[out] = view
+        if config is None:
+            return
+        kernel = scan_codegen.emit_scan(node.op, get_op(node.op).combine, node.inputs[0].dtype, out.dtype,
+                                        max(len(x.shape) - 1, 0), _wide(view.numel, [x, view]))
+        args = scan_codegen.scan_args(self._ptr(x), self._ptr(view), x.shape, node.attrs["dim"])
+        self._launch(kernel, [node.op], config, args, [x], [view])
 
     def group_matmul(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         mm = next(n for n in g.nodes if n.op == "matmul")
@@ -264,6 +330,30 @@ class Planner:
         self._launch(kernel, g.ops, config, args, [a, b] + load_views, out_views, PREC=prec,
                      INTERP=self.target == "cpu")
 
+    def group_conv(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        node = next(n for n in g.nodes if get_op(n.op).kind == "conv")
+        tail = [n for n in g.nodes if n is not node]
+        loads = [v for v in g.inputs if any(v in n.inputs for n in tail)]
+        ep = codegen.ConvEpilogue(node.out, tail, loads, list(g.outputs) if tail else [node.out], list(g.scalars))
+        out_views = [self._alloc_value(v) for v in ep.outputs]
+        for v, view in zip(ep.outputs, out_views):
+            self.views[v] = view
+        if config is None:
+            return
+        a, b = self.views[node.inputs[0]], self.views[node.inputs[1]]
+        load_views = [self.views[v] for v in loads]
+        # int64 index math on the interpreter too: it checks every int32 add and mul for overflow (the
+        # gathers' index math is most of a conv kernel's statements), int64 ones not (3x faster)
+        wide = self.target == "cpu" or _wide(node.out.type.numel, [a, b] + load_views + out_views)
+        flat = codegen.conv.use_flat(node, self.target)  # the interpreter's variant for few channels
+        kernel = codegen.emit_conv(node.op, node.out.dtype, ep, wide, flat)
+        args = codegen.conv_args(node, self._ptr(a), self._ptr(b), [self._ptr(v) for v in load_views],
+                                 [v.shape for v in load_views], [(Buf(v.buf), v.offset, v.strides) for v in out_views],
+                                 flat)
+        prec = "tf32" if self.target == "cuda" and torch.backends.cudnn.allow_tf32 else "ieee"
+        self._launch(kernel, g.ops, config, args, [a, b] + load_views, out_views, PREC=prec,
+                     INTERP=self.target == "cpu")
+
     def group_reduction(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
         x, out = self.views[node.inputs[0]], node.out
@@ -278,6 +368,29 @@ class Planner:
                                         _wide(view.numel * r, [x]))
         args = codegen.reduction_args(self._ptr(x), x.shape, dims, Buf(view.buf))
         self._launch(kernel, [node.op], config, args, [x], [view])
+
+    def group_scatter(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        """`segment_add` (codegen/scatter.py): values seen as (dims before `dim`, dim, dims after), each
+        side merged into one stride; a side whose strides do not merge is copied contiguous first."""
+        node = g.nodes[0]
+        dim, out = node.attrs["dim"], node.out
+        view = self._alloc(out.shape, out.dtype)
+        self.views[out] = view
+        if config is None:
+            return
+        src, key, order = (self.views[v] for v in node.inputs[:3])  # (input 3, the unsorted keys: the VJP's)
+        x = self.views[node.inputs[4]] if len(node.inputs) > 4 else None
+        src, x = (v if v is None or _around(v, dim) else self.copy(v, out.dtype, "copy") for v in (src, x))
+        a = math.prod(out.shape[:dim])
+        b = math.prod(out.shape[dim + 1:])
+        reads = [src, key, order] + ([x] if x is not None else [])
+        kernel = codegen.emit_scatter(out.dtype, node.inputs[1].dtype, x is not None, node.attrs.get("init"),
+                                      _wide(view.numel, reads + [view]))
+        ptr3 = lambda v: (Buf(v.buf), v.offset, _around(v, dim))
+        ptr1 = lambda v: (Buf(v.buf), v.offset, v.strides[0])
+        args = codegen.scatter_args(ptr3(src), ptr1(key), ptr1(order), ptr3(x) if x is not None else None,
+                                    ptr3(view), out.shape[dim], src.shape[dim], a, b)
+        self._launch(kernel, g.ops, config, args, reads, [view])
 
     def group_layout(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
@@ -311,6 +424,19 @@ class Planner:
         self.plan.steps.append(ExternStep(node, ins, outs, unused, self.entry))
 
 
+def _around(view: View, dim: int) -> tuple[int, int, int] | None:
+    """(stride of the dims before `dim`, of `dim`, of the dims after it) with each side merged into one
+    dim (row-major), or None when a side's dims do not merge (the scatter kernel's view)."""
+    def merged(shape, strides) -> int | None:
+        dims = [(n, st) for n, st in zip(shape, strides) if n != 1]
+        if any(s0 != s1 * n1 for (_, s0), (n1, s1) in zip(dims, dims[1:])):
+            return None
+        return dims[-1][1] if dims else 0
+    before = merged(view.shape[:dim], view.strides[:dim])
+    after = merged(view.shape[dim + 1:], view.strides[dim + 1:])
+    return None if before is None or after is None else (before, view.strides[dim], after)
+
+
 def _view_chain(v: Value) -> list[Value]:
     """`v` and the values it is a view of, down to the one a kernel stores (which is the one the
     planner allocates: the output itself when a kernel stores it through its reshape)."""
@@ -331,15 +457,24 @@ def _in_place(plan: Plan, k: int, j: int) -> bool:
         return False
     w = writers[0]
     step = plan.steps[w]
-    operands = step.reads[:2] if step.kernel.kind == "matmul" else []  # read at other elements than stored
-    if step.kernel.kind not in ("pointwise", "matmul", "row") or any(v.buf == j for v in operands):
+    gemm = step.kernel.kind in ("matmul", "conv")
+    operands = step.reads[:2] if gemm else []  # read at other elements than stored
+    if GATHER_OPS.intersection(step.ops):  # a gather reads its table at other elements too
+        operands = step.reads
+    if step.kernel.kind not in ("pointwise", "matmul", "conv", "row", "multi") or any(v.buf == j for v in operands):
         return False
+    reads = step.reads[len(operands):]
+    if step.kernel.kind == "multi":  # members run in different programs: only the writer may touch buffer j
+        parts = [r for _, r, w in step.parts if any(v.buf == j for v in r + w)]
+        if len(parts) != 1:
+            return False
+        reads = parts[0]
     for i, s in enumerate(plan.steps):
         views = s.reads if isinstance(s, LaunchStep) else s.inputs
         if i > w and any(v.buf == j for v in views):
             return False
     written = [v for v in step.writes if v.buf == j]
-    return len(written) == 1 and all(v.same_elements(written[0]) for v in step.reads[len(operands):] if v.buf == j)
+    return len(written) == 1 and all(v.same_elements(written[0]) for v in reads if v.buf == j)
 
 
 def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:

@@ -19,14 +19,16 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..codegen import matmul, pointwise, reduction, row
+from ..codegen import conv, matmul, multi, pointwise, reduction, row, scatter
+from ..codegen import scan as scan_codegen
 from ..codegen.launch import LaunchConfig
-from ..ir import Graph, Node
+from ..ir import Graph, Node, get_op
 from ..ir.kernel_group import KernelGroup
 from ..ir.registry import is_view
 from ..passes.cost import KernelCost, group_cost, storage_root
 from ..passes.fusion import partition, singleton_groups
 from ..passes.gradient_markers import strip_gradient_markers
+from ..passes.horizontal import merge_horizontal
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Schedule:
         for e in self.entries:
             if e.config is not None or e.kind == "extern":
                 what = "torch" if e.kind == "extern" else e.kind
+                what += f" x{len(e.group.members)}" if e.group.members else ""  # tensors of one launch
                 lines.append(f"  s{e.index} {what} {list(e.group.shape)} {', '.join(e.ops)}"
                              + (f"  [{e.config}]" if e.config else ""))
         return "\n".join(lines)
@@ -74,11 +77,14 @@ class Schedule:
         """Groups by node index and value name (the printed IR parses back with the same names)."""
         index = {n: i for i, n in enumerate(self.graph.nodes)}
         names = lambda vs: [v.name for v in vs]
+        member = lambda m: {"nodes": [index[n] for n in m.nodes], "scalars": [index[n] for n in m.scalars],
+                            "inputs": names(m.inputs), "outputs": names(m.outputs), "shape": list(m.shape)}
         return {"target": self.target, "donate": {str(k): j for k, j in self.donate.items()},
                 "entries": [{"kind": e.kind, "nodes": [index[n] for n in e.group.nodes],
                              "scalars": [index[n] for n in e.group.scalars], "inputs": names(e.group.inputs),
                              "outputs": names(e.group.outputs), "shape": list(e.group.shape),
                              "dims": list(e.group.dims), "whole": e.group.whole,
+                             "members": [member(m) for m in e.group.members],
                              "config": e.config.to_dict() if e.config else None} for e in self.entries]}
 
     @staticmethod
@@ -89,7 +95,11 @@ class Schedule:
         for i, e in enumerate(d["entries"]):
             group = KernelGroup(e["kind"], [graph.nodes[k] for k in e["nodes"]], [values[n] for n in e["inputs"]],
                                 [values[n] for n in e["outputs"]], tuple(e["shape"]), tuple(e["dims"]),
-                                [graph.nodes[k] for k in e["scalars"]], e["whole"])
+                                [graph.nodes[k] for k in e["scalars"]], e["whole"],
+                                [KernelGroup("pointwise", [graph.nodes[k] for k in m["nodes"]],
+                                             [values[n] for n in m["inputs"]], [values[n] for n in m["outputs"]],
+                                             tuple(m["shape"]), (), [graph.nodes[k] for k in m["scalars"]])
+                                 for m in e.get("members", [])])
             config = LaunchConfig.from_dict(e["config"]) if e["config"] else None
             entries.append(Entry(i, group, config, group_cost(group)))
         return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()})
@@ -101,6 +111,8 @@ def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
     if kind == "layout" and not is_view(group.nodes[0].op):  # cat: a pointwise kernel
         numel = group.outputs[0].type.numel
         return pointwise.launch_config(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
+    if kind == "multi":  # one launch over the members (the planner splits it past multi.MAX_PARAMS)
+        return multi.launch_config([math.prod(m.shape) for m in group.members], target)
     if kind in ("pointwise", "constant"):
         numel = math.prod(group.shape)
         return pointwise.launch_config(numel, target) if numel else None
@@ -113,12 +125,24 @@ def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
         m, n, k = mm.out.shape[-2], mm.out.shape[-1], mm.inputs[0].shape[-1]
         numel = mm.out.type.numel
         return matmul.launch_config(m, n, k, numel // (m * n), target) if numel else None
+    if kind == "conv":
+        return conv.group_launch_config(next(n for n in group.nodes if get_op(n.op).kind == "conv"), target)
+    if kind == "scan":  # rows: every dim but the scanned one
+        node = group.nodes[0]
+        shape, dim = node.inputs[0].shape, node.attrs["dim"]
+        r = shape[dim] if shape else 1
+        m = node.out.type.numel // r if r else 0
+        return scan_codegen.launch_config(m, r, target) if m else None
     if kind == "reduction":
         node = group.nodes[0]
         x = node.inputs[0]
         m = node.out.type.numel
         r = math.prod(x.shape) // max(m, 1) if m else 0
         return reduction.launch_config(m, r, target) if m else None
+    if kind == "scatter":  # segment_add: blocks of destination rows x the columns each row owns
+        node = group.nodes[0]
+        rows = node.out.shape[node.attrs["dim"]]
+        return scatter.launch_config(rows, node.out.type.numel // rows, target) if node.out.type.numel else None
     return None  # a view, an extern call
 
 
@@ -157,7 +181,8 @@ def _order_for_donation(graph: Graph, groups: list[KernelGroup], donate: Mapping
 def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping[int, int] | None = None) -> Schedule:
     """The schedule of `graph` (after the pass pipeline) for `target`."""
     graph = strip_gradient_markers(graph)
-    groups = (partition if fuse else singleton_groups)(graph)
+    # fused: independent same-structure pointwise groups (an optimizer's updates) share one launch
+    groups = merge_horizontal(partition(graph)) if fuse else singleton_groups(graph)
     donate = dict(donate or {})
     if donate:
         groups = _order_for_donation(graph, groups, donate)

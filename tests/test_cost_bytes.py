@@ -56,14 +56,42 @@ PROGRAMS = {
     "linear_gelu": (lambda x, w, b: F.gelu(F.linear(x, w, b)), (r(8, 16), r(32, 16), r(32))),
     "matmul_residual": (lambda a, b, c: a @ b + c, (r(8, 16), r(16, 12), r(8, 12))),
     "matmul_operand_in_epilogue": (lambda a: a @ a + a, (r(16, 16),)),
+    # convolutions (implicit GEMMs): every operand element once per load instruction, however many
+    # taps gather it; the epilogue's loads as matmul's
+    "conv_bias_relu": (lambda x, w, b: F.conv2d(x, w, b, padding=1).relu(), (r(2, 3, 7, 6), r(4, 3, 3, 3), r(4))),
+    "conv_many_channels": (lambda x, w: F.conv2d(x, w, padding=1, groups=2), (r(1, 40, 5, 5), r(6, 20, 3, 3))),
+    "conv_backward": (lambda g, x, w: torch.ops.aten.convolution_backward(
+        g, x, w, [4], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])[:2],
+        (r(2, 4, 7, 6), r(2, 3, 7, 6), r(4, 3, 3, 3))),
     # reductions the row kernel does not take, and reductions over other dims
     "argmax": (lambda x: x.argmax(1), (r(8, 40),)),
     "prod_looped": (lambda x: x.prod(1), (r(2, 3000),)),
     "sum_dim0": (lambda x: x.sum(0), (r(8, 40),)),
     "sum_transposed": (lambda x: x.t().sum(-1), (r(40, 8),)),
+    # scans: in a row kernel with prologue and epilogue, or alone over rows of several blocks
+    "cumsum_transposed": (lambda x: torch.cumsum(x.t() * 2, 1).exp(), (r(12, 5),)),
+    "cumprod_looped": (lambda x: torch.cumprod(x, 1), (1 + 0.001 * r(2, 5000),)),
     # cat: each piece read as often as it appears
     "cat": (lambda x, y: torch.cat([x, y.t(), x], 0), (r(4, 8), r(8, 3))),
     "cat_then_relu": (lambda x, y: torch.cat([x, y], 1).relu(), (r(4, 8), r(4, 3))),
+    # window ops (ir/ops/window.py): each tap of the unrolled window loop is a load instruction
+    "max_pool_relu": (lambda x: F.max_pool2d(x, 3, 2, 1).relu(), (r(2, 3, 9, 8),)),
+    "max_pool_indices": (lambda x: F.max_pool2d(x, (3, 2), (2, 1), (1, 0), dilation=(1, 2), ceil_mode=True,
+                                                return_indices=True), (r(2, 3, 9, 8),)),
+    "avg_pool_padded": (lambda x: F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), (r(2, 3, 7, 6),)),
+    "adaptive_avg_pool": (lambda x: F.adaptive_avg_pool2d(x, (3, 4)), (r(2, 3, 7, 10),)),
+    "adaptive_avg_pool_backward": (lambda g, x: torch.ops.aten._adaptive_avg_pool2d_backward(g, x),
+                                   (r(2, 3, 3, 4), r(2, 3, 7, 10))),
+    "upsample_nearest": (lambda x: F.interpolate(x, scale_factor=2.5), (r(2, 3, 4, 5),)),
+    "upsample_bilinear": (lambda x: F.interpolate(x, size=(7, 9), mode="bilinear"), (r(2, 3, 4, 5),)),
+    "upsample_bilinear_backward": (lambda g: torch.ops.aten.upsample_bilinear2d_backward(
+        g, [7, 9], [2, 3, 4, 5], True, None, None), (r(2, 3, 7, 9),)),
+    # gathers: the indices, and the table's elements they pick (distinct indices: the counter counts
+    # distinct addresses, the cost model one table element per output element)
+    "embedding_positions": (lambda w, i, p: F.embedding(i, w) + p, (r(16, 8), torch.randperm(16)[:6].view(2, 3),
+                                                                    r(3, 8))),
+    "index_select": (lambda x, i: x.index_select(1, i) * 2, (r(4, 10), torch.randperm(10)[:5])),
+    "gather": (lambda x, i: torch.gather(x, 1, i), (r(4, 10), torch.stack([torch.randperm(10)[:3] for _ in range(4)]))),
 }
 
 

@@ -19,11 +19,23 @@ import torch.nn.functional as F
 from test_codegen_util import TOL, assert_same
 
 import ember
-from ember.frontend import lower_layout, lower_matmul, lower_pointwise, lower_random, lower_reduction  # noqa: F401
+from ember.frontend import (  # noqa: F401
+    lower_conv,
+    lower_index,
+    lower_interpolate,
+    lower_layout,
+    lower_matmul,
+    lower_pointwise,
+    lower_random,
+    lower_reduction,
+    lower_scan,
+)
 from ember.frontend.capture import capture
 from ember.frontend.decompositions import DECOMPOSITIONS
 from ember.frontend.lowering import LOWERINGS, lower
 from ember.ir import OPS, Graph, TensorType, evaluate
+from ember.ir.ops.index import GATHER_OPS
+from ember.ir.ops.window import WINDOW_OPS
 from ember.ir.registry import ALL, flops, is_view, primitive_aten_ops, view_root
 from ember.passes.autodiff import vjp_graph
 from ember.runtime import compile_ir
@@ -31,7 +43,7 @@ from ember.runtime import compile_ir
 F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 I32, U8, B = torch.int32, torch.uint8, torch.bool
 
-SAMPLED_KINDS = ("pointwise", "reduction", "composite", "constant")
+SAMPLED_KINDS = ("pointwise", "reduction", "scan", "composite", "constant", "conv")
 # dtypes the default run compiles; every other declared dtype runs under -m slow.
 FAST = (F32, BF16, I32, B)
 
@@ -75,7 +87,8 @@ def _graph(op: str, domain, dtype: torch.dtype) -> Graph:
 
 
 def _sampled() -> list[tuple[str, int]]:
-    return [(n, k) for n, o in sorted(OPS.items()) if o.kind in SAMPLED_KINDS for k in range(len(o.domains))]
+    return [(n, k) for n, o in sorted(OPS.items()) if o.kind in SAMPLED_KINDS or n in GATHER_OPS | WINDOW_OPS
+            for k in range(len(o.domains))]  # gathers: layout ops, kernels of the pointwise emitter
 
 
 def _cases(fast: tuple[torch.dtype, ...] = FAST) -> list:
@@ -165,6 +178,9 @@ EAGER_REFUSES = {("argmax", B): "torch.max(x, dim) lowers its indices to argmax"
 LAYOUT_DEPENDENT = {("div", BF16, "trunc"): "torch's vectorized loop truncates the bfloat16-rounded quotient"}
 # Ops whose aten overloads take other arguments than the op's attributes (sizes, a length).
 UNBINDABLE = {"full": "aten.full takes a size and a fill value", "arange": "aten.arange takes start, end, step",
+              "index_select": "aten.index_select takes dim between its tensors (tests/test_index.py)",
+              "gather": "aten.gather takes dim between its tensors (tests/test_index.py)",
+              "index": "aten.index.Tensor takes a list of optional tensors (tests/test_index.py)",
               "iota": "prims.iota takes a length and start/step"}
 
 

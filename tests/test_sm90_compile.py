@@ -3,7 +3,8 @@
 The interpreter runs kernels without proving they lower to PTX (e.g. it accepts calls that the
 GPU code generator rejects). The default run compiles one kernel of each kind, planned for a GPU
 (its launch config): pointwise, half rounding, generator, cat, row (persistent, looped, whole),
-reduction (persistent, looped), matmul, matmul with epilogue, 64-bit indexing. `-m slow` compiles
+reduction (persistent, looped), matmul, matmul with epilogue, 64-bit indexing, multi-tensor
+(horizontal fusion), conv2d with epilogue and its input and weight gradients. `-m slow` compiles
 a corpus covering every kind x dtype x index width x constexpr mode, and then every kernel that
 earlier tests in the session generated (minutes on 2 cores).
 """
@@ -58,6 +59,10 @@ def _mean_of_row_sums(g: Graph, x):  # a loss: rows reduced, then across rows (o
                                                                               dtype=F32)])
 
 
+_POOL = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=True)
+
+_CONV = dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=2)
+
 # kind -> (graph, a fragment its kernel's source must hold: the variant it is)
 KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
     "pointwise": (lambda: _graph([((4, 5, 6), F32), ((6,), F32)],
@@ -68,6 +73,17 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
     "generator": (lambda: _graph([], lambda g: g.add("arange", [], start=0, step=1, length=5, dtype=torch.int64)),
                   "def pw_arange"),
     "cat": (lambda: _graph([((4, 5), F32), ((4, 3), F32)], lambda g, x, y: g.add("cat", [x, y], dim=1)), "def pw_cat"),
+    # gathers (ir/ops/index.py): indices loaded, checked (the error flag), the table loaded there
+    "gather": (lambda: _graph([((9, 6), torch.float16), ((2, 3), torch.int32), ((3, 6), torch.float16)],
+                              lambda g, w, i, p: g.add("add", [g.add("index", [w, i], dim=0, wrap=True), p])),
+               "tl.store(err_ptr"),
+    # window ops (ir/ops/window.py): max pooling's value and index in one loop, with a relu epilogue;
+    # a bilinear backward gather (weights in float32, explicit scales)
+    "window": (lambda: _graph([((2, 3, 9, 8), torch.bfloat16)], lambda g, x: [
+        g.add("relu", [g.add("max_pool", [x], **_POOL)]), g.add("max_pool_index", [x], **_POOL)]), "tl.where"),
+    "window_backward": (lambda: _graph([((2, 3, 5, 9), torch.float16)], lambda g, x: g.add(
+        "upsample_linear_backward", [x], output_size=(5, 9), input_size=(3, 4), align_corners=False,
+        scales=(1.7, None))), "tl.floor"),
     "row": (lambda: _graph([((3, 24), F32)], _softmax), "tl.reduce"),
     "row_looped": (lambda: _graph([((3, 5000), F32)], _softmax), "for c0 in range"),
     "row_whole": (lambda: _graph([((4, 24), F32)], _mean_of_row_sums), ", 0, tl.standard"),
@@ -80,6 +96,38 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
         [((2, 8, 16), torch.float16), ((16, 24), torch.float16), ((24,), torch.float16)],
         lambda g, x, w, b: g.add("gelu", [g.add("add", [g.add("matmul", [x, w]), b])])), "tl.dot"),
     "index_int64": (lambda: _graph([((8, 16), F32)], lambda g, x: g.add("mul", [x, x])), "tl.int64) * "),
+    # convolutions (codegen/conv.py): conv2d with a bias + relu epilogue, its input and weight gradients
+    "conv_epilogue": (lambda: _graph(
+        [((2, 4, 9, 8), torch.float16), ((6, 2, 3, 3), torch.float16), ((6, 1, 1), torch.float16)],
+        lambda g, x, w, b: g.add("relu", [g.add("add", [g.add("conv2d", [x, w], **_CONV), b])])), "tl.dot"),
+    "conv_input_grad": (lambda: _graph([((2, 6, 5, 4), F32), ((6, 2, 3, 3), F32)], lambda g, ct, w: g.add(
+        "conv2d_input_grad", [ct, w], size=(9, 8), **_CONV)), "thc // SH"),
+    "conv_weight_grad": (lambda: _graph([((2, 4, 9, 8), F32), ((2, 6, 5, 4), F32)], lambda g, x, ct: g.add(
+        "conv2d_weight_grad", [x, ct], kernel=(3, 3), **_CONV)), "tl.dot"),
+    # horizontal fusion (codegen/multi.py): independent updates of two shapes in one launch, each program
+    # selecting its member; the 0-dim operand one shared pointer, loaded once per program
+    "multi": (lambda: _graph([((4, 5), torch.bfloat16), ((7,), torch.bfloat16), ((), F32)], lambda g, x, y, s: [
+        g.add("convert", [g.add("mul", [g.add("convert", [v], dtype=F32), s])], dtype=torch.bfloat16)
+        for v in (x, y)]), "tl.where(sel, m1_numel"),
+    # a scan kernel with its module-level combine, rows of two blocks (the carried prefix)
+    "scan": (lambda: _graph([((2, 5000), torch.float16)], lambda g, x: g.add("cumprod", [x], dim=1)),
+             "tl.associative_scan(x, 1, _prod_combine)"),
+    # rows that fit a row kernel: the scan is its tile op, with a prologue (passes/fusion.py)
+    "scan_in_row": (lambda: _graph([((5, 40), torch.int32)],
+                                   lambda g, x: g.add("cumsum", [g.add("mul", [x, x])], dim=0)),
+                    "tl.standard._sum_combine)"),
+    # (value, index) pairs scanned together: cummax's indices, carried across blocks
+    "scan_index": (lambda: _graph([((2, 5000), torch.bfloat16)], lambda g, x: g.add("cummax_index", [x], dim=1)),
+                   "tl.associative_scan((x, "),
+    # float32 accumulates in float64 (torch's CPU acc_type): float64 exp and log
+    "scan_logcumsumexp": (lambda: _graph([((4, 30), F32)], lambda g, x: g.add("logcumsumexp", [x], dim=1)),
+                          "_logsumexp_combine)"),
+    # the deterministic scatter (index_add after its sort): binary searches, then runs summed in order
+    "scatter": (lambda: _graph([((4, 11, 3), torch.float16), ((11,), torch.int32), ((11,), torch.int64),
+                                ((11,), torch.int32), ((4, 7, 3), torch.float16)],
+                               lambda g, s, k, o, i, x: g.add("segment_add", [s, k, o, i, x], dim=1, size=7,
+                                                              init=None)),
+                "for j in range(0, longest)"),
 }
 
 
@@ -162,6 +210,17 @@ def _corpus() -> None:
             outs += [g.add(op, [z], dim=1, keepdim=False) for op in ("argmax", "argmin")]
         g.set_outputs(outs)
         _plan(g)
+    for dt in FLOATS:  # convolutions (planned for the CPU: the interpreter's flattened-K variants)
+        for cin, groups in ((4, 2), (40, 1)):
+            g = Graph()
+            x, w = g.add_input(T((2, cin, 9, 8), dt)), g.add_input(T((6, cin // groups, 3, 3), dt))
+            ct = g.add_input(T((2, 6, 5, 4), dt))
+            conv = dict(_CONV, groups=groups)
+            y = g.add("conv2d", [x, w], **conv)
+            g.set_outputs([g.add("relu", [g.add("add", [y, g.add_input(T((6, 1, 1), dt))])]),
+                           g.add("conv2d_input_grad", [ct, w], size=(9, 8), **conv),
+                           g.add("conv2d_weight_grad", [x, ct], kernel=(3, 3), **conv)])
+            _plan(g, fuse=True)
     for a, b in [((7, 9), (9, 5)), ((2, 3, 7, 9), (3, 9, 5))]:
         for dt in FLOATS:
             g = Graph()
@@ -255,7 +314,7 @@ def _compile_all(jobs: list[tuple]) -> None:
 @pytest.mark.slow
 def test_corpus_covers_every_kernel_kind(session_jobs):
     kinds = {s.kernel.kind for s in generated_kernels()}
-    assert kinds == {"pointwise", "reduction", "matmul", "row"}
+    assert kinds == {"pointwise", "reduction", "matmul", "row", "conv"}
     assert any(s.kernel.kind == "matmul" and "gelu" in s.kernel.ops for s in generated_kernels())
     assert any("tl.int64) * " in s.source for s in generated_kernels())
     assert len(session_jobs[0]) >= SLOW_CHUNKS  # no chunk is empty

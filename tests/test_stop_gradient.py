@@ -50,7 +50,8 @@ PROGRAMS = {
     "detached_alias_update": _detached_alias_update,
     "data_assignment": lambda x: _data_assign(x),
     "detach_": lambda x: _detach_(x),
-    "detach_then_extern": lambda x: (torch.cumsum(x.detach(), 0) * x).sum(),  # no VJP needed through cumsum
+    # no VJP needed through kthvalue (an extern)
+    "detach_then_extern": lambda x: (torch.kthvalue(x.detach(), 2, 0).values * x).sum(),
 }
 
 

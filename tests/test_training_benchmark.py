@@ -44,8 +44,10 @@ def test_kernels_per_step_whole_step_below_static_below_eager(result, model):
     assert step < static < eager, (step, static, eager)
     s = r["ember_static"]
     assert s["kernels"] == s["forward_kernels"] + s["backward_kernels"] + s["optimizer_kernels"]
-    # ember.optim's step is one kernel per parameter tensor, stored in place (no copies back)
-    assert s["optimizer_kernels"] == r["param_tensors"]
+    # ember.optim's step is one multi-tensor kernel for every parameter tensor (all float32, one update
+    # structure: passes/horizontal.py), stored in place (no copies back); eager foreach runs fewer ops
+    assert s["optimizer_kernels"] == 1 < r["param_tensors"]
+    assert r["torch_eager_foreach"]["kernels"] < eager
     assert s["optimizer_in_place"] and s["optimizer_copies"] == 0
 
 

@@ -9,10 +9,13 @@ buffers (batch-norm running statistics) against eager with torch.optim.AdamW. Th
 block here; two-block variants run under `-m slow`.
 
 The compile_step test also counts kernels per training step against eager's (`CountKernels`):
-measured, ember's step is 0.23-0.42x eager's with torch.optim.AdamW's CPU default (one parameter at a
-time) but 0.62-1.28x eager's with `foreach=True`, the GPU default: attention, layer norm and their
-backwards are one aten op each in eager and several kernels in ember, the embedding's backward is
-~8 kernels plus an index_put, and the split of qkv's gradient is assembled by `cat` kernels.
+measured, ember's step is 0.22-0.37x eager's with torch.optim.AdamW's CPU default (one parameter at a
+time) but 0.57-1.06x eager's with `foreach=True`, the GPU default (0.27-0.41x and 0.62-1.16x before
+the weight updates shared one multi-tensor launch, passes/horizontal.py; the other updates are
+epilogues of the kernels reducing their gradients): attention, layer norm and their
+backwards are one aten op each in eager and several kernels in ember, the token embedding's backward
+is a sort of the tokens (a torch call) and one scatter kernel, and the split of qkv's gradient is
+assembled by `cat` kernels.
 
 Tolerance: float32 chains of ops (testing.CHAIN_TOLERANCES: rtol 1e-4, atol 1e-5) for everything;
 ember sums in another order than torch and rounds after every kernel, not every op.

@@ -1,3 +1,18 @@
 """Importing this package registers every IR op."""
 
-from . import constant, extern, gradient, layout, matmul, pointwise, random, reduction  # noqa: F401
+from . import (  # noqa: F401
+    constant,
+    conv,
+    extern,
+    gradient,
+    index,
+    interpolate,
+    layout,
+    matmul,
+    pointwise,
+    random,
+    reduction,
+    scan,
+    scatter,
+    window,
+)
