@@ -323,10 +323,28 @@ def emit_row(layout: RowLayout, looped: bool, int64: bool = False) -> Kernel:
     return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], source, "row", ops, params)
 
 
+# Interpreted, a program pays ~0.1 ms of Triton's Python frontend per statement it runs (each loop
+# iteration again) whatever its block, plus numpy work on its tiles: few programs and chunks win, up
+# to tiles of INTERP_TILE elements (past that numpy's temporaries leave the cache). Measured on the
+# (0, 2, 3) sum of a [64, 32, 8, 8] tensor (32 rows of 4096): 8 programs of [4, 4096] 28 ms, 2 of
+# [16, 4096] 9.4 ms, 1 of [32, 4096] 11.6 ms.
+INTERP_TILE = 1 << 16
+
+
 def launch_config(m: int, r: int, whole: bool, target: str) -> LaunchConfig:
-    """BR elements of a row per step (the whole row when it fits ROW_BLOCK_LIMIT, else 1024-element
-    chunks of a looped kernel), BM rows per program. A `whole` group reduces across rows too, so one
-    program holds them all (the partition checked they fit)."""
-    br = 1024 if r > ROW_BLOCK_LIMIT else pow2(r)
-    bm = pow2(m) if whole else max(1, min(pow2(m), (16384 if interpreted(target) else 4096) // br))
+    """BR elements of a row per step (the whole row when it fits ROW_BLOCK_LIMIT, else chunks of a
+    looped kernel), BM rows per program. A `whole` group reduces across rows too, so one program
+    holds them all (the partition checked they fit). A GPU takes 1024-element chunks and [BM, BR]
+    tiles of 4096 elements; the interpreter takes tiles of INTERP_TILE, rows first (fewer programs),
+    and chunks as long as the rows left room for (fewer loop iterations) up to ROW_BLOCK_LIMIT: a
+    looped row always spans several chunks (tests/test_fusion.py runs the loop on short batches)."""
+    if not interpreted(target):
+        br = 1024 if r > ROW_BLOCK_LIMIT else pow2(r)
+        bm = pow2(m) if whole else max(1, min(pow2(m), 4096 // br))
+    elif r > ROW_BLOCK_LIMIT:  # looped (the emitter's choice, shared with the cost model)
+        br = min(ROW_BLOCK_LIMIT, max(1024, INTERP_TILE // pow2(m)))
+        bm = max(1, min(pow2(m), INTERP_TILE // br))
+    else:
+        br = pow2(r)
+        bm = pow2(m) if whole else max(1, min(pow2(m), INTERP_TILE // br))
     return LaunchConfig((cdiv(m, bm),), {"BM": bm, "BR": br})

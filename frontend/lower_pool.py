@@ -32,7 +32,7 @@ import math
 import torch
 
 from ..ir import Value
-from ..ir.ops.window import MAX_LOADS, unrolled_loads
+from ..ir.ops.window_cost import MAX_LOADS, unrolled_loads
 from .lowering import Fallback, aten, out_shape, overloads, register
 
 

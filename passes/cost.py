@@ -20,7 +20,8 @@ from ..ir import Graph, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
 from ..ir.ops.index import GATHER_OPS
 from ..ir.ops.reduction import reduced_shape
-from ..ir.ops.window import WINDOW_OPS, window_read_bytes
+from ..ir.ops.window import WINDOW_OPS
+from ..ir.ops.window_cost import window_read_bytes
 from ..ir.registry import flops, is_view, view_root
 
 

@@ -76,8 +76,8 @@ def op(name, **attrs):
 
 NO_VJP = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "logical_not",
           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "isnan", "argmax", "argmin",
-          "full", "arange", "iota", "max_pool_index",
-          "cummax_index", "cummin_index", "check_index"}  # extern's VJP is torch's derivative (tests/test_extern_vjp.py)
+          "full", "arange", "iota", "max_pool_index", "cummax_index", "cummin_index", "check_index"}
+# (extern's VJP is torch's derivative: tests/test_extern_vjp.py)
 
 
 def test_every_differentiable_op_has_a_vjp_rule():

@@ -1,6 +1,7 @@
 """Importing this package registers every IR op."""
 
 from . import (  # noqa: F401
+    adaptive_pool,
     constant,
     conv,
     extern,
