@@ -31,9 +31,14 @@ UNARY = {
     aten.erf.default: "erf", aten.floor.default: "floor", aten.ceil.default: "ceil",
     aten.trunc.default: "trunc", aten.round.default: "round", aten.sign.default: "sign",
     aten.sgn.default: "sign", aten.bitwise_not.default: "bitwise_not",
+    # ir/ops/trig.py
+    **{getattr(aten, n).default: n for n in ("asin", "acos", "atan", "sinh", "cosh", "tan", "asinh", "acosh",
+                                             "atanh", "erfc", "erfinv", "lgamma", "digamma", "i0")},
+    aten.special_i1.default: "i1",
 }
 # Unary ops with a bool result: computed in the input's dtype.
-UNARY_PREDICATE = {aten.isnan.default: "isnan", aten.logical_not.default: "logical_not"}
+UNARY_PREDICATE = {aten.isnan.default: "isnan", aten.logical_not.default: "logical_not",
+                   aten.signbit.default: "signbit"}
 
 # aten op -> IR op for binary arithmetic, computed in the output dtype.
 BINARY = {
@@ -46,6 +51,9 @@ BINARY = {
     aten.bitwise_and.Tensor: "bitwise_and", aten.bitwise_and.Scalar: "bitwise_and",
     aten.bitwise_or.Tensor: "bitwise_or", aten.bitwise_or.Scalar: "bitwise_or",
     aten.bitwise_xor.Tensor: "bitwise_xor", aten.bitwise_xor.Scalar: "bitwise_xor",
+    aten.atan2.default: "atan2", aten.copysign.Tensor: "copysign", aten.copysign.Scalar: "copysign",
+    aten.fmax.default: "fmax", aten.fmin.default: "fmin", aten.hypot.default: "hypot",
+    aten.nextafter.default: "nextafter",
 }
 # Binary ops with a bool result: operands are promoted to a common dtype first.
 BINARY_PREDICATE = {

@@ -110,8 +110,11 @@ def test_scans_sorts_and_unary_fallbacks():
     grads_match(lambda x: torch.cumsum(x, 1) * torch.cumprod(x, 0), leaf(4, 5))
     grads_match(lambda x: torch.sort(x, 1, descending=True).values * 2, leaf(4, 6))
     grads_match(lambda x: torch.topk(x, 3, dim=0).values, leaf(6, 4))
-    grads_match(lambda x: torch.atan(x) + torch.sinh(x) + torch.tan(x * 0.5), leaf(4, 5))
-    grads_match(lambda x: torch.asin(x * 0.9), torch.rand(4, 5).mul(2).sub(1).requires_grad_())
+    # (atan, sinh, tan, asin are ember kernels now, ir/ops/trig.py; these special functions still are not)
+    unary = lambda x: torch.special.log_ndtr(x) + torch.special.ndtri(torch.sigmoid(x)) + torch.polygamma(2, x.abs() + 1)
+    assert {"aten.special_log_ndtr.default", "aten.special_ndtri.default", "aten.polygamma.default"} <= {
+        str(k) for k in ember.trace(unary, torch.randn(4, 5)).unsupported()}
+    grads_match(unary, leaf(4, 5))
 
 
 @pytest.mark.parametrize("kw", [dict(scale_factor=2, mode="nearest"), dict(size=(5, 7), mode="nearest"),

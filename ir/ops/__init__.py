@@ -15,5 +15,7 @@ from . import (  # noqa: F401
     reduction,
     scan,
     scatter,
+    special,
+    trig,
     window,
 )
