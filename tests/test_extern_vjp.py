@@ -111,7 +111,8 @@ def test_scans_sorts_and_unary_fallbacks():
     grads_match(lambda x: torch.sort(x, 1, descending=True).values * 2, leaf(4, 6))
     grads_match(lambda x: torch.topk(x, 3, dim=0).values, leaf(6, 4))
     # (atan, sinh, tan, asin are ember kernels now, ir/ops/trig.py; these special functions still are not)
-    unary = lambda x: torch.special.log_ndtr(x) + torch.special.ndtri(torch.sigmoid(x)) + torch.polygamma(2, x.abs() + 1)
+    unary = lambda x: (torch.special.log_ndtr(x) + torch.special.ndtri(torch.sigmoid(x))
+                       + torch.polygamma(2, x.abs() + 1))
     assert {"aten.special_log_ndtr.default", "aten.special_ndtri.default", "aten.polygamma.default"} <= {
         str(k) for k in ember.trace(unary, torch.randn(4, 5)).unsupported()}
     grads_match(unary, leaf(4, 5))
