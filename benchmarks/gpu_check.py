@@ -3,8 +3,14 @@
     python benchmarks/gpu_check.py [--budget 240] [--size large]
 
 Prints a short table and writes `fusion_<size>.json` to $OUT (or benchmarks/) for RESULTS.md.
-Meant to finish in under 5 minutes: the tests get 90 s, and benchmark patterns not started within
-the budget are reported as skipped.
+Meant to finish in under 7 minutes: the tests get 180 s (`--test-budget`; mostly Triton compile time),
+and benchmark patterns not started within the budget are reported as skipped.
+
+The gpu tests (tests/test_gpu.py), against eager CUDA PyTorch: fused patterns; small models and every
+zoo model (GPT, Llama, ResNet, MobileNet, ViT) training through `ember.compile` + backward + AdamW and
+`compile_step` + AdamW (gathers, scatter-add, conv forward/input-grad/weight-grad, pooling, multi-tensor
+updates; TF32 off on both sides); eager mode; a cumsum over 5000 columns; a float16 channels_last conv
+with gradients; out-of-range embedding indices raising IndexError before a step writes parameters.
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=200.0, help="seconds for the benchmark patterns")
     ap.add_argument("--size", default="large", choices=["tiny", "small", "large"])
+    ap.add_argument("--test-budget", type=float, default=180.0, help="seconds for the gpu tests")
     a = ap.parse_args()
     start = time.perf_counter()
     if not torch.cuda.is_available():
         print("no CUDA device: this script is for a GPU machine (python benchmarks/fusion.py runs on CPU)")
-    print(gpu_tests(90.0), flush=True)
+    print(gpu_tests(a.test_budget), flush=True)
     result = run(a.size, budget_s=a.budget)
     out_dir = Path(os.environ.get("OUT") or HERE)
     path = out_dir / f"fusion_{a.size}.json"

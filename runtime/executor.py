@@ -1,8 +1,8 @@
 """Executing a plan: allocate buffers, fill launch args with tensors, launch, call externs.
 
 `CompiledGraph` keeps one schedule per target (runtime/schedule.py) and one plan per (device, input
-strides, fp32 matmul precision): strides decide which reshapes are views, and the precision picks the
-tl.dot mode; sizes are static in the IR.
+strides, fp32 matmul precision, cuDNN's TF32 flag): strides decide which reshapes are views, and the
+precisions pick the tl.dot mode of matmuls and convolutions; sizes are static in the IR.
 
 Donated outputs (`donate={output: input}`) come back as the input tensor itself, holding the new
 value: stored there by the kernel that computes it, or copied where the plan could not (`plan.copies`).
@@ -24,7 +24,7 @@ from .progress import Progress
 from .schedule import Schedule, build_schedule
 from .views import View, contiguous_strides
 
-MAX_PLANS = 64  # plans kept per compiled graph (one per input layout, device and matmul precision)
+MAX_PLANS = 64  # plans kept per compiled graph (one per input layout, device and fp32 precision)
 
 
 def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
@@ -150,7 +150,9 @@ class CompiledGraph:
     def plan_at(self, device: torch.device, strides: list[tuple[int, ...]]) -> Plan:
         """The plan for inputs with these strides on `device` (built once; `explain` asks for other
         targets' plans this way, on any machine: planning emits kernels but launches nothing)."""
-        key = (device.type, device.index, tuple(strides), torch.get_float32_matmul_precision())
+        # The fp32 precisions the planner reads: matmul's (tl.dot mode) and cuDNN's TF32 flag (conv's).
+        key = (device.type, device.index, tuple(strides), torch.get_float32_matmul_precision(),
+               torch.backends.cudnn.allow_tf32)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._build(list(key[2]), device)

@@ -174,3 +174,24 @@ def test_transposed_and_3d_stay_torch_calls_and_train(kind):
         conv = lambda x, w: F.conv3d(x, w, padding=1)
     assert [n.op for n in ember.trace(conv, x, w).captured_graph.nodes] == ["extern"]
     _check_grads(lambda x, w, b: conv(x, w), x, w, None)
+
+
+def test_cuda_plan_follows_cudnn_tf32_flag_after_first_plan():
+    """On CUDA a conv's fp32 precision follows torch.backends.cudnn.allow_tf32, read when the plan is
+    built; the plan cache is keyed on it, so flipping the flag after a first call replans (the
+    GPU's plan is built here on CPU, launching nothing)."""
+    from ember.runtime import compile_ir
+
+    x, w = torch.randn(1, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    graph = ember.trace(lambda x, w: F.conv2d(x, w, padding=1), x, w).lowered.graph
+    exe = compile_ir(graph, torch.device("cpu"))
+    old = torch.backends.cudnn.allow_tf32
+    try:
+        precs = []
+        for flag in (True, False, True):
+            torch.backends.cudnn.allow_tf32 = flag
+            plan = exe.plan_at(torch.device("cuda"), [tuple(x.stride()), tuple(w.stride())])
+            precs.append({s.constexprs.get("PREC") for s in plan.steps if hasattr(s, "constexprs")} - {None})
+        assert precs == [{"tf32"}, {"ieee"}, {"tf32"}]
+    finally:
+        torch.backends.cudnn.allow_tf32 = old

@@ -2,6 +2,13 @@
 
 They are deselected from the default CPU run by the `gpu` marker; on a machine without CUDA they fail
 (never skip), so a GPU session cannot mistake "nothing ran" for "passed".
+
+Covered on CUDA against eager CUDA PyTorch: fused patterns, small models trained by compile_step, eager
+mode, every zoo model (tests/zoo.py: embeddings, scatter-add, conv forward / input-grad / weight-grad,
+pooling, attention, norms) through `ember.compile` forward + backward + ember.optim.AdamW and through
+`compile_step` + AdamW (the horizontal multi-tensor update), a long-row cumsum, a float16
+channels_last conv with its gradients, and out-of-range embedding indices (the error flag).
+Kept small: most of the run is Triton compile time, one compile per distinct kernel.
 """
 
 import copy
@@ -10,6 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from models import MLP, TransformerBlock
+from test_index_checks import _Bag
+from test_scan import _check_values
+from test_zoo import compile_step_like_eager, train_like_eager
+from testing import CHAIN_TOLERANCES
+from zoo import ZOO, Entry
 
 import ember
 
@@ -73,3 +85,99 @@ def test_eager_mode_on_gpu(cuda):
         out.sum().backward()
     torch.testing.assert_close(out, model(x))
     assert ember.eager_stats().launches > 0
+
+
+@pytest.fixture
+def ieee_fp32():
+    """float32 matmuls and convolutions in full precision on both sides, so float32 tolerances are fair:
+    ember's matmul uses TF32 unless torch.get_float32_matmul_precision() is "highest" (plan.py
+    group_matmul) and its conv whenever torch.backends.cudnn.allow_tf32 (group_conv, cudnn's default:
+    True), as eager does. Set before compiling: a plan keeps the conv precision it was built with."""
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+
+
+def _on(device: torch.device, entry: Entry) -> Entry:
+    return Entry(lambda: entry.make().to(device), lambda: tuple(t.to(device) for t in entry.batch()), entry.loss)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_trains_like_eager_on_gpu(cuda, ieee_fp32, name):
+    """tests/test_zoo.py's checks on CUDA: `ember.compile` forward + backward (output, loss, every
+    gradient) + ember.optim.AdamW, and `compile_step` with AdamW, 3 steps each against eager CUDA with
+    torch.optim.AdamW (every parameter and buffer after each step), float32 chain tolerances."""
+    entry = _on(cuda, ZOO[name])
+    train_like_eager(entry, "compile")
+    compile_step_like_eager(entry)
+
+
+def test_long_row_cumsum_on_gpu(cuda):
+    """Rows longer than a row kernel's block (4096) are a scan kernel of their own, walking 1024-column
+    chunks (the last one partial) with the carry between them; ember and eager both within rounding of
+    the float64 scan (tests/test_scan.py's bound)."""
+    x = torch.randn(3, 5000, device=cuda)
+    fn = ember.compile(lambda x: x.cumsum(1))
+    with torch.no_grad():
+        got = fn(x)
+    _check_values(got, x.cumsum(1), x, torch.cumsum, 1)
+    assert fn.graphs[0].num_kernels == 1 and not fn.graphs[0].unsupported()
+
+
+def test_float16_channels_last_conv_on_gpu(cuda):
+    """conv2d + bias on a channels_last float16 input, forward and both gradients, against eager CUDA
+    float16 (float32 accumulation on both sides; a conv is a sum of 144 / 128 products: chain tolerance)."""
+    x = torch.randn(2, 16, 8, 8, device=cuda, dtype=torch.float16).to(memory_format=torch.channels_last)
+    w = (torch.randn(24, 16, 3, 3, device=cuda) / 12).half().to(memory_format=torch.channels_last)
+    b = torch.randn(24, device=cuda, dtype=torch.float16)
+    conv = lambda x, w, b: F.conv2d(x, w, b, padding=1)
+    leaves_e = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    leaves_c = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    want, got = conv(*leaves_e), ember.compile(conv)(*leaves_c)
+    rtol, atol = CHAIN_TOLERANCES[torch.float16]
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=rtol, atol=atol)
+    ct = torch.randn_like(want)
+    want.backward(ct)
+    got.backward(ct)
+    for name, c, e in zip("xwb", leaves_c, leaves_e):
+        torch.testing.assert_close(c.grad, e.grad, rtol=rtol, atol=atol, msg=lambda m, n=name: f"d{n}: {m}")
+
+
+# Last in the file: eager CUDA is never given a bad index (a device-side assert would poison the context
+# for every later test); ember's gather masks the load and raises its error flag instead.
+def test_out_of_range_embedding_index_raises_on_gpu(cuda):
+    w = torch.randn(11, 8, device=cuda)
+    idx = torch.randint(0, 11, (4, 5), device=cuda)
+    emb = ember.compile(lambda w, i: F.embedding(i, w) * 2)
+    with torch.no_grad():
+        assert torch.equal(emb(w, idx), F.embedding(idx, w) * 2)
+        for bad in (11, -1):
+            idx[1, 2] = bad
+            with pytest.raises(IndexError):
+                emb(w, idx)
+
+    # a training step: raises before any parameter or optimizer state is written (the executor reads the
+    # flags before the first step that writes a donated buffer)
+    model = _Bag().to(cuda)
+    opt = ember.optim.AdamW(model.parameters(), lr=1e-2)
+    step = ember.compile_step(model, F.cross_entropy, opt)
+    x, y = torch.randint(0, 11, (4, 5), device=cuda), torch.randint(0, 3, (4,), device=cuda)
+    step(x, y)  # one good step: optimizer state exists
+    params = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(opt.state_dict())["state"]
+    x[1, 2] = 11
+    with pytest.raises(IndexError):
+        step(x, y)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params[k]), k
+    after = opt.state_dict()["state"]
+    for k, s in state.items():
+        for name, v in s.items():
+            assert torch.equal(torch.as_tensor(after[k][name]), torch.as_tensor(v)), (k, name)
+    x[1, 2] = 3
+    step(x, y)  # and the step still works
+    assert any(not torch.equal(v, params[k]) for k, v in model.state_dict().items())
