@@ -20,6 +20,7 @@ row/col index space (`row_load_strides`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -112,10 +113,22 @@ def row_load_strides(layout: RowLayout, v: Value, mode: str, strides: tuple[int,
             full[lead + i] = 0 if s == 1 else st
         return [full[d] for d in layout.kept], [full[d] for d in g.dims]
     kept = [0] * len(layout.kept)  # squeezed row shape: v aligns to the kept dims
+    if len(v.shape) > len(kept):  # another spelling of the row (a reshape the group absorbed)
+        return _regrouped_strides(v, strides, [g.shape[d] for d in layout.kept]), [0] * len(g.dims)
     lead = len(kept) - len(v.shape)
     for i, (s, st) in enumerate(zip(v.shape, strides)):
         kept[lead + i] = 0 if s == 1 else st
     return kept, [0] * len(g.dims)
+
+
+def _regrouped_strides(v: Value, strides: tuple[int, ...], kept_sizes: list[int]) -> list[int]:
+    """Strides over the kept dims of `v`, a row value spelled with other dims (`keepdim` of a full
+    reduction reshaped to [1, 1]; rows regrouped): a reshape keeps row-major order, so they are the
+    strides of v's layout viewed with the kept sizes (torch's view rule, on a meta tensor)."""
+    if math.prod(v.shape) != math.prod(kept_sizes):
+        raise NotImplementedError(f"row value {v.type} does not spell the row {kept_sizes}")
+    view = torch.empty_strided(v.shape, strides, device="meta").view(kept_sizes)
+    return [0 if s == 1 else st for s, st in zip(kept_sizes, view.stride())]
 
 
 def _aligns(small: tuple[int, ...], big: tuple[int, ...]) -> bool:

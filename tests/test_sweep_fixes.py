@@ -198,3 +198,27 @@ def test_copy_into_a_tensor_keeps_it_attached():
         want = torch.autograd.grad(expected, ref, ct, materialize_grads=True, allow_unused=True)[0]
         torch.testing.assert_close(torch.autograd.grad(got, got_in, ct, materialize_grads=True,
                                                        allow_unused=True)[0], want)
+
+
+# -- a row kernel's output spelled with other dims than its row (OpInfo linalg.norm 'nuc', keepdim) ------
+# The row kernel stores a row output through strides over its kept dims; a reshape the group absorbed
+# (a full reduction's [1] as [1, 1], rows regrouped) has other dims: its strides are its layout viewed
+# with the kept sizes.
+
+
+@pytest.mark.parametrize("name", ["nuclear_norm_keepdim", "full_sum_as_1x1", "rows_regrouped", "regrouped_t"])
+def test_row_output_reshaped_to_other_dims(name):
+    fn, x = {
+        "nuclear_norm_keepdim": (lambda x: torch.linalg.norm(x, "nuc", keepdim=True), torch.randn(5, 5)),
+        "full_sum_as_1x1": (lambda x: x.sum(0, keepdim=True).reshape(1, 1) * 2, torch.randn(5)),
+        "rows_regrouped": (lambda x: x.sum(1).reshape(2, 3) + 1, torch.randn(6, 4)),
+        "regrouped_t": (lambda x: x.softmax(-1).sum(-1).reshape(3, 2).t(), torch.randn(6, 4)),
+    }[name]
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = fn(xe), ember.compile(fn)(xc)
+    torch.testing.assert_close(got, expected)
+    assert got.stride() == expected.stride()
+    cotangent = torch.randn_like(expected)
+    expected.backward(cotangent)
+    got.backward(cotangent)
+    torch.testing.assert_close(xc.grad, xe.grad)
