@@ -85,11 +85,11 @@ def _flag_checks(plan: Plan, n_inputs: int) -> set[int]:
 
 
 def _check_flags(plan: Plan, bufs: list) -> None:
-    """Raise eager's IndexError when a kernel raised its error flag (a gather's index out of range:
-    the kernel loaded nothing there, ir/ops/index.py). One read after the run, only for plans with
-    such kernels."""
-    flags = [bufs[k] for k, spec in enumerate(plan.bufs) if spec.kind == "flag"]
-    code = int(torch.cat(flags).max()) if flags else 0
+    """Raise eager's error (IndexError or RuntimeError, by the code) when a kernel raised the plan's
+    error flag (an index out of range: the kernel loaded nothing there, ir/ops/index.py). One read,
+    only for plans with such kernels."""
+    flag = next((bufs[k] for k, spec in enumerate(plan.bufs) if spec.kind == "flag"), None)
+    code = int(flag[0]) if flag is not None else 0
     if code:
         kind, message = INDEX_ERRORS[code]
         raise kind(message)

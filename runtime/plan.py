@@ -48,7 +48,7 @@ class Buf:
 class BufSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
-    kind: str  # "input" | "alloc" | "extern" | "flag" (a kernel's error flag: zeroed, read after the run)
+    kind: str  # "input" | "alloc" | "extern" | "flag" (the kernels' error flag: zeroed, read after the run)
 
 
 @dataclass
@@ -126,6 +126,12 @@ class Planner:
         self.plan.bufs.append(BufSpec(tuple(shape), dtype, kind))
         return len(self.plan.bufs) - 1
 
+    def _flag(self) -> Buf:
+        """The plan's one error flag (an int32 zeroed per call) that every checking kernel raises to its
+        code (ir/ops/index.py INDEX_ERRORS): one allocation and one read however many kernels check."""
+        flag = next((k for k, spec in enumerate(self.plan.bufs) if spec.kind == "flag"), None)
+        return Buf(self._buf((1,), torch.int32, "flag") if flag is None else flag)
+
     def _alloc(self, shape, dtype) -> View:
         shape = tuple(shape)
         return View(self._buf(shape, dtype, "alloc"), 0, shape, V.contiguous_strides(shape))
@@ -180,7 +186,7 @@ class Planner:
             return
         in_views = [self.views[v] for v in group.inputs]
         kernel = codegen.emit_pointwise(group, _wide(out_views[0].numel, in_views + out_views))
-        flag = Buf(self._buf((1,), torch.int32, "flag")) if pointwise.checked(group) else None
+        flag = self._flag() if pointwise.checked(group) else None
         args = codegen.pointwise_args(group, [self._ptr(v) for v in in_views], [self._ptr(v) for v in out_views],
                                       flag)
         self._launch(kernel, group.ops, config, args, in_views, out_views)
@@ -289,7 +295,7 @@ class Planner:
         for v in layout.row_outputs:
             view = self.views[v]
             args += [Buf(view.buf)] + codegen.row_load_strides(layout, v, "row", view.strides)[0]
-        args += kept + red + ([Buf(self._buf((1,), torch.int32, "flag"))] if codegen.row_checked(layout) else [])
+        args += kept + red + ([self._flag()] if codegen.row_checked(layout) else [])
         args += [m, r]
         outs = [self.views[v] for v in g.outputs]
         kernel = codegen.emit_row(layout, r > ROW_BLOCK_LIMIT, _wide(m * r, loads + outs))
