@@ -123,8 +123,9 @@ class CompiledStep:
         self.last: _StepProgram | None = None
         self.recompile_reasons: list[str] = []
 
-    def _updates(self) -> list:
-        """This step's ParamUpdate per parameter (advances the optimizer's step counters)."""
+    def _updates(self, advanced: list[dict]) -> list:
+        """This step's ParamUpdate per parameter (advances the optimizer's step counters; the states
+        that have one are appended to `advanced`)."""
         out = []
         for group in self.optimizer.param_groups:
             for p in group["params"]:
@@ -139,30 +140,26 @@ class CompiledStep:
                     out.append((self.optimizer._update(group, p), p))
                 finally:
                     p.grad = saved
+                if "step" in self.optimizer.state.get(p, {}):
+                    advanced.append(self.optimizer.state[p])
         return out
 
     @boundary  # errors name the user's line (frontend/errors.py)
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        advanced: list[dict] = []  # optimizer states whose step counter this call advanced
         with torch.no_grad():
-            counters = self._step_counters()
             try:
-                return self._run(x, y)
+                return self._run(x, y, advanced)
             except BaseException:
                 # A step that raised (an index out of range) changed nothing: neither parameters
                 # (the executor checks before any donated write) nor the optimizer's step counters.
-                for state, value in counters:
-                    state["step"] = value
+                for state in advanced:
+                    state["step"] -= 1
                 raise
 
-    def _step_counters(self) -> list[tuple[dict, object]]:
-        """(state, its step counter, copied) for every parameter state that has one."""
-        states = (self.optimizer.state.get(p) for g in self.optimizer.param_groups for p in g["params"])
-        return [(st, st["step"].clone() if isinstance(st["step"], torch.Tensor) else st["step"])
-                for st in states if st and "step" in st]
-
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> torch.Tensor:
         with torch.no_grad():
-            updates = self._updates()
+            updates = self._updates(advanced)
             key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
                    tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
             program = self._programs.get(key)
