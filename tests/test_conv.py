@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from testing import TOLERANCES
+from testing import TOLERANCES, cudnn_tf32
 
 import ember
 from ember.codegen import conv as conv_codegen
@@ -185,13 +185,9 @@ def test_cuda_plan_follows_cudnn_tf32_flag_after_first_plan():
     x, w = torch.randn(1, 3, 6, 6), torch.randn(4, 3, 3, 3)
     graph = ember.trace(lambda x, w: F.conv2d(x, w, padding=1), x, w).lowered.graph
     exe = compile_ir(graph, torch.device("cpu"))
-    old = torch.backends.cudnn.allow_tf32
-    try:
-        precs = []
-        for flag in (True, False, True):
-            torch.backends.cudnn.allow_tf32 = flag
+    precs = []
+    for flag in (True, False, True):
+        with cudnn_tf32(flag):
             plan = exe.plan_at(torch.device("cuda"), [tuple(x.stride()), tuple(w.stride())])
-            precs.append({s.constexprs.get("PREC") for s in plan.steps if hasattr(s, "constexprs")} - {None})
-        assert precs == [{"tf32"}, {"ieee"}, {"tf32"}]
-    finally:
-        torch.backends.cudnn.allow_tf32 = old
+        precs.append({s.constexprs.get("PREC") for s in plan.steps if hasattr(s, "constexprs")} - {None})
+    assert precs == [{"tf32"}, {"ieee"}, {"tf32"}]

@@ -20,7 +20,7 @@ from models import MLP, TransformerBlock
 from test_index_checks import _Bag
 from test_scan import _check_values
 from test_zoo import compile_step_like_eager, train_like_eager
-from testing import CHAIN_TOLERANCES
+from testing import CHAIN_TOLERANCES, cudnn_tf32
 from zoo import ZOO, Entry
 
 import ember
@@ -93,13 +93,13 @@ def ieee_fp32():
     ember's matmul uses TF32 unless torch.get_float32_matmul_precision() is "highest" (plan.py
     group_matmul) and its conv whenever torch.backends.cudnn.allow_tf32 (group_conv, cudnn's default:
     True), as eager does. Set before compiling: a plan keeps the conv precision it was built with."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    yield
+    with cudnn_tf32(False):
+        yield
     torch.set_float32_matmul_precision(saved[0])
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+    torch.backends.cuda.matmul.allow_tf32 = saved[1]
 
 
 def _on(device: torch.device, entry: Entry) -> Entry:

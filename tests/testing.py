@@ -6,6 +6,7 @@ parse back and print identically.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -97,3 +98,12 @@ def assert_vjp_matches(fn: Callable, inputs: tuple, out: torch.Tensor, grads: tu
     torch.testing.assert_close(out, want_out, rtol=rtol, atol=atol)
     for i, (a, b) in enumerate(zip(grads, want, strict=True)):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
+
+
+@contextlib.contextmanager
+def cudnn_tf32(allow: bool):
+    """`torch.backends.cudnn.allow_tf32 = allow` for the block, through `cudnn.flags()` with the other
+    flags kept: torch's test utilities (imported by the OpInfo tests) forbid setting it directly."""
+    c = torch.backends.cudnn
+    with c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=allow):
+        yield
