@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..ir import Node, Value, get_op
+from ..ir import Node, Value
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import HALF_TYPES, load_cast, round_half, store_cast
 from ..ir.types import compute_dtype
-from .emitter import BlockContext, Emitter, bind_value, ptr_sig, tl_compute
+from .emitter import Emitter, emit_tile, ptr_sig, tl_compute
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -327,13 +327,7 @@ def _emit_epilogue(e: Emitter, ep: ConvEpilogue, dtype: torch.dtype, coords: lis
     for i, v in enumerate(ep.loads):
         x = e.tmp(f"tl.load(e{i}_ptr + ({offset(f'e{i}')}), mask=cmask, other=0)", "x")
         env[v] = e.tmp(load_cast(e, x, v.dtype), "x") if compute_dtype(v.dtype) != v.dtype else x
-    for node in ep.scalars + ep.nodes:
-        if get_op(node.op).emit is not None:  # a generator op (`full`): an output-tile-shaped block
-            env[node.out] = get_op(node.op).emit(BlockContext(e, "[BM, BN]"), node)
-            continue
-        args = [env[v] for v in node.inputs]
-        expr = get_op(node.op).triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
-        env[node.out] = bind_value(e, expr, node.out.dtype, node.op)
+    emit_tile(e, ep.scalars + ep.nodes, env, "[BM, BN]")
     for j, v in enumerate(ep.outputs):
         e.line(f"tl.store(o{j}_ptr + ({offset(f'o{j}')}), {store_cast(e, env[v], v.dtype)}, mask=cmask)")
 

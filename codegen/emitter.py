@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..ir import Node, Value, get_op
 from ..ir.ops.half import HALF_TYPES, ROUNDED_OPS, round_half
 from ..ir.types import TRITON_NAMES, compute_dtype, py_literal
 
@@ -112,6 +113,16 @@ def unravel(e: Emitter, lin: str, sizes: list[str], prefix: str) -> list[str]:
     return idx
 
 
+def emit_rows(e: Emitter, nk: int, int64: bool) -> list[str]:
+    """The prologue of a kernel whose programs own BM rows each (row, reduction, scan kernels): `rows`,
+    `rmask`, `rzero`, and the rows' indices over the kept dims (sizes `ks0..`), whose names it returns."""
+    e.line("pid = tl.program_id(0)")
+    e.line(f"rows = {'pid.to(tl.int64) * BM' if int64 else 'pid * BM'} + tl.arange(0, BM)")
+    e.line("rmask = rows < M")
+    e.line("rzero = rows * 0")
+    return unravel(e, "rows", [f"ks{i}" for i in range(nk)], "k")
+
+
 def offset_expr(base: str, idx: list[str], strides: list[str], zero: str) -> str:
     """`base + sum(idx[d] * strides[d])`; `zero` (a block of zeros) keeps 0-dim offsets block-shaped."""
     terms = [f"{i} * {s}" for i, s in zip(idx, strides)]
@@ -125,3 +136,16 @@ class BlockContext:
 
     e: Emitter
     block: str
+
+
+def emit_tile(e: Emitter, nodes: list[Node], env: dict[Value, str], block: str) -> None:
+    """Emit pointwise `nodes` (a GEMM's epilogue) on values of shape `block`, binding each output in
+    `env`: generator ops (`full`) through their emit hook, the others through their Triton rule."""
+    for node in nodes:
+        opdef = get_op(node.op)
+        if opdef.emit is not None:
+            env[node.out] = opdef.emit(BlockContext(e, block), node)
+            continue
+        args = [env[v] for v in node.inputs]
+        expr = opdef.triton(e, args, [v.dtype for v in node.inputs], node.out.dtype, **node.attrs)
+        env[node.out] = bind_value(e, expr, node.out.dtype, node.op)

@@ -16,7 +16,7 @@ import torch
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, literal, offset_expr, ptr_sig, tl_dtype, unravel
+from .emitter import Emitter, emit_rows, literal, offset_expr, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -74,11 +74,7 @@ def emit_reduction(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch
     wt = work_dtype(combine, x_dtype, out_dtype)
     is_float = wt.is_floating_point
     e = Emitter()
-    e.line("pid = tl.program_id(0)")
-    e.line(f"rows = {'pid.to(tl.int64) * BM' if int64 else 'pid * BM'} + tl.arange(0, BM)")
-    e.line("rmask = rows < M")
-    e.line("rzero = rows * 0")
-    kidx = unravel(e, "rows", [f"ks{i}" for i in range(nk)], "k")
+    kidx = emit_rows(e, nk, int64)
     e.line(f"row_off = {offset_expr('x_off', kidx, [f'x_kst{i}' for i in range(nk)], 'rzero')}")
     e.line(f"cols0 = tl.arange(0, BR){'.to(tl.int64)' if int64 else ''}")
     pad = literal(_pad_value(combine, wt), wt)

@@ -30,7 +30,7 @@ from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup, pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.ops.reduction import reduced_shape
 from ..ir.types import compute_dtype
-from .emitter import BlockContext, Emitter, bind_value, literal, ptr_sig, tl_dtype, unravel
+from .emitter import BlockContext, Emitter, bind_value, emit_rows, literal, ptr_sig, tl_dtype, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 from .scan import scan_tile, with_combines
@@ -292,11 +292,7 @@ class _RowEmitter:
 
     def emit(self) -> str:
         e = self.e
-        e.line("pid = tl.program_id(0)")
-        e.line(f"rows = {'pid.to(tl.int64) * BM' if self.int64 else 'pid * BM'} + tl.arange(0, BM)")
-        e.line("rmask = rows < M")
-        e.line("rzero = rows * 0")
-        self.kidx = unravel(e, "rows", [f"ks{d}" for d in range(self.nk)], "k")
+        self.kidx = emit_rows(e, self.nk, self.int64)
         e.line(f"cols0 = tl.arange(0, BR){'.to(tl.int64)' if self.int64 else ''}")
         if not self.looped:
             self.columns("cols0")

@@ -23,7 +23,7 @@ import torch
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype, py_literal
-from .emitter import Emitter, bind_value, literal, offset_expr, ptr_sig, tl_dtype, unravel
+from .emitter import Emitter, bind_value, emit_rows, literal, offset_expr, ptr_sig, tl_dtype
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -171,11 +171,7 @@ def emit_scan(op: str, combine: str, x_dtype: torch.dtype, out_dtype: torch.dtyp
     # the carry's filler in `last` selections: -0.0 + v == v for every float v (signed zeros too)
     zero = literal(-0.0 if wt.is_floating_point else 0, wt)
     e = Emitter()
-    e.line("pid = tl.program_id(0)")
-    e.line(f"rows = {'pid.to(tl.int64) * BM' if int64 else 'pid * BM'} + tl.arange(0, BM)")
-    e.line("rmask = rows < M")
-    e.line("rzero = rows * 0")
-    kidx = unravel(e, "rows", [f"ks{i}" for i in range(nk)], "k")
+    kidx = emit_rows(e, nk, int64)
     e.line(f"x_row = {offset_expr('x_off', kidx, [f'x_kst{i}' for i in range(nk)], 'rzero')}")
     e.line(f"o_row = {offset_expr('0', kidx, [f'o_kst{i}' for i in range(nk)], 'rzero')}")
     e.line(f"cols0 = tl.arange(0, BR){'.to(tl.int64)' if int64 else ''}")

@@ -28,6 +28,7 @@ import torch
 from ..registry import FLOAT, Domain
 from ..types import compute_dtype
 from .pointwise import _c, _f, _vjp, aten, pointwise
+from .trig import register_unary
 
 SQRT_PI = math.sqrt(math.pi)
 ERFC_SWITCH = 2.0
@@ -215,16 +216,7 @@ _UNARY = [
      (Domain(FLOAT), Domain(FLOAT, low=-40.0, high=60.0))),
 ]
 
-for _name, _rule, _grad, _domains in _UNARY:
-    pointwise(
-        _name,
-        (lambda ref: lambda x: ref(x))(getattr(torch, _name)),
-        (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(_rule),
-        dtypes=FLOAT,
-        domains=_domains,
-        aten=(getattr(aten, _name).default,),
-        vjp=_vjp((lambda rule: lambda g, inputs, out, ct: [rule(g, inputs[0], out, ct)])(_grad)),
-    )
+register_unary(_UNARY)
 
 def _trigamma_impl(x: torch.Tensor) -> torch.Tensor:
     """polygamma(1, x) in float64, rounded as the kernel rounds: torch's float32 kernel loses digits

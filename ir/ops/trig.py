@@ -289,16 +289,24 @@ _UNARY = [
     ("atanh", _atanh, _atanh_vjp, (_UNIT,)),
 ]
 
-for _name, _rule, _grad, _domains in _UNARY:
-    pointwise(
-        _name,
-        (lambda ref: lambda x: ref(x))(getattr(torch, _name)),
-        (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(_rule),
-        dtypes=FLOAT,
-        domains=_domains,
-        aten=(getattr(aten, _name).default,),
-        vjp=_vjp((lambda rule: lambda g, inputs, out, ct: [rule(g, inputs[0], out, ct)])(_grad)),
-    )
+
+
+def register_unary(table: list) -> None:
+    """One float pointwise entry per (name, triton rule(e, x, dtype), VJP rule(g, x, out, ct),
+    domains) row: torch's function of that name is the reference, its `.default` overload the aten op."""
+    for name, rule, grad, domains in table:
+        pointwise(
+            name,
+            (lambda ref: lambda x: ref(x))(getattr(torch, name)),
+            (lambda rule: lambda e, args, dtypes, out: rule(e, args[0], dtypes[0]))(rule),
+            dtypes=FLOAT,
+            domains=domains,
+            aten=(getattr(aten, name).default,),
+            vjp=_vjp((lambda grad: lambda g, inputs, out, ct: [grad(g, inputs[0], out, ct)])(grad)),
+        )
+
+
+register_unary(_UNARY)
 
 pointwise(
     "signbit",
