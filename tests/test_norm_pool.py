@@ -41,9 +41,20 @@ def check(fn, *args, dtype=torch.float32, mode="compile", equal_nan=False):
             out = fn(*ours)
     want = fn(*ref)
     out, want = (o if isinstance(o, tuple) else (o,) for o in (out, want))
-    for o, w in zip(out, want):
+    for i, (o, w) in enumerate(zip(out, want)):
         assert o.dtype == w.dtype and o.shape == w.shape
-        torch.testing.assert_close(o, w, equal_nan=equal_nan, **TOL.get(w.dtype, {}))
+        try:
+            torch.testing.assert_close(o, w, equal_nan=equal_nan, **TOL.get(w.dtype, {}))
+        except AssertionError:
+            if dtype == torch.float32:
+                raise
+            # torch's half-precision composites round intermediates (instance_norm rounds the normalized
+            # value before its affine step: up to ~100 bfloat16 ulps off float64, measured); ember rounds
+            # once. Then ember must be as close as torch to the float64 result of the same inputs.
+            wide = fn(*[a.detach().double() if a.is_floating_point() else a for a in args])
+            wide = (wide if isinstance(wide, tuple) else (wide,))[i]
+            err, torch_err = ((t.double() - wide).abs().max().item() for t in (o, w))
+            assert err <= torch_err, f"output {i}: off the float64 result by {err:.3g}, torch by {torch_err:.3g}"
     pairs = [(o, w) for o, w in zip(out, want) if w.requires_grad]
     cots = [torch.randn_like(w) for _, w in pairs]
     if mode == "eager":
