@@ -31,7 +31,6 @@ from ..ir import Graph
 from ..ir.ops.scatter import SORT_TARGET
 from ..passes.autodiff import active_outputs
 from ..runtime.autograd import AutogradGraph
-from ..runtime.complex_outputs import refuse_complex_gradients
 from ..runtime.driver import compile_ir
 from ..runtime.outputs import write_back
 from ..runtime.progress import Progress, note
@@ -165,7 +164,8 @@ class StaticGraph:
         write-back records the update in autograd, as eager's in-place op does."""
         wrt = tuple(i for i, t in enumerate(tensors) if t.requires_grad and t.is_floating_point())
         n, mutated = self.lowered.num_user_outputs, self.lowered.mutated_inputs
-        outs = [i for i in range(n) if self.graph.outputs[i].dtype.is_floating_point]
+        outs = [i for i in range(n) if self.graph.outputs[i].dtype.is_floating_point
+                or self.graph.outputs[i].dtype.is_complex]  # complex: torch's derivatives (extern VJPs)
         outs += [n + k for k, i in enumerate(mutated) if (i in wrt or i in self.captured.tracked_writes)
                  and i not in self._untracked and self.graph.outputs[n + k].dtype.is_floating_point]
         active = set(active_outputs(self.graph, wrt))  # a no_grad / detached result does not require grad
@@ -227,8 +227,6 @@ class StaticGraph:
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         # torch.no_grad() / inference: the forward graph alone, nothing saved
         outs = self._differentiable(tensors)(inputs) if grad else self.compiled(inputs)
-        if grad:  # complex outputs: their gradient raises in backward instead of going missing
-            outs = refuse_complex_gradients(self.graph, outs, inputs)
         n = self.lowered.num_user_outputs
         # functionalized mutations into the caller's tensors, recorded by autograd where eager records them
         write_back([tensors[i] for i in mutated], outs[n:n + len(mutated)], lambda k: grad and mutated[k] in tracked)

@@ -15,7 +15,8 @@ Refused with a NotImplementedError naming the op: an op torch cannot differentia
 derivative with data-dependent shapes (an index by a boolean mask), and a custom (non-aten) op
 whose derivative gives no gradient for an input that needs one: its autograd may follow arguments
 capture decided for detached inputs (linear_cross_entropy's `compute_input_grad`), so the missing
-gradient could be a wrong zero. Complex inputs are refused by the rule itself (ir/ops/extern.py).
+gradient could be a wrong zero. A complex input's gradient is torch's too (its backward ops on
+complex values lower to externs: IR ops take no complex dtype).
 
 Fake tensors are contiguous (the runtime passes an extern's inputs contiguous, except its `strided`
 ones) and on the CPU unless the call names a device; a derivative that reads an input's memory
@@ -83,7 +84,8 @@ def extern_vjp(target: str, args: Any, kwargs: dict, in_types: Sequence[TensorTy
 
 def _build(target: str, args: Any, kwargs: dict, in_types: list[TensorType], out_types: list[TensorType],
            needs: Sequence[bool], cts: list[int], strided: Sequence[int]) -> ExternVJP:
-    wrt = [i for i, (t, need) in enumerate(zip(in_types, needs)) if need and t.dtype.is_floating_point]
+    wrt = [i for i, (t, need) in enumerate(zip(in_types, needs))
+           if need and (t.dtype.is_floating_point or t.dtype.is_complex)]
     what = f"cannot differentiate through op 'extern' (target {target})"
     if target in _GEOMETRY and any(i in strided for i in wrt):
         raise NotImplementedError(f"{what}: its derivative depends on the memory layout of an input torch saw "

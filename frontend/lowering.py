@@ -20,7 +20,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 from torch.fx.node import map_arg
 
 from ..ir import Graph, TensorType, Value
-from ..ir.ops.extern import INPUT
+from ..ir.ops.extern import COMPLEX, INPUT
 from ..ir.printer import format_attr
 from ..ir.types import COMPILABLE_DTYPES
 from .void_ops import is_void, lower_void
@@ -286,8 +286,8 @@ class Lowerer:
                 return (INPUT, len(inputs) - 1)
             if isinstance(x, (list, tuple)):
                 return type(x)(template(y) for y in x)
-            if isinstance(x, complex):  # not an IR attribute: pass it as a 0-dim complex tensor
-                return template(self.lift(torch.tensor(x), f"complex{len(self.constants)}"))
+            if isinstance(x, complex):  # not an IR attribute (ir/ops/extern.py)
+                return (COMPLEX, x.real, x.imag)
             try:
                 format_attr(x)
             except TypeError:

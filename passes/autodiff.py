@@ -24,9 +24,11 @@ Semantics follow `torch.autograd`: fan-out accumulates cotangents with `add`; an
 no VJP raises `NotImplementedError` naming it only when a cotangent actually has to flow through it
 from a differentiated input. An `extern` call's VJP is PyTorch's derivative of the op, traced and
 lowered to IR (ir/ops/extern.py, frontend/extern_vjp.py); it raises for an op torch cannot
-differentiate either, and for a gradient through a complex value. The joint graph is verified and
-dead-code eliminated (cotangents built by rules for inputs that need none disappear); it may still
-contain composite ops (`mean`, `var`, `std`): `run_pipeline` decomposes them like any other graph.
+differentiate either. Complex values (only externs make or read them) get complex cotangents from
+those derivatives, summed by torch's `add` (an extern) where a complex value is used twice. The
+joint graph is verified and dead-code eliminated (cotangents built by rules for inputs that need
+none disappear); it may still contain composite ops (`mean`, `var`, `std`): `run_pipeline`
+decomposes them like any other graph.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..ir import Graph, Value, get_op, verify
+from ..ir.ops.extern import INPUT
 from ..ir.registry import zeros
 from ..ir.types import is_float
 from .dce import dce
@@ -45,8 +48,9 @@ def _check_args(graph: Graph, wrt: Sequence[int] | None, outputs: int | Sequence
     for i in outs:
         if not 0 <= i < len(graph.outputs):
             raise IndexError(f"output index {i} out of range: the graph has {len(graph.outputs)} outputs")
-        if not is_float(graph.outputs[i].dtype):
-            raise ValueError(f"output {i} is {graph.outputs[i].type}: only floating-point outputs are differentiable")
+        if not (is_float(graph.outputs[i].dtype) or graph.outputs[i].dtype.is_complex):
+            raise ValueError(f"output {i} is {graph.outputs[i].type}: only floating-point and complex outputs are "
+                             f"differentiable")
     if wrt is None:
         wrt = [i for i, v in enumerate(graph.inputs) if is_float(v.dtype)]
     wrt = list(wrt)
@@ -70,10 +74,17 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
     cts: dict[Value, Value] = {}
 
     def accumulate(v: Value, c: Value) -> None:
-        cts[v] = g.add("add", [cts[v], c]) if v in cts else c
+        if v not in cts:
+            cts[v] = c
+        elif v.dtype.is_complex:  # IR ops take no complex values: torch's add, as an extern
+            cts[v] = g.add("extern", [cts[v], c], target="aten.add.Tensor", args=((INPUT, 0), (INPUT, 1)), kwargs={})
+        else:
+            cts[v] = g.add("add", [cts[v], c])
 
     for k, i in enumerate(outs):
         out = primal_outputs[i]
+        if not seed_inputs and out.dtype.is_complex:  # `full` makes no complex value
+            raise ValueError(f"output {i} is {out.type}: grad_graph needs a real output (use vjp_graph)")
         seed = g.add_input(out.type, f"ct_{k}") if seed_inputs else g.add("full", [], shape=out.shape, value=1.0,
                                                                          dtype=out.dtype)
         accumulate(out, seed)
@@ -118,8 +129,7 @@ def _differentiate(graph: Graph, wrt: list[int], outs: list[int], seed_inputs: b
 def _active(graph: Graph, wrt_values: list[Value]) -> set[Value]:
     """Float values that depend on `wrt_values` through ops that carry a gradient (not through integer
     values, nor `stop_gradient`: `OpDef.active_inputs`). Complex values are active too: only externs
-    make or read them, and an extern's VJP refuses a gradient through a complex input, so a gradient
-    through an FFT raises instead of silently stopping at the complex intermediate."""
+    make or read them, and an extern's VJP (torch's derivative) carries their complex cotangents."""
     active: set[Value] = set(wrt_values)
     for node in graph.nodes:
         carried = get_op(node.op).active_inputs

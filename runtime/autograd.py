@@ -85,6 +85,8 @@ class _Bridge(torch.autograd.Function):
         for i in ag.diff_outputs:  # autograd passes None for outputs that did not reach the loss
             ct = cotangents[i]
             shape, dtype, device = ctx.shapes[i]
+            if ct is not None and (ct.is_conj() or ct.is_neg()):  # a complex cotangent may be a lazy view
+                ct = ct.resolve_conj().resolve_neg()
             cts.append(torch.zeros(shape, dtype=dtype, device=device) if ct is None else ct.contiguous())
         grads = ag.backward(list(ctx.saved_tensors) + cts)
         result: list[torch.Tensor | None] = [None] * ctx.num_inputs

@@ -194,34 +194,7 @@ def test_row_kernel_reads_a_squeezed_row_along_the_last_dim():
     torch.testing.assert_close(out[1], ref.sum(0))
 
 
-# -- gradients through complex values are refused --------------------------------------------------------
-
-
-@pytest.mark.parametrize("fn", [
-    lambda x: torch.fft.irfft(torch.fft.rfft(x)),
-    lambda x: torch.fft.hfft(x),
-    lambda x: torch.view_as_real(torch.fft.rfft(x)),
-    lambda x: torch.fft.rfft(x).abs(),
-    lambda x: torch.stft(x, 4, return_complex=True, window=torch.ones(4)).abs(),
-])
-def test_gradient_through_complex_values_is_refused(fn):
-    x = torch.randn(3, 8)
-    out = ember.compile(fn)(x)  # the forward runs (externs)
-    torch.testing.assert_close(out, fn(x), rtol=1e-5, atol=1e-5)
-    xg = x.clone().requires_grad_()
-    with pytest.raises(NotImplementedError, match=r"cannot differentiate through op 'extern' \(target aten\."):
-        ember.compile(fn)(xg).sum().backward()
-
-
-def test_gradient_through_a_complex_output_is_refused():
-    x = torch.randn(3, 8, requires_grad=True)
-    out = ember.compile(lambda x: torch.fft.rfft(x, norm="ortho"))(x)
-    torch.testing.assert_close(out.detach(), torch.fft.rfft(x.detach(), norm="ortho"))
-    assert out.requires_grad  # as in eager: a loss built outside must not silently miss this part
-    with pytest.raises(NotImplementedError, match=r"aten\._fft_r2c"):
-        (out.abs().sum() + x.sum()).backward()
-    with torch.no_grad():
-        assert not ember.compile(lambda x: torch.fft.rfft(x))(x).requires_grad
+# (gradients through complex values: tests/test_complex_grad.py)
 
 
 # -- zero gradients where torch's backward masks ----------------------------------------------------------

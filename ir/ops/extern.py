@@ -1,9 +1,10 @@
 """`extern`: a call to a torch op that ember does not lower, so that no program is refused.
 
 attrs: `target` ("aten.name.overload"), `args` and `kwargs` templates in which ("__input__", i)
-stands for the node's i-th input, and optionally `strided`: the inputs torch saw non-contiguous when
-tracing, which the runtime passes as they are laid out; every other input is passed contiguous (as
-torch saw it: some internal ops rely on their caller's `.contiguous()`), and optionally
+stands for the node's i-th input and ("__complex__", re, im) for a complex scalar, and optionally
+`strided`: the inputs torch saw non-contiguous when tracing, which the runtime passes as they are
+laid out; every other input is passed contiguous (as torch saw it: some internal ops rely on their
+caller's `.contiguous()`), and optionally
 `passthrough`: the number of trailing inputs that are not arguments of the call but are returned
 (copied) after it, as the node's outputs: an op that returns nothing, such as
 `_linalg_check_errors`, checks the values computed with it that way (frontend/void_ops.py). The type
@@ -15,7 +16,8 @@ The VJP is PyTorch's own derivative of the op: a provider the frontend registers
 (`set_vjp_provider`, frontend/extern_vjp.py: ir/ does not import the frontend) traces
 `torch.autograd.grad` of the one call into aten ops and lowers them to an IR graph (`ExternVJP`),
 which the rule inlines into the graph being differentiated. A `passthrough` extern passes its
-outputs' cotangents to the values it returned; a gradient through a complex value is refused.
+outputs' cotangents to the values it returned. Complex inputs and outputs get complex cotangents
+(torch's convention: the conjugate Wirtinger derivative times 2), from torch's derivative as well.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from ..registry import OpDef, register
 from ..types import TensorType
 
 INPUT = "__input__"
+# ("__complex__", re, im) stands for a Python complex scalar argument (not a printable IR attribute):
+# a `Scalar` argument (the `mul.Scalar` of `angle`'s derivative) cannot take a 0-dim tensor.
+COMPLEX = "__complex__"
 
 
 def resolve_target(target: str):
@@ -47,6 +52,8 @@ def resolve_target(target: str):
 def fill_template(template, inputs):
     if isinstance(template, tuple) and len(template) == 2 and template[0] == INPUT:
         return inputs[template[1]]
+    if isinstance(template, tuple) and len(template) == 3 and template[0] == COMPLEX:
+        return complex(template[1], template[2])
     if isinstance(template, (list, tuple)):
         return type(template)(fill_template(t, inputs) for t in template)
     if isinstance(template, dict):
@@ -65,7 +72,17 @@ def call_extern(inputs, target: str, args=(), kwargs=None, strided=(), passthrou
     out = fn(*fill_template(tuple(args), inputs[:n]), **fill_template(dict(kwargs or {}), inputs[:n]))
     if passthrough:  # copies: an extern's results must not alias its inputs (runtime/executor.py)
         return [t.clone() for t in inputs[n:]]
-    return out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_resolved(o) for o in out)
+    return _resolved(out)
+
+
+def _resolved(t):
+    """`t` with its lazy conjugation / negation applied (`_conj`'s view): the same values, in memory,
+    as the ops reading it next expect (`view_as_real` refuses a conjugate view)."""
+    if isinstance(t, torch.Tensor) and (t.is_conj() or t.is_neg()):
+        return t.resolve_conj().resolve_neg()
+    return t
 
 
 def _extern_infer(types: list[TensorType], target: str, args=(), kwargs=None, strided=(), passthrough: int = 0):
@@ -107,9 +124,6 @@ def _extern_vjp(g: Graph, inputs: list[Value], out, ct, target: str, args=(), kw
     if passthrough:  # the outputs are the trailing inputs, returned after the check
         return [None] * n + list(cts)
     what = f"op 'extern' (target {target})"
-    if any(need and v.dtype.is_complex for v, need in zip(inputs, needs)):
-        raise NotImplementedError(f"cannot differentiate through {what} on complex values: a gradient through a "
-                                  f"complex value has no rule in ember's autodiff")
     if _provider is None:
         raise NotImplementedError(f"cannot differentiate through {what}: no VJP provider is installed "
                                   f"(importing ember.frontend installs PyTorch's derivatives)")
