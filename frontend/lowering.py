@@ -330,8 +330,9 @@ def _compilable(args: tuple, kwargs: dict, val: Any) -> bool:
             and all(m.dtype in COMPILABLE_DTYPES for m in metas))
 
 
-def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Lowered:
-    """Lower a captured fx graph to an IR graph (see module doc)."""
+def load_rules() -> dict:
+    """Import every rule module (each registers its rules in `LOWERINGS`, imported late: they import
+    this module); returns `LOWERINGS`."""
     from . import (  # noqa: F401
         lower_conv,
         lower_index,
@@ -345,6 +346,14 @@ def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Low
         lower_scan,
         lower_scatter,
     )
+
+    return LOWERINGS
+
+
+def lower(gm: torch.fx.GraphModule, input_names: list[str] | None = None) -> Lowered:
+    """Lower a captured fx graph to an IR graph (see module doc)."""
     from .refunctionalize import refunctionalize
+
+    load_rules()
 
     return Lowerer(refunctionalize(gm), input_names).run()
