@@ -40,10 +40,9 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
                     torch.zeros(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "flag" else None)
     # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
     inner = interpreter_position if device.type == "cpu" else None
-    checks = _flag_checks(plan, len(inputs))
     with Progress("kernel", len(plan.steps), title=f"running {name}", inner=inner) as progress:
         for i, step in enumerate(plan.steps, 1):
-            if i - 1 in checks:
+            if i - 1 in plan.flag_checks:
                 _check_flags(plan, bufs)
             if isinstance(step, LaunchStep):
                 progress.update(i, step.kernel.name)
@@ -52,7 +51,8 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
             else:
                 progress.update(i, step.node.attrs.get("target", "extern"))
                 _run_extern(step, bufs)
-    _check_flags(plan, bufs)
+    if plan.flag is not None:
+        _check_flags(plan, bufs)
     outs = [_as_tensor(bufs, v) for v in plan.outputs]
     if donate:
         copied = dict(plan.copies)
@@ -66,30 +66,11 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
     return outs
 
 
-def _flag_checks(plan: Plan, n_inputs: int) -> set[int]:
-    """The steps before which raised error flags are read: each step that writes a caller's buffer
-    (a donated input) or calls torch, after a kernel with a flag ran, so an index out of range raises
-    eager's error before any of the caller's state changes and before a torch op sees the index (it
-    would raise its own error, or a later op's). Empty for plans without flags."""
-    if not any(spec.kind == "flag" for spec in plan.bufs):
-        return set()
-    checks, pending = set(), False
-    for i, step in enumerate(plan.steps):
-        launch = isinstance(step, LaunchStep)
-        if pending and (not launch or any(v.buf < n_inputs for v in step.writes)):
-            checks.add(i)
-            pending = False
-        if launch:
-            pending = pending or any(isinstance(a, Buf) and plan.bufs[a.index].kind == "flag" for a in step.args)
-    return checks
-
-
 def _check_flags(plan: Plan, bufs: list) -> None:
     """Raise eager's error (IndexError or RuntimeError, by the code) when a kernel raised the plan's
     error flag (an index out of range: the kernel loaded nothing there, ir/ops/index.py). One read,
-    only for plans with such kernels."""
-    flag = next((bufs[k] for k, spec in enumerate(plan.bufs) if spec.kind == "flag"), None)
-    code = int(flag[0]) if flag is not None else 0
+    only for plans with such kernels (`plan.flag`, read before `plan.flag_checks` and after the run)."""
+    code = int(bufs[plan.flag][0])
     if code:
         kind, message = INDEX_ERRORS[code]
         raise kind(message)

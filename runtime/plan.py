@@ -93,6 +93,9 @@ class Plan:
     outputs: list[View] = field(default_factory=list)
     # donated (output, input) pairs the kernels could not store in place: the executor copies them
     copies: list[tuple[int, int]] = field(default_factory=list)
+    # the kernels' error flag (a buffer index, or None) and the steps before which it is read
+    flag: int | None = None
+    flag_checks: frozenset[int] = frozenset()
 
     @property
     def launches(self) -> list[LaunchStep]:
@@ -129,8 +132,9 @@ class Planner:
     def _flag(self) -> Buf:
         """The plan's one error flag (an int32 zeroed per call) that every checking kernel raises to its
         code (ir/ops/index.py INDEX_ERRORS): one allocation and one read however many kernels check."""
-        flag = next((k for k, spec in enumerate(self.plan.bufs) if spec.kind == "flag"), None)
-        return Buf(self._buf((1,), torch.int32, "flag") if flag is None else flag)
+        if self.plan.flag is None:
+            self.plan.flag = self._buf((1,), torch.int32, "flag")
+        return Buf(self.plan.flag)
 
     def _alloc(self, shape, dtype) -> View:
         shape = tuple(shape)
@@ -224,6 +228,7 @@ class Planner:
                 getattr(self, f"group_{entry.kind}")(entry.group, entry.config)
         self.entry = None
         self.plan.outputs = [self.torch_view(v) for v in self.graph.outputs]
+        self.plan.flag_checks = _flag_checks(self.plan, len(self.graph.inputs))
         return self.plan
 
     def group_pointwise(self, g: KernelGroup, config: LaunchConfig | None) -> None:
@@ -481,6 +486,23 @@ def _in_place(plan: Plan, k: int, j: int) -> bool:
             return False
     written = [v for v in step.writes if v.buf == j]
     return len(written) == 1 and all(v.same_elements(written[0]) for v in reads if v.buf == j)
+
+
+def _flag_checks(plan: Plan, n_inputs: int) -> frozenset[int]:
+    """The steps before which the error flag is read: each step that writes a caller's buffer (a
+    donated input) or calls torch, after a kernel with the flag ran, so an index out of range raises
+    eager's error before any of the caller's state changes and before a torch op sees the index (it
+    would raise its own error, or a later op's). The executor reads it once more after the run."""
+    if plan.flag is None:
+        return frozenset()
+    checks, pending = set(), False
+    for i, step in enumerate(plan.steps):
+        launch = isinstance(step, LaunchStep)
+        if pending and (not launch or any(v.buf < n_inputs for v in step.writes)):
+            checks.add(i)
+            pending = False
+        pending = pending or (launch and Buf(plan.flag) in step.args)
+    return frozenset(checks)
 
 
 def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:

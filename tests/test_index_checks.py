@@ -75,21 +75,30 @@ class _Bag(nn.Module):
         return self.head(self.emb(tokens).mean(1))
 
 
-def test_training_step_with_bad_token_raises_before_touching_parameters():
-    torch.manual_seed(0)
-    model = _Bag()
+def bad_token_step_changes_nothing(device: torch.device) -> None:
+    """A compile_step whose batch holds an out-of-range token raises IndexError and leaves parameters
+    and optimizer state as they were; the next good step still trains."""
+    model = _Bag().to(device)
     opt = ember.optim.AdamW(model.parameters(), lr=1e-2)
     step = ember.compile_step(model, F.cross_entropy, opt)
-    x, y = torch.randint(0, 11, (4, 5)), torch.randint(0, 3, (4,))
+    x, y = torch.randint(0, 11, (4, 5), device=device), torch.randint(0, 3, (4,), device=device)
     step(x, y)  # one good step: optimizer state exists
     params = copy.deepcopy(model.state_dict())
-    state = copy.deepcopy(opt.state_dict())
+    state = copy.deepcopy(opt.state_dict())["state"]
     x[1, 2] = 11
     with pytest.raises(IndexError):
         step(x, y)
     for k, v in model.state_dict().items():
         assert torch.equal(v, params[k]), k
     after = opt.state_dict()["state"]
-    for k, s in state["state"].items():
+    for k, s in state.items():
         for name, v in s.items():
             assert torch.equal(torch.as_tensor(after[k][name]), torch.as_tensor(v)), (k, name)
+    x[1, 2] = 3
+    step(x, y)
+    assert any(not torch.equal(v, params[k]) for k, v in model.state_dict().items())
+
+
+def test_training_step_with_bad_token_raises_before_touching_parameters():
+    torch.manual_seed(0)
+    bad_token_step_changes_nothing(torch.device("cpu"))
