@@ -11,6 +11,9 @@ forward does not run twice. `lower` turns the rest into IR: ember kernels where 
 externs otherwise. Graphs are cached per call signature. When a decomposition reads tensor values
 (`take`'s bounds check), the derivative is traced again with its aten ops kept whole (externs).
 
+An op whose derivative cannot be traced this way (`embedding_bag`'s forward-only variant) gets one
+that torch computes at run time (frontend/eager_derivatives.py).
+
 Refused with a NotImplementedError naming the op: an op torch cannot differentiate either, a
 derivative with data-dependent shapes (an index by a boolean mask), and a custom (non-aten) op
 whose derivative gives no gradient for an input that needs one: its autograd may follow arguments
@@ -36,6 +39,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from ..ir import TensorType
 from ..ir.ops.extern import ExternVJP, fill_template, resolve_target, set_vjp_provider
 from .decompositions import DECOMPOSITIONS
+from .eager_derivatives import EAGER_DERIVATIVES
 from .lowering import lower
 from .tracing import make_fx
 
@@ -43,11 +47,6 @@ aten = torch.ops.aten
 
 # Ops whose derivative reads the input's strides and storage offset, not only its values.
 _GEOMETRY = {"aten.as_strided.default", "aten.as_strided_copy.default", "aten.as_strided_scatter.default"}
-
-# Calls whose arguments capture chose for inputs that do not require grad (it traces detached
-# inputs): eager, differentiating, calls another variant (`embedding_bag` calls `_embedding_bag`,
-# whose auxiliary outputs torch's shape rules get wrong on the CPU, so no VJP graph can run it).
-_NO_GRAD_VARIANT = {"aten._embedding_bag_forward_only.default": "embedding_bag"}
 
 # torch's messages for an op that has no derivative
 _NO_DERIVATIVE = ("derivative for", "no autograd formula", "autograd kernel was not registered",
@@ -90,9 +89,6 @@ def _build(target: str, args: Any, kwargs: dict, in_types: list[TensorType], out
     if target in _GEOMETRY and any(i in strided for i in wrt):
         raise NotImplementedError(f"{what}: its derivative depends on the memory layout of an input torch saw "
                                   f"non-contiguous, which the IR does not record")
-    if target in _NO_GRAD_VARIANT:
-        raise NotImplementedError(f"{what}: `{_NO_GRAD_VARIANT[target]}` calls it for inputs that do not require "
-                                  f"grad, and ember captures programs from detached inputs; run it eagerly")
     op = resolve_target(target)
     n_in, n_out = len(in_types), len(out_types)
     got: list[int] = []  # the inputs of `wrt` torch's derivative reaches (the traced outputs)
@@ -111,6 +107,8 @@ def _build(target: str, args: Any, kwargs: dict, in_types: list[TensorType], out
         got[:] = [i for i, gr in zip(wrt, grads) if gr is not None]
         return [gr for gr in grads if gr is not None]
 
+    if target in EAGER_DERIVATIVES:  # torch differentiates it at run time (frontend/eager_derivatives.py)
+        derivative, got[:] = EAGER_DERIVATIVES[target](op, args, kwargs, n_in, cts, wrt)
     device = _device((args, kwargs))
     with FakeTensorMode(allow_non_fake_inputs=True):
         fakes = [torch.empty(t.shape, dtype=t.dtype, device=device)

@@ -345,6 +345,7 @@ def load_rules() -> dict:
         lower_reduction,
         lower_scan,
         lower_scatter,
+        lower_search,
     )
 
     return LOWERINGS

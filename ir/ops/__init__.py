@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     reduction,
     scan,
     scatter,
+    search,
     special,
     trig,
     window,

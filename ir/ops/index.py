@@ -30,7 +30,7 @@ import torch
 from ..registry import ALL, Domain, OpDef, register, zeros
 from ..types import TensorType
 
-GATHER_OPS = frozenset({"index_select", "gather", "index"})
+GATHER_OPS = frozenset({"index_select", "gather", "index", "searchsorted"})  # searchsorted: ir/ops/search.py
 
 # What an index out of range raises, as eager does, by the code a kernel stores in its error flag
 # (runtime/executor.py reads the flags): `gather` raises RuntimeError, the others IndexError.
