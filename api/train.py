@@ -126,23 +126,21 @@ class CompiledStep:
     def _updates(self, advanced: list[dict]) -> list:
         """This step's ParamUpdate per parameter (advances the optimizer's step counters; the states
         that have one are appended to `advanced`)."""
-        out = []
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if not p.requires_grad:
-                    continue
-                # The rules read only shapes from the gradient: the real one lives inside the graph.
-                dummy = self._grad_dummies.get(id(p))
-                if dummy is None or dummy.shape != p.shape or dummy.dtype != p.dtype or dummy.device != p.device:
-                    dummy = self._grad_dummies[id(p)] = torch.zeros_like(p)  # made once, not every step
-                saved, p.grad = p.grad, dummy
-                try:
-                    out.append((self.optimizer._update(group, p), p))
-                finally:
-                    p.grad = saved
-                if "step" in self.optimizer.state.get(p, {}):
-                    advanced.append(self.optimizer.state[p])
-        return out
+        params = [(group, p) for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        saved = [p.grad for _, p in params]
+        for _, p in params:
+            # The rules read only shapes from the gradient: the real one lives inside the graph.
+            dummy = self._grad_dummies.get(id(p))
+            if dummy is None or dummy.shape != p.shape or dummy.dtype != p.dtype or dummy.device != p.device:
+                dummy = self._grad_dummies[id(p)] = torch.zeros_like(p)  # made once, not every step
+            p.grad = dummy
+        try:
+            updates = self.optimizer._updates(params)
+        finally:
+            for (_, p), grad in zip(params, saved):
+                p.grad = grad
+        advanced.extend(self.optimizer.state[p] for _, p in params if "step" in self.optimizer.state.get(p, {}))
+        return [(u, p) for u, (_, p) in zip(updates, params)]
 
     @boundary  # errors name the user's line (frontend/errors.py)
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,8 +151,8 @@ class CompiledStep:
             except BaseException:
                 # A step that raised (an index out of range) changed nothing: neither parameters
                 # (the executor checks before any donated write) nor the optimizer's step counters.
-                for state in advanced:
-                    state["step"] -= 1
+                if advanced:
+                    torch._foreach_sub_([state["step"] for state in advanced], 1)
                 raise
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> torch.Tensor:

@@ -76,7 +76,7 @@ class _EmberOptimizer:
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            updates = []
+            params = []
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is None:
@@ -85,11 +85,35 @@ class _EmberOptimizer:
                         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                     if torch.is_complex(p):
                         raise NotImplementedError(f"ember.optim.{type(self).__name__}: complex parameters")
-                    updates.append(self._update(group, p))
-            self.engine(updates)
+                    params.append((group, p))
+            self.engine(self._updates(params))
         return loss
 
-    def _update(self, group: dict, p: torch.Tensor) -> ParamUpdate:
+    def _updates(self, params: list[tuple[dict, torch.Tensor]]) -> list[ParamUpdate]:
+        """One `ParamUpdate` per (group, parameter). Step counters advance together, as torch's foreach
+        path does: one `_foreach_add_` and one read of all of them, not two host ops per parameter."""
+        for group, p in params:
+            self._init_state(group, p)
+        # (self.state is a defaultdict: `.get`, so that a stateless parameter (SGD) gets no entry, as in torch)
+        steps = [self.state[p]["step"] for _, p in params if "step" in self.state.get(p, {})]
+        values = iter(())
+        if steps:
+            torch._foreach_add_(steps, 1)
+            one_kind = len({(t.dtype, t.device) for t in steps}) == 1  # (a loaded state may mix them)
+            values = iter(torch.stack(steps).tolist() if one_kind else [float(t) for t in steps])
+        try:
+            return [self._update(group, p, next(values) if "step" in self.state.get(p, {}) else None)
+                    for group, p in params]
+        except BaseException:  # nothing stepped: the counters go back
+            if steps:
+                torch._foreach_sub_(steps, 1)
+            raise
+
+    def _init_state(self, group: dict, p: torch.Tensor) -> None:
+        """Create the parameter's optimizer state on its first step (torch's names and layouts)."""
+
+    def _update(self, group: dict, p: torch.Tensor, step: float | None) -> ParamUpdate:
+        """The parameter's update; `step`: its step counter, already advanced (None: it keeps none)."""
         raise NotImplementedError
 
 
@@ -116,7 +140,7 @@ def sgd_rule(b: Builder, p, g, states, flags):
 class SGD(_EmberOptimizer, torch.optim.SGD):
     """torch.optim.SGD (lr, momentum, dampening, weight_decay, nesterov, maximize), fused."""
 
-    def _update(self, group, p):
+    def _update(self, group, p, step):
         momentum = float(group["momentum"])
         wd = float(group["weight_decay"])
         states, mom, damp = [], momentum, 1.0 - float(group["dampening"])
@@ -166,7 +190,7 @@ def rmsprop_rule(b: Builder, p, g, states, flags):
 class RMSprop(_EmberOptimizer, torch.optim.RMSprop):
     """torch.optim.RMSprop (lr, alpha, eps, weight_decay, momentum, centered, maximize), fused."""
 
-    def _update(self, group, p):
+    def _init_state(self, group, p):
         state = self.state[p]
         if len(state) == 0:
             state["step"] = torch.zeros((), dtype=_scalar_dtype())
@@ -175,7 +199,9 @@ class RMSprop(_EmberOptimizer, torch.optim.RMSprop):
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["centered"]:
                 state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
+
+    def _update(self, group, p, step):
+        state = self.state[p]
         alpha, momentum, wd = float(group["alpha"]), float(group["momentum"]), float(group["weight_decay"])
         small, w, one_minus_w = _lerp_weight(1 - alpha, _cdtype(p))
         states = [state["square_avg"]]
@@ -218,7 +244,7 @@ def adam_rule(b: Builder, p, g, states, flags):
 class _AdamBase(_EmberOptimizer):
     _decoupled = False
 
-    def _update(self, group, p):
+    def _init_state(self, group, p):
         state = self.state[p]
         if len(state) == 0:
             state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
@@ -226,8 +252,9 @@ class _AdamBase(_EmberOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        step = state["step"].item()
+
+    def _update(self, group, p, step):
+        state = self.state[p]
         lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
         beta1, beta2 = (float(x) for x in group["betas"])
         decoupled = bool(group.get("decoupled_weight_decay", self._decoupled))

@@ -124,6 +124,36 @@ def test_kernels_per_step_and_in_place():
     assert o1.num_kernels == 1 and o1.engine.num_graphs_built == 2
 
 
+def test_step_counters_advance_with_one_host_op():
+    # torch's foreach path: one _foreach_add_ for all counters, not `step += 1` and `.item()` per
+    # parameter; ember reads them back with one stack (a second op) whatever the parameter count
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OnCounters(TorchDispatchMode):
+        def __init__(self, counters):
+            super().__init__()
+            self.ids, self.ops = {id(t) for t in counters}, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+            if any(id(t) in self.ids for t in flat):
+                self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    m1, m2, o1, o2 = pair("AdamW", dict(lr=0.01))
+    random_grads(m1, m2)
+    o1.step()  # creates the counters
+    o2.step()
+    random_grads(m1, m2)
+    counters = [s["step"] for s in o1.state.values()]
+    with OnCounters(counters) as mode:
+        o1.step()
+    o2.step()
+    assert_same(m1, m2)
+    assert len(counters) == 4 and [str(f) for f in mode.ops] == ["aten._foreach_add_.Scalar", "aten.stack.default"]
+    assert all(float(s["step"]) == 2 for s in o1.state.values())
+
+
 GROUP_CONFIGS = [
     ("Adam", dict(lr=0.01), [dict(lr=0.02), dict(weight_decay=0.1)], dict(lr=0.05, betas=(0.5, 0.9), amsgrad=True)),
     ("SGD", dict(lr=0.1), [dict(lr=0.05, momentum=0.9), dict(weight_decay=0.1)], dict(momentum=0.5, nesterov=True)),
