@@ -246,3 +246,45 @@ def _to_copy(L, node, a):
 @register(torch.ops.prims.convert_element_type.default)
 def _convert(L, node, a):
     return L.cast(a.a, a.dtype)
+
+
+@register(aten.round.decimals)
+def _round_decimals(L, node, a):
+    """torch's CPU kernel: nearbyint(x * 10^d) / 10^d (d < 0: nearbyint(x / 10^-d) * 10^-d), in the
+    op's math dtype (float32 for half types), 10^|d| rounded to it."""
+    dt, d = out_dtype(node), int(a.decimals)
+    if not dt.is_floating_point:
+        raise Fallback("round(decimals) of integers")
+    math_dt = torch.float32 if dt in HALF_TYPES else dt
+    scale = L.const(float(torch.tensor(10.0 ** abs(d), dtype=math_dt)), math_dt)
+    x = L.cast(a.self, math_dt)
+    if d == 0:
+        return L.add("round", [x])
+    inner, outer = ("div", "mul") if d < 0 else ("mul", "div")
+    return L.add(outer, [L.add("round", [L.add(inner, [x, scale])]), scale])
+
+
+@register(aten.ldexp.Tensor)
+def _ldexp(L, node, a):
+    """torch's decomposition: `self * pow(two, other)` with `two` a 0-dim tensor of self's dtype
+    (float32 for integers), so the power has that dtype against an integer `other`, and a float
+    `other`'s own dtype (a 0-dim tensor does not promote a dimensioned one)."""
+    x, other = a.self, a.other
+    two_dt = x.dtype if x.dtype.is_floating_point else torch.float32
+    p_dt = torch.result_type(torch.empty((), dtype=two_dt), torch.empty((1,) * other.type.rank, dtype=other.dtype))
+    power = L.add("pow", [L.const(2.0, p_dt), L.cast(other, p_dt)])
+    dt = out_dtype(node)
+    return L.add("mul", [L.cast(x, dt), L.cast(power, dt)])
+
+
+@register(aten.angle.default)
+def _angle(L, node, a):
+    """A real input's angle: pi below 0, else 0, NaN kept (torch's CPU kernel); its gradient is 0
+    everywhere, NaN included (torch's angle_backward for real inputs)."""
+    x, dt = a.self, out_dtype(node)
+    if x.dtype.is_complex or not dt.is_floating_point:
+        raise Fallback("angle of complex values")
+    xs = L.add("stop_gradient", [L.cast(x, dt)])
+    angle = L.add("where", [L.add("lt", [xs, L.const(0.0, dt)]), L.const(math.pi, dt), L.const(0.0, dt)])
+    angle = L.add("where", [L.add("isnan", [xs]), xs, angle])
+    return L.add("zero_gradient", [angle, x]) if x.dtype.is_floating_point else angle

@@ -108,3 +108,31 @@ def test_binary_non_contiguous_zero_dim_and_empty():
     e = torch.randn(0, 1)
     assert_matches(lambda a, b, s, e: (a + b, a * s, torch.maximum(b, s), a < b, s - 1, e + a[0], (e * s).sum()),
                    a, b, s, e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_round_decimals_ldexp_and_angle_are_kernels(dtype):
+    # once torch calls: round(decimals) as torch's CPU kernel scales (10^|d| in the math dtype),
+    # ldexp as torch's decomposition promotes, angle of real values (NaN kept)
+    x = (torch.randn(64) * 100).to(dtype)
+    x[3] = float("nan")
+    for d in (-2, 0, 1, 3):
+        assert_matches(lambda x: torch.round(x, decimals=d), x)
+    assert_matches(torch.angle, x)
+    assert_matches(torch.ldexp, x, torch.randint(-6, 6, (64,)))
+    assert_matches(torch.ldexp, x, torch.randn(64, dtype=torch.float64))
+
+
+def test_ldexp_power_dtype_and_angle_gradient_follow_torch():
+    import ember
+
+    # a float64 x with integer exponents takes the power in float64 (finite), with float32 ones in float32 (inf)
+    x, e = torch.randn(4, dtype=torch.float64), torch.tensor([200, 1, -130, 0])
+    assert_matches(torch.ldexp, x, e)
+    assert_matches(torch.ldexp, x, e.float())
+    assert_matches(torch.angle, torch.randint(-3, 3, (7,)))
+    x = torch.tensor([1.0, -2.0, float("nan"), 0.0], requires_grad=True)
+    out = ember.compile(torch.angle)(x)
+    assert out.requires_grad  # as eager's, with a zero gradient (NaN included)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.zeros(4))
