@@ -19,6 +19,13 @@ from .emitter import int_sig
 from .lru import LRU
 from .source_cache import load_module, source_hash
 
+# Floating-point contraction (a * b + c as one fma) is off in every GPU kernel: a GPU then rounds as
+# the interpreter (numpy, which never contracts) does in the tests against eager, and ember's exact
+# emulations (floor division through fmod, expm1's correction, half-type rounding) keep their
+# rounding. Explicit, because Triton's default flips from on (3.9) to off (3.10). (tl.dot's
+# accumulation is the tensor cores' either way.)
+GPU_OPTIONS = {"enable_fp_fusion": False}
+
 # Kernels by source hash: identical kernels are one object (one module import, one interpreter
 # wrapper). A forgotten kernel keeps working in the plans holding it, and is made again (same name,
 # same source) when next generated.
@@ -81,7 +88,7 @@ class Kernel:
                 finally:
                     _interpreting = None
         else:
-            self.jit[grid](*args, **constexprs, num_warps=num_warps)
+            self.jit[grid](*args, **constexprs, num_warps=num_warps, **GPU_OPTIONS)
 
 
 def interpreter_position(thread: int) -> tuple[int, int] | None:

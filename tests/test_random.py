@@ -19,6 +19,7 @@ from triton.compiler import ASTSource
 
 import ember
 from ember.codegen import generated_kernels
+from ember.codegen.kernel import GPU_OPTIONS
 from ember.codegen.source_cache import load_module
 from ember.ir import Graph, TensorType, parse_graph
 from ember.ir.interpreter import evaluate
@@ -221,4 +222,4 @@ def test_rand_kernels_compile_for_sm90():
         done.add(key)
         fn = getattr(load_module(spec.source), spec.name)
         triton.compile(ASTSource(fn=fn, signature=spec.signature, constexprs=consts),
-                       target=GPUTarget("cuda", 90, 32))
+                       target=GPUTarget("cuda", 90, 32), options=GPU_OPTIONS)
