@@ -21,6 +21,9 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from ..codegen.kernel import GPU_OPTIONS
+from ..codegen.launch import interpreted
+from ..codegen.targets import GpuSpec, gpu_spec, math_of
 from ..frontend.capture import module_state
 from ..frontend.lowering import LOWERINGS
 from ..frontend.tracing import make_fx
@@ -107,9 +110,9 @@ def _fallback_reason(node: Node) -> str:
     return "the lowering rule declined these arguments"
 
 
-def _kernels(schedule: Schedule, plan: Plan) -> list[KernelInfo]:
+def _kernels(schedule: Schedule, plan: Plan, gpu: GpuSpec | None = None) -> list[KernelInfo]:
     """One row per launch or torch call of `plan`, costed by its schedule entry (a layout copy: its
-    own read and write)."""
+    own read and write), with its roofline time on `gpu`."""
     rows = []
     for step in plan.steps:
         entry = schedule.entries[step.entry] if step.entry is not None else None
@@ -121,14 +124,40 @@ def _kernels(schedule: Schedule, plan: Plan) -> list[KernelInfo]:
             (src,), (dst,) = step.reads, step.writes
             item = plan.bufs[dst.buf].dtype.itemsize
             rows.append(KernelInfo(len(rows), "copy", step.ops, dst.shape, src.numel * item, dst.numel * item, 0,
-                                   None, _launch_text(step)))
+                                   None, _launch_text(step), **_launch_fields(step, schedule.target)))
         else:
             c = entry.cost
             if entry.kind == "multi":  # a launch runs some of the entry's members (split by layout or size)
                 c = group_cost(multi_group([entry.group.members[i] for i, _, _ in step.parts]))
             rows.append(KernelInfo(len(rows), entry.kind, entry.ops, entry.group.shape, c.bytes_read,
-                                   c.bytes_written, c.flops, entry.group, _launch_text(step)))
+                                   c.bytes_written, c.flops, entry.group, _launch_text(step),
+                                   **_launch_fields(step, schedule.target)))
+        if gpu is not None:
+            k = rows[-1]
+            k.estimate_us = gpu.estimate_us(k.bytes_moved, k.flops, _math(k, step))
     return rows
+
+
+# block-size constexprs as the report names them
+_BLOCK_NAMES = {"BM": "BLOCK_M", "BN": "BLOCK_N", "BK": "BLOCK_K"}
+
+
+def _launch_fields(step: LaunchStep, target: str) -> dict[str, Any]:
+    blocks = {_BLOCK_NAMES.get(k, k): v for k, v in step.constexprs.items() if k.isupper() and type(v) is int}
+    return dict(grid=tuple(step.grid), num_warps=step.num_warps, blocks=blocks,
+                num_stages=None if interpreted(target) else GPU_OPTIONS["num_stages"])
+
+
+def _math(k: KernelInfo, step: Any) -> str:
+    """The math unit of a row's flops (codegen/targets.py `math_of`): a matmul's or conv's operand dtype."""
+    node = next((n for n in (k.group.nodes if k.group is not None else []) if n.op in _DOT_OPS), None)
+    if node is None:
+        return "fp32"
+    precision = step.constexprs.get("PREC") if isinstance(step, LaunchStep) else None
+    return math_of("matmul", node.inputs[0].dtype, precision)
+
+
+_DOT_OPS = {"matmul", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
 
 
 def _launch_text(step: LaunchStep) -> str:
@@ -142,8 +171,11 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
     runtime launches for it.
 
     `passes=True` shows the IR after every pass instead of only before and after the pipeline;
-    `target` ("cpu" or "cuda") the schedule for that target (default: the arguments' device).
+    `target` the schedule for that target (default: the arguments' device): "cpu", "cuda", or a GPU
+    by name ("h100", "h200", "a100": codegen/targets.py), whose report also estimates each kernel's
+    time (`KernelInfo.estimate_us`, a roofline). Arguments may be meta tensors: nothing runs.
     """
+    gpu = gpu_spec(target)
     # An ember.compile'd function or module: explain the function it wraps and say why it recompiled.
     fn = fn._ember if isinstance(fn, CompiledModule) else fn
     guards = fn.guard_report() if isinstance(fn, CompiledFunction) else None
@@ -154,7 +186,7 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
     _, inputs = sg.graph_inputs(args, kwargs)
     device = inputs[0].device if inputs else torch.device("cpu")
     if target is not None:
-        device = torch.device("cpu" if target == "cpu" else "cuda")
+        device = torch.device("cpu" if target == "cpu" else "cuda")  # a GPU by name: the "cuda" schedule
     schedule = sg.compiled.schedule_for(device)
     plan = sg.compiled.plan_at(device, [t.stride() for t in inputs])
     unfused = build_schedule(schedule.graph, schedule.target, fuse=False).entries
@@ -166,8 +198,9 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
     return ExplainReport(
         name=type(fn).__name__ if isinstance(fn, torch.nn.Module) else name,
         ir_before=sg.snapshots[0][1], ir_after=str(graph), snapshots=list(sg.snapshots),
-        kernels=_kernels(schedule, plan), compulsory_bytes=compulsory_bytes(graph),
+        kernels=_kernels(schedule, plan, gpu), compulsory_bytes=compulsory_bytes(graph),
         eager_ops=eager_ops(fn, args, kwargs), unfused_kernels=len(unfused),
         unfused_bytes=sum(e.cost.bytes_moved for e in unfused),
         fallbacks=[FallbackInfo(t, reasons[t], c) for t, c in counts.items()],
-        graph=graph, static_graph=sg, show_passes=passes, guards=guards, schedule=schedule)
+        graph=graph, static_graph=sg, show_passes=passes, guards=guards, schedule=schedule,
+        gpu=gpu)

@@ -31,6 +31,11 @@ class KernelInfo:
     flops: int
     group: KernelGroup | None = field(repr=False)  # None: a copy the layout needed (no IR node)
     launch: str = ""                                # grid, block sizes, warps ("" for torch calls)
+    grid: tuple[int, ...] = ()                      # programs per grid axis (() for torch calls)
+    num_warps: int | None = None
+    num_stages: int | None = None                   # software-pipelining stages (None: the interpreter)
+    blocks: dict[str, int] = field(default_factory=dict)  # block sizes (a matmul's BLOCK_M, BLOCK_N, BLOCK_K)
+    estimate_us: float | None = None                # roofline time on the target GPU (codegen/targets.py)
 
     @property
     def bytes_moved(self) -> int:
@@ -98,6 +103,12 @@ class ExplainReport:
     show_passes: bool = False
     guards: str | None = None                # an ember.compile'd function's programs and recompile reasons
     schedule: Any = field(default=None, repr=False)  # the runtime's schedule (runtime/schedule.py)
+    gpu: Any = None                          # the GPU planned for by name (codegen/targets.GpuSpec), if any
+
+    @property
+    def estimate_us(self) -> float | None:
+        """The kernels' roofline times summed (a GPU target by name only)."""
+        return sum(k.estimate_us for k in self.kernels) if self.gpu is not None else None
 
     @property
     def bytes_moved(self) -> int:
@@ -145,10 +156,12 @@ class ExplainReport:
     def _kernel_lines(self) -> list[str]:
         gen = sum(k.kind != "extern" for k in self.kernels)
         lines = [f"Kernels: {gen} generated, {len(self.kernels) - gen} torch fallback call(s)"]
+        est = self.gpu is not None
         rows = [[f"k{k.index}", "torch" if k.kind == "extern" else k.kind, str(list(k.shape)),
-                 _fmt_bytes(k.bytes_read), _fmt_bytes(k.bytes_written), _fmt_count(k.flops), k.launch]
-                for k in self.kernels]
-        table = _table(["#", "kind", "shape", "read", "written", "flops", "launch"], rows, {3, 4, 5})
+                 _fmt_bytes(k.bytes_read), _fmt_bytes(k.bytes_written), _fmt_count(k.flops)]
+                + ([f"{k.estimate_us:.1f}"] if est else []) + [k.launch] for k in self.kernels]
+        table = _table(["#", "kind", "shape", "read", "written", "flops"] + (["est us"] if est else []) + ["launch"],
+                       rows, {3, 4, 5, 6} if est else {3, 4, 5})
         width = max(len(t) for t in table) + 2
         lines.append(table[0].ljust(width) + "ops")
         for row, k in zip(table[1:], self.kernels):  # ops last, wrapped under their own column
@@ -168,7 +181,12 @@ class ExplainReport:
              _ratio(self.eager_bytes, comp)],
         ]
         lines = ["Totals"] + _table(["", "kernels", "bytes", "vs compulsory"], rows, {1, 2, 3})
-        return lines + [f"  flops: {_fmt_count(self.flops)}"]
+        lines.append(f"  flops: {_fmt_count(self.flops)}")
+        if self.gpu is not None:
+            lines.append(f"  roofline estimate on {self.gpu.name}: {self.estimate_us:.1f} us (bytes at "
+                         f"{self.gpu.bandwidth / 1e12:.2f} TB/s or flops at peak, whichever is longer, plus a "
+                         f"launch each: codegen/targets.py)")
+        return lines
 
     def _fallback_lines(self) -> list[str]:
         if not self.fallbacks:

@@ -23,8 +23,8 @@ from .source_cache import load_module, source_hash
 # the interpreter (numpy, which never contracts) does in the tests against eager, and ember's exact
 # emulations (floor division through fmod, expm1's correction, half-type rounding) keep their
 # rounding. Explicit, because Triton's default flips from on (3.9) to off (3.10). (tl.dot's
-# accumulation is the tensor cores' either way.)
-GPU_OPTIONS = {"enable_fp_fusion": False}
+# accumulation is the tensor cores' either way.) Pipelining stages: Triton's default, stated.
+GPU_OPTIONS = {"enable_fp_fusion": False, "num_stages": 3}
 
 # Kernels by source hash: identical kernels are one object (one module import, one interpreter
 # wrapper). A forgotten kernel keeps working in the plans holding it, and is made again (same name,

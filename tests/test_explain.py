@@ -149,3 +149,53 @@ def test_cuda_target_shows_gpu_launch_configs_on_cpu():
     # the interpreter pays per program: one tile; a GPU gets tiles that fit shared memory, more programs
     assert mm_cpu.config.grid == (1, 1) and mm_gpu.config.constexprs == {"BM": 64, "BN": 64, "BK": 32}
     assert mm_gpu.config.grid == (-(-64 // 64) * -(-80 // 64), 1) and "warps=4" in str(gpu)
+
+
+@pytest.mark.parametrize("gpu", ["h100", "h200", "a100"])
+def test_gpu_target_by_name_plans_meta_tensors_with_launch_fields_and_roofline(gpu):
+    from ember.codegen.targets import GPUS, LAUNCH_US
+
+    def fn(x, w, b):
+        return F.layer_norm(torch.relu(x @ w + b), (w.shape[1],))
+
+    meta = [torch.empty(s, device="meta", dtype=torch.float16) for s in ((256, 512), (512, 1024), (1024,))]
+    report = ember.explain(fn, *meta, target=gpu)  # nothing runs, no GPU needed
+    spec = GPUS[gpu]
+    assert report.schedule.target == "cuda" and report.gpu is spec
+    mm, row = report.kernels
+    assert (mm.kind, row.kind) == ("matmul", "row")
+    assert set(mm.blocks) >= {"BLOCK_M", "BLOCK_N", "BLOCK_K"} and mm.num_stages == 3 and mm.num_warps >= 1
+    assert mm.grid == tuple(mm.grid) and all(type(g) is int for g in mm.grid)
+    # the roofline of each kernel: its bytes at the HBM bandwidth or its flops at the peak of its math
+    # (fp16 operands: tensor cores), whichever is longer, plus a launch
+    assert mm.estimate_us == pytest.approx(LAUNCH_US + 1e6 * max(mm.bytes_moved / spec.bandwidth,
+                                                                 mm.flops / spec.peak["fp16"]))
+    assert row.estimate_us == pytest.approx(LAUNCH_US + 1e6 * max(row.bytes_moved / spec.bandwidth,
+                                                                  row.flops / spec.peak["fp32"]))
+    assert report.estimate_us == pytest.approx(mm.estimate_us + row.estimate_us)
+    assert f"roofline estimate on {spec.name}" in str(report) and "est us" in str(report)
+
+
+def test_float32_matmul_estimate_follows_the_matmul_precision():
+    from ember.codegen.targets import GPUS
+
+    meta = [torch.empty(s, device="meta") for s in ((2048, 2048), (2048, 2048))]
+    old = torch.get_float32_matmul_precision()
+    try:
+        times = {}
+        for precision in ("highest", "high"):  # ieee on the CUDA cores; TF32 on the tensor cores
+            torch.set_float32_matmul_precision(precision)
+            (mm,) = ember.explain(torch.matmul, *meta, target="h100").kernels
+            times[precision] = mm.estimate_us
+    finally:
+        torch.set_float32_matmul_precision(old)
+    flops = 2 * 2048**3
+    assert times["highest"] > 1e6 * flops / GPUS["h100"].peak["fp32"] > times["high"]
+
+
+def test_cpu_targets_have_no_gpu_fields_and_unknown_targets_are_named():
+    report = ember.explain(lambda x: x.exp(), torch.randn(8))
+    (k,) = report.kernels
+    assert k.num_stages is None and k.estimate_us is None and report.estimate_us is None and k.grid
+    with pytest.raises(ValueError, match="h100"):
+        ember.explain(lambda x: x.exp(), torch.randn(8), target="v100")
