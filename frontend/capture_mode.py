@@ -51,8 +51,20 @@ class CaptureError(RuntimeError):
 _DATA = torch._C.TensorBase.__dict__["data"]
 _DETACH = {torch.Tensor.detach, torch.detach}
 # C++ composites make_fx cannot intercept, captured as ember's decompositions write them (they return
-# NotImplemented where torch's composite must run): InstanceNorm as one row kernel.
-_REWRITES = {torch.instance_norm: instance_norm, torch.nn.functional.instance_norm: functional_instance_norm}
+# NotImplemented where torch's composite must run): InstanceNorm as one row kernel (with running
+# statistics: plus one kernel updating them; eval mode: one pointwise kernel).
+_REWRITES = {torch.instance_norm: instance_norm, torch.nn.functional.instance_norm: functional_instance_norm,
+             torch.nn.functional.linear_cross_entropy: lambda *a, **k: _reference_linear_cross_entropy(*a, **k)}
+
+
+def _reference_linear_cross_entropy(*args: Any, options: Any = None, **kwargs: Any) -> Any:
+    """`F.linear_cross_entropy` with chunking `options`: torch's reference path instead (`linear` then
+    `cross_entropy`, torch's own equivalence). The chunked one is a custom op whose autograd depends on
+    which inputs required grad when called, and capture calls it on detached inputs; ember fuses the
+    reference path's loss into one row kernel anyway."""
+    if options is None:
+        return NotImplemented
+    return torch.nn.functional.linear_cross_entropy(*args, options=None, **kwargs)
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__idiv__", "__ifloordiv__", "__imod__",
                     "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
                     "__setitem__"}

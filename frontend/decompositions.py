@@ -187,16 +187,63 @@ def _native_group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch
 def instance_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   running_mean: torch.Tensor | None, running_var: torch.Tensor | None, use_input_stats: bool,
                   momentum: float, eps: float, cudnn_enabled: bool):
-    """`torch.instance_norm` as one row reduction: GroupNorm with one channel per group
-    (`_native_group_norm`), the affine applied in the row kernel. torch's composite repeats weight
-    and bias per sample (`expand` + `clone`: two copy kernels before the row kernel). It is C++
+    """`torch.instance_norm` as one row reduction: GroupNorm with one channel per group (the input viewed
+    as (N, C, 1, HxW), as `_native_group_norm`), the affine applied in the row kernel. torch's composite
+    repeats weight and bias per sample (`expand` + `clone`: two copy kernels before the row kernel) and
+    runs batch norm over per-sample copies of the running statistics. It is C++
     (CompositeImplicitAutograd), so make_fx never sees it: capture calls this in its place
-    (frontend/capture_mode.py). NotImplemented (torch's composite runs) with running statistics,
-    which that composite updates in place or normalizes by."""
-    if not use_input_stats or running_mean is not None or running_var is not None or x.numel() == 0:
+    (frontend/capture_mode.py).
+
+    Running statistics, as torch's composite updates them: each sample's statistics blended into a
+    copy of the running ones, the copies averaged over the batch, i.e. `(1 - momentum) * running +
+    momentum * mean over N` of the per-(n, c) mean and unbiased variance (from the row kernel's
+    statistics, through a stop-gradient: eager records no history for them). Without input
+    statistics (eval) the input is normalized by the running ones: pointwise."""
+    if (running_mean is None) != (running_var is None):  # eager's batch norm kernel checks it, not its decomposition
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if x.numel() == 0 or x.ndim < 2:
         return NotImplemented
     n, c = x.shape[0], x.shape[1]
-    return _native_group_norm(x, weight, bias, n, c, x.numel() // max(n * c, 1), c, eps)[0]
+    hxw = x.numel() // (n * c)
+    acc = get_computation_dtype(x.dtype)
+    if not use_input_stats:
+        if running_mean is None:
+            return NotImplemented  # torch's composite raises
+        return _normalize_by_running_stats(x, weight, bias, running_mean, running_var, eps)
+    if running_mean is None:
+        return _native_group_norm(x, weight, bias, n, c, hxw, c, eps)[0]
+    if hxw < 2:  # an unbiased variance of one element: left to torch's composite
+        return NotImplemented
+    xr = x.reshape(n, c, 1, hxw).to(acc)
+    var, mean = torch.var_mean(xr, dim=[2, 3], unbiased=False, keepdim=True)
+    out = (xr - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        out = out * weight.reshape(1, c, 1, 1).expand(xr.shape)
+    if bias is not None:
+        out = out + bias.reshape(1, c, 1, 1).expand(xr.shape)
+    for running, stat in ((running_mean, mean), (running_var, var * (hxw / (hxw - 1)))):
+        batch = stat.detach().reshape(n, c).mean(0)
+        running.copy_(((1 - momentum) * running.to(acc) + momentum * batch).to(running.dtype))
+    return out.to(x.dtype).reshape(x.shape)
+
+
+def _normalize_by_running_stats(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                                running_mean: torch.Tensor, running_var: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eval-mode instance norm: `(x - running_mean) / sqrt(running_var + eps)` per channel, then the
+    affine. Every per-channel value is expanded to the input's shape before it meets another, so the
+    whole expression is one pointwise kernel (a `rsqrt` over (C,) alone would be a kernel of its own)."""
+    acc = get_computation_dtype(x.dtype)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+    def per_channel(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(shape).expand(x.shape).to(acc)
+
+    out = (x.to(acc) - per_channel(running_mean)) * torch.rsqrt(per_channel(running_var) + eps)
+    if weight is not None:
+        out = out * per_channel(weight)
+    if bias is not None:
+        out = out + per_channel(bias)
+    return out.to(x.dtype)
 
 
 def functional_instance_norm(x: torch.Tensor, running_mean: torch.Tensor | None = None,
@@ -238,12 +285,13 @@ def _decomposition_table() -> dict:
     # The aten ops IR primitives are lowered from (their registry entries' `aten`: silu, gelu,
     # softplus, ...) must not be decomposed further, nor those ember lowers to matmul; detach is the
     # stop-gradient of static mode's autodiff; log_ndtr's decomposition has NaN gradients; index_add's
-    # (an index_put) wraps negative indices, which eager's index_add refuses (frontend/lower_scatter.py);
+    # (an index_put) wraps negative indices, which eager's index_add refuses, index_copy's too
+    # (frontend/lower_scatter.py);
     # upsample_linear1d's ignores torch's copy where out == in and a scale is given (frontend/lower_interpolate.py).
     for op in primitive_aten_ops():
         table.pop(op, None)
     for op in (aten.mv, aten.dot, aten.addmm, aten.baddbmm, aten.embedding, aten.detach, aten.special_log_ndtr,
-               aten.index_add, aten.upsample_linear1d):
+               aten.index_add, aten.index_copy, aten.upsample_linear1d):
         for overload in op.overloads():
             table.pop(getattr(op, overload), None)
     table = {op: fn for op, fn in table.items() if not op._schema.is_mutable}

@@ -1,6 +1,6 @@
 """InstanceNorm as one row kernel forward (frontend/decompositions.py `instance_norm`, called by capture in
 place of torch's C++ composite, frontend/capture_mode.py): kernel counts from the schedule, values and
-gradients against eager, and the cases that keep torch's composite (running statistics) still right."""
+gradients against eager, and running statistics (tests/test_instance_norm_stats.py has more) still right."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_instance_norm_module_and_no_grad():
 
 
 @pytest.mark.parametrize("affine", [True, False])
-def test_running_statistics_keep_torchs_composite(affine):
+def test_running_statistics(affine):
     """train mode updates running_mean/var in place (torch's composite: per sample copies averaged),
     eval mode normalizes by them: both as eager, values, statistics and gradients."""
     ours, ref = (nn.InstanceNorm2d(3, affine=affine, track_running_stats=True, momentum=0.3) for _ in range(2))
