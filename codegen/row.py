@@ -324,12 +324,19 @@ class _RowEmitter:
 
 
 def emit_row(layout: RowLayout, looped: bool, int64: bool = False) -> Kernel:
+    source, params = row_source(layout, looped, int64)
+    ops = layout.group.ops
+    return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], source, "row", ops, params)
+
+
+def row_source(layout: RowLayout, looped: bool, int64: bool = False) -> tuple[str, list[tuple[str, str]]]:
+    """The row kernel's module text (its function named KERNEL) and parameters: `emit_row`'s, which
+    codegen/multi_row.py also inlines as one member of a multi-row kernel."""
     body = _RowEmitter(layout, looped, int64).emit()
     params = row_params(layout)
-    ops = layout.group.ops
     source = with_combines(render(params, body), [get_op(n.op).combine for n in layout.group.nodes
                                                   if get_op(n.op).kind == "scan"])
-    return make_kernel("row_" + "_".join(dict.fromkeys(ops))[:40], source, "row", ops, params)
+    return source, params
 
 
 # Interpreted, a program pays ~0.1 ms of Triton's Python frontend per statement it runs (each loop

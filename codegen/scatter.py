@@ -1,4 +1,4 @@
-"""Scatter emitter: `segment_add` (ir/ops/scatter.py), the deterministic accumulating scatter.
+"""Scatter emitter: `segment_add` and `segment_write` (ir/ops/scatter.py), the deterministic scatters.
 
 Tensors are seen as (A, rows, B): the dims before `dim`, the scattered dim, the dims after it (the
 planner merges each side into one stride). A destination row v owns the `A*B` columns (a, b). Each
@@ -7,8 +7,10 @@ keys with two branch-free binary searches (`STEPS` = bit length of N halvings ea
 runs in step: at step j a row whose run is longer than j loads source row `order[lo + j]` and adds
 it. Sources are summed in source order (the sort is stable), starting from the destination's value
 (or the constant `INIT`) in the compute dtype, and stored once. No atomics: the result is the same
-on every run. A row's program reads only the sources that hit it and writes only its own rows, so
-an index out of range (which `ember::sort_index` reports) can never write out of bounds.
+on every run. `segment_write` loads only each run's last source (the last in source order, which
+the stable sort puts last), or keeps the destination's value where the run is empty. A row's
+program reads only the sources that hit it and writes only its own rows, so an index out of range
+(which `ember::sort_index` reports) can never write out of bounds.
 
 Work per program is BV x (longest run among its rows): the interpreter (which pays per program
 instance) takes blocks of many rows; a GPU takes one row per program when rows are wide, so a
@@ -50,9 +52,11 @@ def scatter_args(src: tuple, key: tuple, order: tuple, x: tuple | None, out: tup
     return args + [out[0], *out[2], v, n, a * b, max(b, 1), max(n, 1).bit_length()]
 
 
-def emit_scatter(dtype: torch.dtype, key_dtype: torch.dtype, has_x: bool, init, int64: bool = False) -> Kernel:
-    """The `segment_add` kernel for values of `dtype`, keys of `key_dtype`; without a destination input
-    (`has_x` False) rows start from the constant `init`."""
+def emit_scatter(dtype: torch.dtype, key_dtype: torch.dtype, has_x: bool, init, int64: bool = False,
+                 op: str = "segment_add") -> Kernel:
+    """The `op` kernel (`segment_add`: sums, `segment_write`: the last source) for values of `dtype`,
+    keys of `key_dtype`; without a destination input (`has_x` False) rows start from the constant
+    `init`."""
     wt = compute_dtype(dtype)
     idx = "tl.int64" if int64 else "tl.int32"
     e = Emitter()
@@ -78,28 +82,38 @@ def emit_scatter(dtype: torch.dtype, key_dtype: torch.dtype, has_x: bool, init, 
         e.line(f"{hi} = tl.where(act & (right == 0), mid, {hi})")
     e.indent -= 1
     e.line("cnt = tl.where(rmask, lo2 - lo, 0)")
-    e.line("longest = tl.reduce(cnt, 0, tl.standard._elementwise_max)")
+    if op != "segment_write":
+        e.line("longest = tl.reduce(cnt, 0, tl.standard._elementwise_max)")
     e.line("m2 = rmask[:, None] & cmask[None, :]")
-    if has_x:
+    if has_x:  # (a write does not read the rows it overwrites)
         e.line("x = tl.load(x_ptr + x_off + ca[None, :] * x_sa + rows[:, None] * x_sv + cb[None, :] * x_sb, "
-               "mask=m2, other=0)")
+               f"mask=m2{' & (cnt == 0)[:, None]' if op == 'segment_write' else ''}, other=0)")
         e.line(f"acc = ({load_cast(e, 'x', dtype)}).to({tl_dtype(wt)})")
     else:
         e.line(f"acc = tl.full([BV, BC], {py_literal(init, wt)}, {tl_dtype(wt)})")
-    e.line("for j in range(0, longest):")
-    e.indent += 1
-    e.line("act = j < cnt")
-    e.line("n = tl.load(ord_ptr + ord_off + (lo + j) * ord_st, mask=act, other=0)")
-    e.line("ms = act[:, None] & cmask[None, :]")
-    e.line("s = tl.load(src_ptr + src_off + ca[None, :] * src_sa + n[:, None] * src_sn + cb[None, :] * src_sb, "
-           "mask=ms, other=0)")
-    # masked lanes keep acc as it is: acc + 0 would turn -0.0 into +0.0
-    e.line(f"acc = tl.where(ms, acc + ({load_cast(e, 's', dtype)}).to({tl_dtype(wt)}), acc)")
-    e.indent -= 1
+    if op == "segment_write":  # the run's last source, where the run is not empty
+        e.line("act = cnt > 0")
+        e.line("n = tl.load(ord_ptr + ord_off + (lo2 - 1) * ord_st, mask=act, other=0)")
+        e.line("ms = act[:, None] & cmask[None, :]")
+        e.line("s = tl.load(src_ptr + src_off + ca[None, :] * src_sa + n[:, None] * src_sn + cb[None, :] * src_sb, "
+               "mask=ms, other=0)")
+        e.line(f"acc = tl.where(ms, ({load_cast(e, 's', dtype)}).to({tl_dtype(wt)}), acc)")
+    else:
+        e.line("for j in range(0, longest):")
+        e.indent += 1
+        e.line("act = j < cnt")
+        e.line("n = tl.load(ord_ptr + ord_off + (lo + j) * ord_st, mask=act, other=0)")
+        e.line("ms = act[:, None] & cmask[None, :]")
+        e.line("s = tl.load(src_ptr + src_off + ca[None, :] * src_sa + n[:, None] * src_sn + cb[None, :] * src_sb, "
+               "mask=ms, other=0)")
+        # masked lanes keep acc as it is: acc + 0 would turn -0.0 into +0.0
+        e.line(f"acc = tl.where(ms, acc + ({load_cast(e, 's', dtype)}).to({tl_dtype(wt)}), acc)")
+        e.indent -= 1
     e.line(f"tl.store(out_ptr + ca[None, :] * out_sa + rows[:, None] * out_sv + cb[None, :] * out_sb, "
            f"{store_cast(e, 'acc', dtype)}, mask=m2)")
     params = scatter_params(dtype, key_dtype, has_x)
-    return make_kernel("scatter_add", render(params, e.text()), "scatter", ["segment_add"], params)
+    name = "scatter_add" if op == "segment_add" else "scatter_write"
+    return make_kernel(name, render(params, e.text()), "scatter", [op], params)
 
 
 def launch_config(v: int, c: int, target: str) -> LaunchConfig:

@@ -37,6 +37,7 @@ from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._prims_common import get_computation_dtype
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..ir.ops import scatter as _scatter  # noqa: F401  (registers ember::sort_index)
 from ..ir.registry import primitive_aten_ops
 from .gradient_ops import zero_gradient
 
@@ -82,6 +83,9 @@ def _index_fill(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.
     n = x.size(dim) if x.dim() else 1
     idx = index.reshape(-1)
     idx = torch.where(idx < 0, idx + n, idx)
+    # eager's IndexError for an index out of range: the scatters' checked sort (the mask does not
+    # depend on the order of the indices)
+    idx, _ = torch.ops.ember.sort_index(idx, [index.reshape(-1)], [-n], [n], [dim if x.dim() else 0], True)
     hit = (torch.arange(n, device=x.device).unsqueeze(1) == idx.unsqueeze(0)).any(1)
     shape = [1] * x.dim()
     if x.dim():

@@ -38,7 +38,7 @@ _SUM, _MEAN = 0, 1
 def search(L, seq: Value, values: Value, right: bool, out_int32: bool = False) -> Value:
     if seq.type.rank != 1 or seq.dtype != values.dtype or seq.dtype not in SEARCH_DTYPES:
         raise Fallback("searchsorted over a batch of sequences or between dtypes")
-    return L.add("searchsorted", [seq, values], right=bool(right), dtype=torch.int32 if out_int32 else torch.int64)
+    return L.add("searchsorted", [seq, values], right=bool(right), out_int32=bool(out_int32))
 
 
 @register(aten.searchsorted.Tensor)

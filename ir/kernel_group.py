@@ -11,7 +11,9 @@ Kinds:
   a tile op along its one dim (`dims`);
 - "layout", "extern", "constant": one node each (layout ops are usually views: no kernel);
 - "multi": independent pointwise groups of one structure (`members`, any shapes: the per-parameter
-  updates of an optimizer step) run by one multi-tensor launch (passes/horizontal.py).
+  updates of an optimizer step) run by one multi-tensor launch, or independent small row groups
+  (`members`, each its own body: a training step's vector-parameter updates) run by one multi-row
+  launch (passes/horizontal.py).
 0-dim `full` scalars used only by pointwise nodes belong to no group: kernels inline them as literals.
 """
 
@@ -33,13 +35,17 @@ class KernelGroup:
     scalars: list[Node] = field(default_factory=list)   # inlined 0-dim constants the nodes use
     # "row" groups that also reduce across rows (a loss's mean): one program must hold every row.
     whole: bool = False
-    # "multi" groups: the pointwise groups one launch runs (`nodes`, `inputs`, `outputs`: theirs, joined).
+    # "multi" groups: the pointwise or row groups one launch runs (`nodes`, `inputs`, `outputs`: theirs, joined).
     members: list[KernelGroup] = field(default_factory=list)
 
     @property
     def ops(self) -> list[str]:
-        """The IR ops the kernel runs (a "multi" group: those of one member, which all members share)."""
-        return self.members[0].ops if self.members else [n.op for n in self.nodes]
+        """The IR ops the kernel runs (a "multi" group: the first member's, then those other members
+        add: pointwise members all share the first's)."""
+        if self.members:
+            first = self.members[0].ops
+            return first + list(dict.fromkeys(op for m in self.members[1:] for op in m.ops if op not in first))
+        return [n.op for n in self.nodes]
 
     def __repr__(self) -> str:
         return f"KernelGroup({self.kind}, ops={self.ops}, shape={self.shape}, dims={self.dims})"

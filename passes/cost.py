@@ -206,7 +206,7 @@ def _flops(group: KernelGroup) -> int:
 def group_cost(group: KernelGroup) -> KernelCost:
     if group.kind == "layout" and is_view(group.nodes[0].op):
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
-    if group.kind == "multi":  # one launch over pointwise members (passes/horizontal.py): theirs, summed
+    if group.kind == "multi":  # one launch over pointwise or row members (passes/horizontal.py): theirs, summed
         costs = [group_cost(m) for m in group.members]
         return KernelCost(group, sum(c.bytes_read for c in costs), sum(c.bytes_written for c in costs),
                           sum(c.flops for c in costs))

@@ -36,6 +36,10 @@ def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: 
             donate: dict[int, int] | None = None) -> list[torch.Tensor]:
     bufs: list = list(inputs)
     for spec in plan.bufs[len(inputs):]:
+        if spec.kind == "alias":  # a slice of an earlier buffer, from an offset (runtime/cat_slots.py)
+            base = bufs[spec.base]
+            bufs.append(torch.as_strided(base, spec.shape, (1,), base.storage_offset() + spec.offset))
+            continue
         bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else
                     torch.zeros(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "flag" else None)
     # A long call reports which step it is in (and, interpreted, which program instance): progress.py.

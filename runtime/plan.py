@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .. import codegen
-from ..codegen import multi, pointwise, reduction
+from ..codegen import multi, multi_row, pointwise, reduction
 from ..codegen import scan as scan_codegen
 from ..codegen.emitter import INT32_LIMIT
 from ..codegen.launch import LaunchConfig
@@ -28,6 +28,7 @@ from ..ir.ops.index import GATHER_OPS as INDEX_GATHERS
 from ..ir.ops.window import WINDOW_OPS
 from ..ir.registry import is_view
 from ..passes.cost import storage_root
+from . import cat_slots
 from . import views as V
 from .progress import Progress
 from .schedule import Schedule, reduction_dims
@@ -49,6 +50,8 @@ class BufSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
     kind: str  # "input" | "alloc" | "extern" | "flag" (the kernels' error flag: zeroed, read after the run)
+    base: int = -1   # "alias": elements of buffer `base` from `offset` on (a cat piece's slice, cat_slots.py)
+    offset: int = 0
 
 
 @dataclass
@@ -102,8 +105,14 @@ class Plan:
         return [s for s in self.steps if isinstance(s, LaunchStep)]
 
 
+# A kernel's linear element index runs up to a block past numel (its masked lanes): in int32 it must
+# not wrap, or a wrapped (negative) index would pass the `< numel` mask. No block exceeds this margin.
+INDEX_MARGIN = 2**20
+
+
 def _wide(numel: int, views: list[View]) -> bool:
-    return numel > INT32_LIMIT or any(v.extent() > INT32_LIMIT for v in views)
+    """64-bit index math: the element index (plus a block) or a view's extent passes int32."""
+    return numel + INDEX_MARGIN > INT32_LIMIT or any(v.extent() > INT32_LIMIT for v in views)
 
 
 class Planner:
@@ -123,6 +132,9 @@ class Planner:
         # donated outputs tried in place (`in_place`): each value their buffers hold -> the input index
         self.donated = {v: j for k, j in schedule.donate.items() if k in in_place
                         for v in _view_chain(graph.outputs[k])}
+        # values stored straight into their slice of a cat's buffer (runtime/cat_slots.py)
+        self.cat_slots = cat_slots.cat_slots(graph, set(self.donated))
+        self.cat_outs: dict[Node, View] = {}
 
     # -- helpers ----------------------------------------------------------------------------------
     def _buf(self, shape, dtype, kind: str) -> int:
@@ -148,6 +160,9 @@ class Planner:
         donated = self._donated(v)
         if donated is not None:
             return donated
+        slotted = self._slotted(v)
+        if slotted is not None:
+            return slotted
         users = self.users.get(v, [])
         if v in self.graph_outputs or len(users) != 1 or users[0].op != "permute":
             return self._alloc(v.shape, v.dtype)
@@ -169,6 +184,24 @@ class Planner:
         if x.offset == 0 and x.strides == V.contiguous_strides(x.shape) and x.numel == v.type.numel:
             return View(x.buf, 0, v.shape, V.contiguous_strides(v.shape))  # a reshape of it
         return None
+
+    def _slotted(self, v: Value) -> View | None:
+        """`v`'s place in the buffer of the cat it is a piece of (cat_slots.py), as a view without
+        offset (matmul and row kernels store without one): an alias buffer starts at the slice."""
+        slot = self.cat_slots.get(v)
+        if slot is None:
+            return None
+        if slot.cat not in self.cat_outs:
+            self.cat_outs[slot.cat] = self._alloc_value(slot.cat.out)
+        view = cat_slots.piece_view(slot, self.cat_outs[slot.cat])
+        if view is None or view.offset == 0:
+            return view
+        spec = self.plan.bufs[view.buf]
+        alias = View(-1, 0, view.shape, view.strides)
+        alias = View(self._buf((alias.extent() + 1,), spec.dtype, "alias"), 0, view.shape, view.strides)
+        base = cat_slots.resolve(self.plan.bufs, View(view.buf, view.offset, (), ()))
+        self.plan.bufs[alias.buf].base, self.plan.bufs[alias.buf].offset = base.buf, base.offset
+        return alias
 
     @staticmethod
     def _ptr(v: View) -> tuple:
@@ -240,6 +273,8 @@ class Planner:
         """Members the multi-tensor kernel can address (codegen/multi.py: contiguous, 32-bit indices)
         share launches of at most `multi.MAX_PARAMS` parameters; the others run as pointwise kernels.
         Each launch lists its members (index in `g.members`, reads, writes) in `parts`."""
+        if g.members[0].kind == "row":
+            return self._multi_row(g, config)
         members = [PointwiseGroup(m.scalars + m.nodes, m.inputs, m.outputs, m.shape) for m in g.members]
         for m in members:
             for v in m.outputs:
@@ -279,13 +314,22 @@ class Planner:
             self.plan.steps[-1].parts = [(i, ins, outs)]
 
     def group_row(self, g: KernelGroup, config: LaunchConfig | None) -> None:
-        layout = codegen.row_layout(g)
-        for v in layout.tile_outputs:
-            self.views[v] = self._alloc(v.shape, v.dtype)
-        for v in layout.row_outputs:  # stored through strides, after every load (codegen/row.py)
-            self.views[v] = self._alloc_value(v)
+        layout = self._row_outputs(g)
         if config is None:
             return
+        args, loads, outs, looped, wide = self._row_args(g, layout)
+        self._launch(codegen.emit_row(layout, looped, wide), g.ops, config, args, loads, outs)
+
+    def _row_outputs(self, g: KernelGroup) -> codegen.RowLayout:
+        layout = codegen.row_layout(g)
+        for v in layout.tile_outputs:  # laid out for a consumer permute as `_alloc_value` does (not donated)
+            self.views[v] = self._alloc(v.shape, v.dtype) if v in self.donated else self._alloc_value(v)
+        for v in layout.row_outputs:  # stored through strides, after every load (codegen/row.py)
+            self.views[v] = self._alloc_value(v)
+        return layout
+
+    def _row_args(self, g: KernelGroup, layout: codegen.RowLayout) -> tuple[list, list[View], list[View], bool, bool]:
+        """(runtime args, views loaded, views stored, looped, 64-bit indices) of row group `g`'s kernel."""
         kept = [g.shape[d] for d in layout.kept]
         red = [g.shape[d] for d in g.dims]
         m, r = math.prod(kept), math.prod(red)
@@ -303,8 +347,43 @@ class Planner:
         args += kept + red + ([self._flag()] if codegen.row_checked(layout) else [])
         args += [m, r]
         outs = [self.views[v] for v in g.outputs]
-        kernel = codegen.emit_row(layout, r > ROW_BLOCK_LIMIT, _wide(m * r, loads + outs))
-        self._launch(kernel, g.ops, config, args, loads, outs)
+        return args, loads, outs, r > ROW_BLOCK_LIMIT, _wide(m * r, loads + outs)
+
+    def _multi_row(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        """Row members (codegen/multi_row.py) share launches of at most `multi_row.MAX_PARAMS`
+        parameters, each member with its tiles of `config`; a launch left with one member runs the
+        plain row kernel. Each launch lists its members (index, reads, writes) in `parts`."""
+        layouts = [self._row_outputs(m) for m in g.members]
+        if config is None:
+            return
+        members = []
+        for k, (m, layout) in enumerate(zip(g.members, layouts)):
+            args, loads, outs, looped, wide = self._row_args(m, layout)
+            rows = math.prod(s for d, s in enumerate(m.shape) if d not in m.dims)
+            members.append((k, (layout, looped, wide), args, loads, outs, multi_row.member_config(config, k, rows)))
+        late = []
+        if any(codegen.row_checked(layout) for layout in layouts):
+            # An index error raises before the caller's state changes (`_flag_checks`: the flag is read
+            # before each step storing into a caller's buffer): members storing there (donated inputs)
+            # run after the launch, each its own row kernel.
+            stores = lambda m: any(v.buf < len(self.graph.inputs) for v in m[4])
+            late = [[m] for m in members if stores(m)]
+            members = [m for m in members if not stores(m)]
+        params = {m[0]: codegen.row_params(m[1][0]) for m in members}
+        flag = Buf(self.plan.flag) if self.plan.flag is not None else None  # made by a checking member's args
+        sizes = [multi_row.runtime_params(params[m[0]]) for m in members]
+        for chunk in [[members[k] for k in part] for part in multi_row.chunks(sizes)] + late:
+            if len(chunk) == 1:
+                k, (layout, looped, wide), args, loads, outs, cfg = chunk[0]
+                self._launch(codegen.emit_row(layout, looped, wide), g.members[k].ops, cfg, args, loads, outs)
+            else:
+                kernel = multi_row.emit_multi_row([c[1] for c in chunk])
+                args, programs = multi_row.multi_row_args([params[c[0]] for c in chunk], [c[2] for c in chunk],
+                                                          [c[5].grid[0] for c in chunk], flag)
+                sub = multi_row.launch_config([c[5] for c in chunk])
+                self._launch(kernel, kernel.ops, LaunchConfig((programs,), sub.constexprs, config.num_warps), args,
+                             [v for c in chunk for v in c[3]], [v for c in chunk for v in c[4]])
+            self.plan.steps[-1].parts = [(c[0], c[3], c[4]) for c in chunk]
 
     def group_scan(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
@@ -381,8 +460,9 @@ class Planner:
         self._launch(kernel, [node.op], config, args, [x], [view])
 
     def group_scatter(self, g: KernelGroup, config: LaunchConfig | None) -> None:
-        """`segment_add` (codegen/scatter.py): values seen as (dims before `dim`, dim, dims after), each
-        side merged into one stride; a side whose strides do not merge is copied contiguous first."""
+        """`segment_add`, `segment_write` (codegen/scatter.py): values seen as (dims before `dim`, dim,
+        dims after), each side merged into one stride; a side whose strides do not merge is copied
+        contiguous first."""
         node = g.nodes[0]
         dim, out = node.attrs["dim"], node.out
         view = self._alloc(out.shape, out.dtype)
@@ -396,7 +476,7 @@ class Planner:
         b = math.prod(out.shape[dim + 1:])
         reads = [src, key, order] + ([x] if x is not None else [])
         kernel = codegen.emit_scatter(out.dtype, node.inputs[1].dtype, x is not None, node.attrs.get("init"),
-                                      _wide(view.numel, reads + [view]))
+                                      _wide(view.numel, reads + [view]), op=node.op)
         ptr3 = lambda v: (Buf(v.buf), v.offset, _around(v, dim))
         ptr1 = lambda v: (Buf(v.buf), v.offset, v.strides[0])
         args = codegen.scatter_args(ptr3(src), ptr1(key), ptr1(order), ptr3(x) if x is not None else None,
@@ -406,6 +486,12 @@ class Planner:
     def group_layout(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
         a, out = node.attrs, node.out
+        if node in self.cat_outs and all(  # every piece stored in its slice already: no kernel
+                cat_slots.resolve(self.plan.bufs, self.views[v]).same_elements(
+                    cat_slots.resolve(self.plan.bufs, cat_slots.piece_slice(node, k, self.cat_outs[node])))
+                for k, v in enumerate(node.inputs) if v.type.numel):
+            self.views[out] = self.cat_outs[node]
+            return
         if not is_view(node.op):  # cat: a pointwise kernel of shifted loads (its registry emit hook)
             inputs = [v for v in node.inputs if v.shape[a["dim"]] > 0]
             if not inputs:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..codegen import conv, matmul, multi, pointwise, reduction, row, scatter
+from ..codegen import conv, matmul, multi, multi_row, pointwise, reduction, row, scatter
 from ..codegen import scan as scan_codegen
 from ..codegen.launch import LaunchConfig
 from ..ir import Graph, Node, get_op
@@ -77,8 +77,10 @@ class Schedule:
         """Groups by node index and value name (the printed IR parses back with the same names)."""
         index = {n: i for i, n in enumerate(self.graph.nodes)}
         names = lambda vs: [v.name for v in vs]
-        member = lambda m: {"nodes": [index[n] for n in m.nodes], "scalars": [index[n] for n in m.scalars],
-                            "inputs": names(m.inputs), "outputs": names(m.outputs), "shape": list(m.shape)}
+        member = lambda m: {"kind": m.kind, "nodes": [index[n] for n in m.nodes],
+                            "scalars": [index[n] for n in m.scalars], "inputs": names(m.inputs),
+                            "outputs": names(m.outputs), "shape": list(m.shape), "dims": list(m.dims),
+                            "whole": m.whole}
         return {"target": self.target, "donate": {str(k): j for k, j in self.donate.items()},
                 "entries": [{"kind": e.kind, "nodes": [index[n] for n in e.group.nodes],
                              "scalars": [index[n] for n in e.group.scalars], "inputs": names(e.group.inputs),
@@ -96,9 +98,10 @@ class Schedule:
             group = KernelGroup(e["kind"], [graph.nodes[k] for k in e["nodes"]], [values[n] for n in e["inputs"]],
                                 [values[n] for n in e["outputs"]], tuple(e["shape"]), tuple(e["dims"]),
                                 [graph.nodes[k] for k in e["scalars"]], e["whole"],
-                                [KernelGroup("pointwise", [graph.nodes[k] for k in m["nodes"]],
+                                [KernelGroup(m.get("kind", "pointwise"), [graph.nodes[k] for k in m["nodes"]],
                                              [values[n] for n in m["inputs"]], [values[n] for n in m["outputs"]],
-                                             tuple(m["shape"]), (), [graph.nodes[k] for k in m["scalars"]])
+                                             tuple(m["shape"]), tuple(m.get("dims", ())),
+                                             [graph.nodes[k] for k in m["scalars"]], m.get("whole", False))
                                  for m in e.get("members", [])])
             config = LaunchConfig.from_dict(e["config"]) if e["config"] else None
             entries.append(Entry(i, group, config, group_cost(group)))
@@ -111,6 +114,8 @@ def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
     if kind == "layout" and not is_view(group.nodes[0].op):  # cat: a pointwise kernel
         numel = group.outputs[0].type.numel
         return pointwise.launch_config(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
+    if kind == "multi" and group.members[0].kind == "row":  # each member's row config, side by side
+        return multi_row.launch_config([launch_config(m, target) for m in group.members])
     if kind == "multi":  # one launch over the members (the planner splits it past multi.MAX_PARAMS)
         return multi.launch_config([math.prod(m.shape) for m in group.members], target)
     if kind in ("pointwise", "constant"):

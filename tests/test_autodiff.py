@@ -77,7 +77,7 @@ def op(name, **attrs):
 NO_VJP = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "logical_not",
           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "isnan", "argmax", "argmin",
           "full", "arange", "iota", "max_pool_index", "cummax_index", "cummin_index", "check_index", "signbit",
-          "trigamma"}  # (trigamma: only digamma's VJP uses it; compiled graphs are differentiated once)
+          "searchsorted", "trigamma"}  # (trigamma: only digamma's VJP uses it; compiled graphs are differentiated once)
 # (extern's VJP is torch's derivative: tests/test_extern_vjp.py)
 
 

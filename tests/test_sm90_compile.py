@@ -3,8 +3,8 @@
 The interpreter runs kernels without proving they lower to PTX (e.g. it accepts calls that the
 GPU code generator rejects). The default run compiles one kernel of each kind, planned for a GPU
 (its launch config): pointwise, half rounding, generator, cat, row (persistent, looped, whole),
-reduction (persistent, looped), matmul, matmul with epilogue, 64-bit indexing, multi-tensor
-(horizontal fusion), conv2d with epilogue and its input and weight gradients. `-m slow` compiles
+reduction (persistent, looped), matmul, matmul with epilogue, 64-bit indexing, multi-tensor and
+multi-row (horizontal fusion), conv2d with epilogue and its input and weight gradients. `-m slow` compiles
 a corpus covering every kind x dtype x index width x constexpr mode, and then every kernel that
 earlier tests in the session generated (minutes on 2 cores).
 """
@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ember.codegen import generated_kernels
-from ember.codegen.kernel import record_spec, spec_count
+from ember.codegen.kernel import GPU_OPTIONS, record_spec, spec_count
 from ember.codegen.source_cache import load_module
 from ember.ir import Graph, TensorType, parse_graph
 from ember.runtime import compile_graph
@@ -77,6 +77,9 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
     "gather": (lambda: _graph([((9, 6), torch.float16), ((2, 3), torch.int32), ((3, 6), torch.float16)],
                               lambda g, w, i, p: g.add("add", [g.add("index", [w, i], dim=0, wrap=True), p])),
                "tl.store(err_ptr"),
+    # a binary search (ir/ops/search.py), unrolled: each step loads the sequence at its own positions
+    "searchsorted": (lambda: _graph([((13,), torch.float16), ((3, 5), torch.float16)], lambda g, s, v: g.add(
+        "searchsorted", [s, v], right=True, out_int32=True)), "tl.where(live"),
     # window ops (ir/ops/window.py): max pooling's value and index in one loop, with a relu epilogue;
     # a bilinear backward gather (weights in float32, explicit scales)
     "window": (lambda: _graph([((2, 3, 9, 8), torch.bfloat16)], lambda g, x: [
@@ -109,6 +112,11 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
     "multi": (lambda: _graph([((4, 5), torch.bfloat16), ((7,), torch.bfloat16), ((), F32)], lambda g, x, y, s: [
         g.add("convert", [g.add("mul", [g.add("convert", [v], dtype=F32), s])], dtype=torch.bfloat16)
         for v in (x, y)]), "tl.where(sel, m1_numel"),
+    # horizontal fusion of small row groups (codegen/multi_row.py): a persistent softmax, a looped row sum
+    # and a whole (loss-like) group, each its own inlined body and tiles, branched on by program id
+    "multi_row": (lambda: _graph([((3, 24), F32), ((3, 5000), F32), ((4, 24), F32)], lambda g, x, y, z: [
+        _softmax(g, x), g.add("sum", [y], dims=(1,), keepdim=False), _mean_of_row_sums(g, z)]),
+        "elif pid < first2:"),
     # a scan kernel with its module-level combine, rows of two blocks (the carried prefix)
     "scan": (lambda: _graph([((2, 5000), torch.float16)], lambda g, x: g.add("cumprod", [x], dim=1)),
              "tl.associative_scan(x, 1, _prod_combine)"),
@@ -128,6 +136,12 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
                                lambda g, s, k, o, i, x: g.add("segment_add", [s, k, o, i, x], dim=1, size=7,
                                                               init=None)),
                 "for j in range(0, longest)"),
+    # the deterministic write (scatter / index_put after their sort): each run's last source, bfloat16 by bits
+    "scatter_write": (lambda: _graph([((4, 11, 3), torch.bfloat16), ((11,), torch.int64), ((11,), torch.int64),
+                                      ((11,), torch.int64), ((4, 7, 3), torch.bfloat16)],
+                                     lambda g, s, k, o, i, x: g.add("segment_write", [s, k, o, i, x], dim=1, size=7,
+                                                                    init=None)),
+                      "(lo2 - 1) * ord_st"),
 }
 
 
@@ -154,6 +168,26 @@ def test_one_kernel_of_each_kind_compiles_for_sm90(kind, monkeypatch):
     assert fragment in jobs[0][0], jobs[0][0]
     error = _compile_one(jobs[0])
     assert error is None, error
+
+
+def test_gpu_kernels_do_not_contract_floating_point():
+    # GPU_OPTIONS (codegen/kernel.py): x * y + z stays a rounded multiply and a rounded add, as the
+    # interpreter computes it, not one fma
+    g = _graph([((64,), F32)] * 3, lambda g, x, y, z: g.add("add", [g.add("mul", [x, y]), z]))
+    (job,) = _planned_jobs(compile_graph(g, device="cuda").plan.steps)
+    source, name, signature, consts = job
+    ptx = triton.compile(ASTSource(fn=getattr(load_module(source), name), signature=signature, constexprs=consts),
+                         target=TARGET, options=GPU_OPTIONS).asm["ptx"]
+    assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx and "fma.rn.f32" not in ptx, ptx
+
+
+def test_elements_near_int32_take_64_bit_index_math():
+    # the last block's masked lanes index past numel: an int32 index there would wrap negative and
+    # pass the mask, so a size within a block of 2**31 already plans the 64-bit variant (nothing runs)
+    for n, wide in ((2**31 - 4096, True), (2**30, False)):
+        g = _graph([((n,), torch.float16)], lambda g, x: g.add("exp", [x]))
+        ((source, *_),) = _planned_jobs(compile_graph(g, device="cuda").plan.steps)
+        assert ("tl.int64" in source) == wide, source
 
 
 # -- slow: the corpus and every kernel of the session ---------------------------------------------------
@@ -248,7 +282,8 @@ def _compile_one(job: tuple) -> str | None:
     source, name, signature, consts = job
     try:
         fn = getattr(load_module(source), name)
-        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET)
+        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET,
+                       options=GPU_OPTIONS)
     except Exception as e:  # name the kernel; the Triton message alone rarely says which one
         return f"{name} does not compile for sm_90 with {consts}: {e}\n{source}"
     return None

@@ -1,7 +1,7 @@
-"""`searchsorted(seq, values) {right, dtype}`: for each element v of `values`, the number of entries of
+"""`searchsorted(seq, values) {right, out_int32}`: for each element v of `values`, the number of entries of
 the sorted 1-D `seq` that are < v (left) or <= v (`right`): `torch.searchsorted(seq, values,
 right=right)`, and `torch.bucketize(values, seq, right=right)`. The result has `values`' shape and
-dtype int64 or int32 (`out_int32`).
+dtype int64, or int32 with `out_int32` (aten's argument names).
 
 A generator op of the pointwise emitter, as the gathers of ir/ops/index.py are: each element runs a
 binary search over `seq`, unrolled to `len(seq).bit_length()` steps (the length is static), with
@@ -22,17 +22,17 @@ from ..types import TensorType
 SEARCH_DTYPES = FLOAT + INT
 
 
-def _infer(types: list[TensorType], right: bool, dtype: torch.dtype) -> TensorType:
+def _infer(types: list[TensorType], right: bool, out_int32: bool) -> TensorType:
     seq, values = types
-    if seq.dtype != values.dtype or values.dtype not in SEARCH_DTYPES or dtype not in (torch.int64, torch.int32):
+    if seq.dtype != values.dtype or values.dtype not in SEARCH_DTYPES:
         raise TypeError(f"searchsorted: a sequence of the values' real dtype, got {seq}, {values}")
     if seq.rank != 1:
         raise ValueError(f"searchsorted: a 1-D sorted sequence, got {seq}")
-    return TensorType(values.shape, dtype)
+    return TensorType(values.shape, torch.int32 if out_int32 else torch.int64)
 
 
-def _impl(seq: torch.Tensor, values: torch.Tensor, right: bool, dtype: torch.dtype) -> torch.Tensor:
-    return torch.searchsorted(seq, values, right=right, out_int32=dtype == torch.int32)
+def _impl(seq: torch.Tensor, values: torch.Tensor, right: bool, out_int32: bool) -> torch.Tensor:
+    return torch.searchsorted(seq, values, right=right, out_int32=out_int32)
 
 
 def _emit(ctx, node) -> str:
@@ -50,13 +50,13 @@ def _emit(ctx, node) -> str:
         right = e.tmp(f"{live} & " + goes_right.format(at, v), "go")
         lo, hi = (e.tmp(f"tl.where({right}, {mid} + 1, {lo})", "lo"),
                   e.tmp(f"tl.where({live} & ~{right}, {mid}, {hi})", "hi"))
-    return e.tmp(f"{lo}.to({'tl.int32' if node.attrs['dtype'] == torch.int32 else 'tl.int64'})", "pos")
+    return e.tmp(f"{lo}.to({'tl.int32' if node.attrs['out_int32'] else 'tl.int64'})", "pos")
 
 
 register(OpDef(
     "searchsorted", "layout", _infer, _impl, arity=2, emit=_emit,
-    domains=(Domain(FLOAT + INT, {"right": False, "dtype": torch.int64}, shapes=((7,), (3, 4)),
+    domains=(Domain(FLOAT + INT, {"right": False, "out_int32": False}, shapes=((7,), (3, 4)),
                     grad=False),
-             Domain(FLOAT + INT, {"right": True, "dtype": torch.int32}, shapes=((5,), (6,)),
+             Domain(FLOAT + INT, {"right": True, "out_int32": True}, shapes=((5,), (6,)),
                     grad=False)),
     aten=(torch.ops.aten.searchsorted.Tensor, torch.ops.aten.bucketize.Tensor), doc="torch.searchsorted"))
