@@ -7,6 +7,7 @@ import torch
 from test_codegen_util import graph_of, rand
 
 from ember.codegen import Kernel, generated_kernels
+from ember.codegen.kernel import GPU_OPTIONS
 from ember.ir import TensorType
 from ember.runtime import compile_graph
 
@@ -25,7 +26,8 @@ def test_non_cpu_device_calls_the_jit_function(monkeypatch):
     fake = _FakeJit()
     monkeypatch.setattr(Kernel, "jit", property(lambda self: fake))
     step.kernel.launch(step.grid, [1, 2], step.constexprs, torch.device("cuda", 0), step.num_warps)
-    assert fake.calls == [(step.grid, (1, 2), {**step.constexprs, "num_warps": step.num_warps})]
+    # GPU_OPTIONS: contraction off and the pipelining stages, stated (codegen/kernel.py)
+    assert fake.calls == [(step.grid, (1, 2), {**step.constexprs, "num_warps": step.num_warps, **GPU_OPTIONS})]
 
 
 def test_plans_are_cached_per_input_layout():
