@@ -80,7 +80,8 @@ def _embedding_bag(L, node, a):
 
     keep = L.const(True, torch.bool, (n,))
     pad = a.get("padding_idx", -1)
-    if pad is not None and pad >= 0:
+    padded = pad is not None and pad >= 0
+    if padded:
         keep = L.add("ne", [idx, L.const(pad, idx.dtype)])
     scale = L.cast(keep, w.dtype)
     if isinstance(psw, Value):
@@ -88,8 +89,7 @@ def _embedding_bag(L, node, a):
     rows = L.add("mul", [L.add("index", [w, idx], dim=0, wrap=False), L.reshape(scale, (n, 1))])
     out = L.add("index_add", [L.const(0, w.dtype, (bags, d)), bag, rows], dim=0)
     if mode == _MEAN:
-        sizes = L.reshape(_bag_sizes(L, keep if pad is not None and pad >= 0 else None, offsets, starts, n, bags),
-                          (bags, 1))
+        sizes = L.reshape(_bag_sizes(L, keep if padded else None, offsets, starts, n, bags), (bags, 1))
         mean = L.add("div", [out, L.cast(sizes, w.dtype)])
         out = L.add("where", [L.add("gt", [sizes, L.const(0, torch.int64)]), mean, L.const(0, w.dtype)])
     aux = [L.const(0, torch.int64, tuple(v.shape)) for v in node.meta["val"][1:]]

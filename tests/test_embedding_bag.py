@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from testing import assert_matches
+from testing import assert_matches, assert_step_trains_like
 from torch import nn
 
 import ember
@@ -52,17 +52,8 @@ def test_embedding_bag_of_a_2d_input_trains_in_compile_step_like_torch():
     ref = nn.Sequential(nn.EmbeddingBag(20, 6, mode="mean"), nn.Linear(6, 3))
     ref.load_state_dict(model.state_dict())
     step = ember.compile_step(model, F.cross_entropy, ember.optim.AdamW(model.parameters(), lr=1e-2))
-    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-    for _ in range(2):
-        x, y = torch.randint(0, 20, (8, 4)), torch.randint(0, 3, (8,))
-        loss = step(x, y)
-        ref_loss = F.cross_entropy(ref(x), y)
-        ref_loss.backward()
-        opt.step()
-        opt.zero_grad()
-        torch.testing.assert_close(loss, ref_loss.detach())
-    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
+    batches = [(torch.randint(0, 20, (8, 4)), torch.randint(0, 3, (8,))) for _ in range(2)]
+    assert_step_trains_like(step, model, ref, torch.optim.AdamW(ref.parameters(), lr=1e-2), batches, F.cross_entropy)
     assert step.last.compiled.externs == list(SORT) * 2  # forward's and backward's scatter-adds
 
 

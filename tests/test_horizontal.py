@@ -15,7 +15,7 @@ import copy
 
 import pytest
 import torch
-from testing import CHAIN_TOLERANCES
+from testing import CHAIN_TOLERANCES, assert_step_trains_like
 from torch import nn
 
 import ember
@@ -113,16 +113,8 @@ def test_compile_step_one_update_launch_no_copies():
                                                                                       foreach=False)
     step = ember.compile_step(model, nn.functional.cross_entropy, opt)
     ptrs = [p.data_ptr() for p in model.parameters()]
-    for _ in range(2):
-        x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
-        loss = step(x, y)
-        ref_opt.zero_grad()
-        ref_loss = nn.functional.cross_entropy(ref(x), y)
-        ref_loss.backward()
-        ref_opt.step()
-        torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=RTOL, atol=ATOL)
+    batches = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(2)]
+    assert_step_trains_like(step, model, ref, ref_opt, batches, nn.functional.cross_entropy, rtol=RTOL, atol=ATOL)
     assert step.copies == 0 and [p.data_ptr() for p in model.parameters()] == ptrs
     # the three weight matrices' updates: one multi-tensor launch (the biases' updates fuse into the row
     # kernels summing their gradients: one multi-row launch, tests/test_horizontal_rows.py)

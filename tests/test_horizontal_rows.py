@@ -17,7 +17,7 @@ import math
 
 import pytest
 import torch
-from testing import CHAIN_TOLERANCES
+from testing import CHAIN_TOLERANCES, assert_step_trains_like
 from torch import nn
 from torch.nn import functional as F
 
@@ -199,16 +199,8 @@ def test_compile_step_vector_parameter_updates_are_one_launch():
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
     step = ember.compile_step(model, F.cross_entropy, opt)
     ptrs = [p.data_ptr() for p in model.parameters()]
-    for _ in range(2):
-        x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
-        loss = step(x, y)
-        ref_opt.zero_grad()
-        ref_loss = F.cross_entropy(ref(x), y)
-        ref_loss.backward()
-        ref_opt.step()
-        torch.testing.assert_close(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)
-    for p, q in zip(model.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=RTOL, atol=ATOL)
+    batches = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(2)]
+    assert_step_trains_like(step, model, ref, ref_opt, batches, F.cross_entropy, rtol=RTOL, atol=ATOL)
     assert step.copies == 0 and [p.data_ptr() for p in model.parameters()] == ptrs
     # 3 biases + 2 LayerNorm weights + 2 LayerNorm biases: one multi-row launch (each update fused with
     # the row sum of its gradient); the 3 weight matrices: one multi-tensor launch

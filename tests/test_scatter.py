@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from testing import TOLERANCES, check_static_graph
+from testing import TOLERANCES, assert_compiled_gradients_match, check_static_graph
 
 import ember
 from ember.codegen import scatter
@@ -231,12 +231,4 @@ def test_gradients_through_compile(name):
     the destination's gradient is the cotangent, the source's the cotangent gathered at the (wrapped,
     or linear) index; float64 against eager's autograd."""
     fn, make, _ = CASES[name]
-    args = make(F64, I64)
-    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
-    refs = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
-    ct = torch.randn(fn(*args).shape, dtype=F64)
-    ember.compile(fn)(*leaves).backward(ct)
-    fn(*refs).backward(ct)
-    for a, b in zip(leaves, refs):
-        if a.is_floating_point():
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert_compiled_gradients_match(fn, make(F64, I64), rtol=1e-12, atol=1e-12)

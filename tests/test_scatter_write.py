@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testing import TOLERANCES, check_static_graph
+from testing import TOLERANCES, assert_compiled_gradients_match, check_static_graph
 
 import ember
 from ember.ir.ops.scatter import SORT_TARGET
@@ -172,15 +172,7 @@ def test_gradients_match_eager(name):
     all of it, accumulating), a source every entry's cotangent at its index, an overwritten one too
     (torch's `grad.gather`, `grad[indices]`), summed to a broadcast value's shape."""
     fn, make, _ = CASES[name]
-    args = make(F64, I64)
-    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
-    refs = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
-    ct = torch.randn(fn(*args).shape, dtype=F64)
-    ember.compile(fn)(*leaves).backward(ct)
-    fn(*refs).backward(ct)
-    for a, b in zip(leaves, refs):
-        if a.is_floating_point():
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert_compiled_gradients_match(fn, make(F64, I64), rtol=1e-12, atol=1e-12)
 
 
 def test_gradient_graph_runs_scatter_kernels():

@@ -107,3 +107,32 @@ def cudnn_tf32(allow: bool):
     c = torch.backends.cudnn
     with c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=allow):
         yield
+
+
+def assert_step_trains_like(step: Callable, model: torch.nn.Module, ref: torch.nn.Module, ref_opt: Any,
+                            batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: Callable,
+                            rtol: float | None = None, atol: float | None = None) -> None:
+    """`step` (an `ember.compile_step` over `model`) against `ref` (a copy of the model) trained by
+    `ref_opt` on the same batches: every step's loss, then every parameter."""
+    for x, y in batches:
+        loss = step(x, y)
+        ref_opt.zero_grad()
+        ref_loss = loss_fn(ref(x), y)
+        ref_loss.backward()
+        ref_opt.step()
+        torch.testing.assert_close(loss, ref_loss.detach(), rtol=rtol, atol=atol)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=rtol, atol=atol)
+
+
+def assert_compiled_gradients_match(fn: Callable, args: list, rtol: float, atol: float) -> None:
+    """The gradients `ember.compile(fn)` gives every floating input of `args` against eager's autograd,
+    for one random cotangent."""
+    leaves = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
+    refs = [a.clone().requires_grad_() if a.is_floating_point() else a for a in args]
+    ct = torch.randn(fn(*args).shape, dtype=fn(*args).dtype)
+    compile(fn)(*leaves).backward(ct)
+    fn(*refs).backward(ct)
+    for a, b in zip(leaves, refs):
+        if a.is_floating_point():
+            torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol)
