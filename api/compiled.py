@@ -15,7 +15,7 @@ import torch
 
 from ..frontend.capture import module_state
 from ..frontend.errors import boundary
-from .guards import CallSignature, Program, call_signature, describe_changes, size_changes
+from .guards import MISS, CallSignature, FastGuard, Program, call_signature, describe_changes, size_changes
 from .module import CompiledModule
 from .signature import check_arity, fn_name, signature_key
 from .static import StaticGraph
@@ -57,17 +57,24 @@ class CompiledFunction:
         self._state_ids: dict[Hashable, tuple[int, ...]] = {}
         self._stale: dict[Hashable, list[StaticGraph]] = {}  # graphs whose guards failed (they may hold again)
         self._lock = threading.RLock()
+        self._fast: FastGuard | None = None  # the last call's guard, checked before the full signature
         if not isinstance(fn, torch.nn.Module):
             functools.update_wrapper(self, fn)
 
     @boundary
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        fast = self._fast
+        if fast is not None:
+            out = fast.match(self, args, kwargs)
+            if out is not MISS:
+                return out
         key = signature_key(self.fn, args, kwargs)
         # Guards, caches and compiles are serialized; running a compiled graph is not (it shares no buffers).
         with self._lock:
             sg = self.cache.get(key)
             if sg is not None and sg.stale() is not None:  # re-trace (_miss names the change) or an older graph
                 self._stale.setdefault(key, []).append(self.cache.pop(key))
+                self._fast = None  # (it may be the popped graph's)
                 sg = next((g for g in self._stale[key] if g.stale() is None), None)
                 if sg is not None:
                     self._stale[key].remove(sg)
@@ -76,6 +83,8 @@ class CompiledFunction:
                 return self._miss(key, args, kwargs)
             if sg is not None and self._module is not None:
                 self._check_identity(key, args, kwargs)
+            if sg is not None:
+                self._fast = FastGuard.make(self, key, sg, args, kwargs)
         if sg is None:
             return self.fn(*args, **kwargs)
         return sg.run(args, kwargs)  # the key matched: shapes, dtypes, devices and constants agree
@@ -152,6 +161,7 @@ class CompiledFunction:
     def _store(self, key: Hashable, sg: StaticGraph, args: tuple, kwargs: dict) -> Any:
         self.cache[key] = sg
         self._state_ids[key] = tuple(map(id, module_state(self._module).values()))
+        self._fast = FastGuard.make(self, key, sg, args, kwargs)
         return sg.run(args, kwargs)
 
     def _run_eagerly(self, key: Hashable, reason: str, args: tuple, kwargs: dict) -> Any:

@@ -31,10 +31,11 @@ from ..ir import Node
 from ..ir.ops.extern import resolve_target
 from ..ir.ops.scatter import SORT_TARGET
 from ..ir.types import COMPILABLE_DTYPES
-from ..passes.cost import compulsory_bytes, group_cost
+from ..passes.cost import compulsory_bytes, group_cost, split_costs
 from ..passes.horizontal import multi_group
+from ..runtime.autotune import no_timing
 from ..runtime.plan import ExternStep, LaunchStep, Plan
-from ..runtime.schedule import Schedule, build_schedule
+from ..runtime.schedule import Schedule, build_schedule, splits
 from .compiled import CompiledFunction
 from .explain_report import EagerOp, ExplainReport, FallbackInfo, KernelInfo
 from .module import CompiledModule
@@ -129,6 +130,8 @@ def _kernels(schedule: Schedule, plan: Plan, gpu: GpuSpec | None = None) -> list
             c = entry.cost
             if entry.kind == "multi":  # a launch runs some of the entry's members (split by layout or size)
                 c = group_cost(multi_group([entry.group.members[i] for i, _, _ in step.parts]))
+            if step.split_stage:  # a split reduction's partials or their combine: that launch's share
+                c = split_costs(entry.group, splits(entry.config))[step.split_stage - 1]
             rows.append(KernelInfo(len(rows), entry.kind, entry.ops, entry.group.shape, c.bytes_read,
                                    c.bytes_written, c.flops, entry.group, _launch_text(step),
                                    **_launch_fields(step, schedule.target)))
@@ -145,7 +148,7 @@ _BLOCK_NAMES = {"BM": "BLOCK_M", "BN": "BLOCK_N", "BK": "BLOCK_K"}
 def _launch_fields(step: LaunchStep, target: str) -> dict[str, Any]:
     blocks = {_BLOCK_NAMES.get(k, k): v for k, v in step.constexprs.items() if k.isupper() and type(v) is int}
     return dict(grid=tuple(step.grid), num_warps=step.num_warps, blocks=blocks,
-                num_stages=None if interpreted(target) else GPU_OPTIONS["num_stages"])
+                num_stages=None if interpreted(target) else step.num_stages or GPU_OPTIONS["num_stages"])
 
 
 def _math(k: KernelInfo, step: Any) -> str:
@@ -157,12 +160,14 @@ def _math(k: KernelInfo, step: Any) -> str:
     return math_of("matmul", node.inputs[0].dtype, precision)
 
 
-_DOT_OPS = {"matmul", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
+_DOT_OPS = {"matmul", "conv2d", "conv2d_input_grad", "conv2d_weight_grad", "attention", "attention_grad_q",
+            "attention_grad_kv"}
 
 
 def _launch_text(step: LaunchStep) -> str:
     blocks = " ".join(f"{k}={v}" for k, v in step.constexprs.items() if k.isupper() and type(v) is int)
-    return f"grid={list(step.grid)} {blocks} warps={step.num_warps}"
+    stages = f" stages={step.num_stages}" if step.num_stages is not None else ""  # a launch's own (a matmul's)
+    return f"grid={list(step.grid)} {blocks} warps={step.num_warps}{stages}"
 
 
 def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None = None,
@@ -188,7 +193,8 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
     if target is not None:
         device = torch.device("cpu" if target == "cpu" else "cuda")  # a GPU by name: the "cuda" schedule
     schedule = sg.compiled.schedule_for(device)
-    plan = sg.compiled.plan_at(device, [t.stride() for t in inputs])
+    with no_timing():  # nothing runs: a matmul's tuned config only from the autotune cache
+        plan = sg.compiled.plan_at(device, [t.stride() for t in inputs])
     unfused = build_schedule(schedule.graph, schedule.target, fuse=False).entries
     unfused = [e for e in unfused if e.config is not None or e.kind == "extern"]
     externs = [n for n in graph.nodes if n.op == "extern"]

@@ -27,6 +27,11 @@ Dynamic dims are left out of a program's key and checked by its symbolic trace (
 from __future__ import annotations
 
 import weakref
+
+try:  # CPython's dict version tags, as Dynamo reads them (api: FastGuard)
+    from torch._C._dynamo.guards import dict_version as _dict_version
+except ImportError:  # pragma: no cover
+    _dict_version = None
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +40,7 @@ import torch
 
 from ..frontend.capture import module_state
 from ..frontend.sources import Guards
+from ..runtime.executor import tensor_guard
 from .signature import Key, TensorMeta, named_leaves, signature_key
 from .symbolic import Dim, SymbolicTrace
 
@@ -198,3 +204,93 @@ class Program:
             return True, None
         why = self.symbolic.check(args, kwargs)
         return why is None, why
+
+
+MISS = object()  # FastGuard.match: the guard failed, nothing ran
+_SIMPLE = (int, float, bool, str, type(None))  # argument types the fast guard compares by value
+
+
+class FastGuard:
+    """The guard `ember.compile` checks first (the host path, docs/architecture.md): a call that
+    matches the last call's full signature in every fact the signature key covers is served without
+    computing that key (pytree flatten, `str(TreeSpec)`, one `TensorMeta` per tensor, module state
+    walked three times). Only for arguments (positional, or keywords in the same order) that are
+    tensors or plain scalars.
+
+    It checks, in order: each argument's type and each scalar's value; the version of every
+    submodule's `__dict__`, `_parameters`, `_buffers` and `_modules` (CPython's dict versions, as
+    Dynamo's guards: any attribute write, training flag, replaced or added parameter, buffer or
+    submodule changes one), so the module state read once when the guard was made is still the
+    module's; one C++ check of shape, strides, dtype, device and requires_grad over the tensor
+    arguments and that state (`runtime.executor.tensor_guard`); that no two of those tensors share a
+    storage (the graph was traced without aliasing: the full key's aliasing groups were empty); that
+    the Python values its trace read are unchanged.
+    Anything else (kwargs, containers, aliasing, a changed fact) takes the full signature path,
+    which makes a new fast guard for the next call.
+    """
+
+    __slots__ = ("key", "sg", "names", "types", "consts", "tensor_pos", "state", "dicts", "versions", "check")
+
+    @classmethod
+    def make(cls, cf: Any, key: Key, sg: Any, args: tuple, kwargs: dict) -> FastGuard | None:
+        values = args + tuple(kwargs.values()) if kwargs else args  # the call's leaves, in pytree order
+        if key[4] or not all(isinstance(a, torch.Tensor) or type(a) in _SIMPLE for a in values):
+            return None  # tensors sharing memory, or containers: the full signature every call
+        if getattr(sg, "eager_reason", None) is not None:
+            return None
+        module = cf._module
+        dicts: list[dict] = []
+        if module is not None:
+            if _dict_version is None:
+                return None
+            dicts = [d for m in module.modules() for d in (m.__dict__, m._parameters, m._buffers, m._modules)]
+        g = cls()
+        g.key, g.sg = key, sg
+        g.names = tuple(kwargs)
+        g.types = tuple(map(type, values))
+        g.consts = tuple((i, a) for i, a in enumerate(values) if not isinstance(a, torch.Tensor))
+        g.tensor_pos = tuple(i for i, a in enumerate(values) if isinstance(a, torch.Tensor))
+        g.state = list(module_state(module).values())
+        g.dicts = dicts
+        g.versions = [_dict_version(d) for d in dicts]
+        g.check = tensor_guard([values[i] for i in g.tensor_pos] + g.state)
+        return g
+
+    def match(self, cf: Any, args: tuple, kwargs: dict) -> Any:
+        """The call's result when the guard holds (the graph ran), else `MISS` (nothing ran)."""
+        if kwargs:
+            if tuple(kwargs) != self.names:
+                return MISS
+            values = args + tuple(kwargs.values())
+        elif self.names:
+            return MISS
+        else:
+            values = args
+        if tuple(map(type, values)) != self.types:
+            return MISS
+        for i, v in self.consts:
+            if values[i] != v:
+                return MISS
+        if self.dicts and list(map(_dict_version, self.dicts)) != self.versions:
+            return MISS
+        tensors = [values[i] for i in self.tensor_pos]
+        state = self.state
+        if not self.check(*tensors, *state):
+            return MISS
+        everything = tensors + state
+        if len(everything) > 1:
+            try:
+                ptrs = {t.untyped_storage().data_ptr() for t in everything}
+            except (RuntimeError, NotImplementedError):  # tensors without storage: the full path
+                return MISS
+            if len(ptrs) != len(everything):
+                return MISS
+        # (the graph is the cache's for its key: every change of the cache goes through the full path,
+        # which replaces this guard)
+        sg = self.sg
+        if sg.captured.guards.check() is not None:
+            return MISS
+        # the graph's inputs: the call's tensors, the module state, the tensors read through closures
+        # and globals, the lifted constants
+        ts = [values[i] for i in sg.captured.tensor_positions] + state + sg.captured.source_tensors()
+        return sg.run_inputs(args, kwargs, ts, ts + sg.lowered.constants)

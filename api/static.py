@@ -168,7 +168,11 @@ class StaticGraph:
                 or self.graph.outputs[i].dtype.is_complex]  # complex: torch's derivatives (extern VJPs)
         outs += [n + k for k, i in enumerate(mutated) if (i in wrt or i in self.captured.tracked_writes)
                  and i not in self._untracked and self.graph.outputs[n + k].dtype.is_floating_point]
-        active = set(active_outputs(self.graph, wrt))  # a no_grad / detached result does not require grad
+        # a no_grad / detached result does not require grad (a graph walk: once per set of inputs)
+        memo = self.__dict__.setdefault("_active_memo", {})
+        active = memo.get(wrt)
+        if active is None:
+            active = memo[wrt] = set(active_outputs(self.graph, wrt))
         outs = [i for i in outs if i in active]
         ag = self._autograd.get((wrt, tuple(outs)))
         if ag is None:
@@ -210,7 +214,20 @@ class StaticGraph:
     def run(self, args: tuple, kwargs: dict) -> Any:
         """Call without the signature checks (for callers that matched the signature already)."""
         tensors, inputs = self.graph_inputs(args, kwargs)
+        return self.run_inputs(args, kwargs, tensors, inputs)
+
+    def run_inputs(self, args: tuple, kwargs: dict, tensors: list[torch.Tensor], inputs: list[torch.Tensor]) -> Any:
+        """`run` with the call's tensors and graph inputs gathered already (`graph_inputs`; ember.compile's
+        fast guard gathers them while checking the call, api/compiled.py)."""
         mutated = self.lowered.mutated_inputs
+        if not mutated and not self.views and not self.captured.sources:  # the graph's outputs, nothing else
+            if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+                outs = self._differentiable(tensors)(inputs)
+            else:
+                outs = self.compiled(inputs)
+            index = self._out_index
+            return pytree.tree_unflatten([outs[index[v]] if kind == "tensor" else v
+                                          for kind, v in self.captured.out_leaves], self.captured.out_spec)
         if mutated or self.captured.sources:  # (aliasing among the arguments is in the signature key)
             why = self._check_aliasing(args, kwargs, tensors, inputs)
             if why is not None:

@@ -9,7 +9,8 @@ The step graph is built from three pieces ember already has: the captured graph 
 respect to the optimizer's parameters (`passes.autodiff.grad_graph`: the gradients never leave the
 graph, `.grad` stays untouched), and the optimizer's update graph (`ember.optim.engine.build_graph`:
 the rule of each parameter, hyperparameters as a run-time tensor so the step count and learning rate
-never recompile), inlined with the gradient outputs as its gradient inputs. The pass pipeline and
+never recompile; the program keeps that tensor and each step writes the new values into it,
+`optim.engine.HostScalars`), inlined with the gradient outputs as its gradient inputs. The pass pipeline and
 fusion then see all three at once, so the update of a parameter fuses with the kernel that produces
 its gradient where shapes allow. Outputs (new parameters, new optimizer state, updated buffers such
 as batch-norm running statistics) are donated outputs (runtime/schedule.py): each is stored by its
@@ -54,7 +55,7 @@ def _fit(g: Graph, v: Value, like: Value) -> Value:
 
 class _StepProgram:
     def __init__(self, loss_module: _LossOf, x, y, updates):
-        from ..optim.engine import build_graph, compute_dtype
+        from ..optim.engine import HostScalars, build_graph, compute_dtype
 
         with torch.no_grad():
             self.static = StaticGraph(loss_module, (x, y))
@@ -98,6 +99,7 @@ class _StepProgram:
         donate |= {lowered.num_user_outputs + k: i for k, i in enumerate(lowered.mutated_inputs)
                    if joint.outputs[lowered.num_user_outputs + k].type == joint.inputs[i].type}
         self.compiled = compile_ir(joint, donate=donate)
+        self.hp = HostScalars(hp.shape[0], hp.dtype, params[0].device)
         self.donated_buffers = {i for k, i in donate.items() if k < n_out}
         self.graph = self.compiled.graph
         self.n_out = n_out
@@ -168,8 +170,8 @@ class CompiledStep:
             if program is None:
                 program = self._programs[key] = _StepProgram(self.loss_module, x, y, updates)
             self.last = program
-            hp = torch.tensor([float(s) for u, _ in updates for s in u.scalars], dtype=program.hp_dtype,
-                              device=x.device)
+            # the hyperparameters' values written into the program's own tensor (no tensor per step)
+            hp = program.hp.set([float(s) for u, _ in updates for s in u.scalars])
             states = [t for u, _ in updates for t in u.tensors()[2:]]
             tensors = program.tensors(self.loss_module, x, y)
             # parameters, optimizer states and buffers are updated in place (donated outputs)

@@ -3,6 +3,7 @@ dtype spellings, literals, and the block of index math that turns linear indices
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,18 @@ SIG_NAMES: dict[torch.dtype, str] = {
 
 # Index math switches to int64 when a linear index or an element offset could pass this bound.
 INT32_LIMIT = 2**31 - 1
+
+
+# The constexpr of a kernel whose text differs under Triton's interpreter and on a GPU: an op rule
+# may spell `x if INTERP else y` (fmod: libdevice, which the interpreter lacks, ir/ops/pointwise.py).
+# Emitters add it to a kernel's parameters when its body uses it (`interp_params`); the planner passes
+# True when the launch is interpreted, per launch (runtime/plan.py `_launch`).
+INTERP = "INTERP"
+
+
+def interp_params(body: str) -> list[tuple[str, str]]:
+    """`[(INTERP, "constexpr")]` when the kernel body `body` reads INTERP, else []."""
+    return [(INTERP, "constexpr")] if re.search(rf"\b{INTERP}\b", body) else []
 
 
 def tl_dtype(dtype: torch.dtype) -> str:

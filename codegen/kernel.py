@@ -8,7 +8,9 @@ here (kernels by source, launch configurations) are bounded LRUs (`lru.py`); `ke
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +53,15 @@ class Kernel:
     _jit: Any = field(default=None, repr=False)
 
     @property
+    def interpreted(self):
+        """The interpreter's wrapper of the kernel (made once)."""
+        if self._interp is None:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            self._interp = InterpretedFunction(self.jit.fn)
+        return self._interp
+
+    @property
     def jit(self):
         """The `triton.JITFunction` (module imported from the source cache on first use, then kept:
         a GPU launch should not hash the source and take the cache's lock every time)."""
@@ -71,24 +82,130 @@ class Kernel:
         return sig
 
     def launch(self, grid: tuple[int, ...], args: list, constexprs: dict[str, Any], device: torch.device,
-               num_warps: int = 4) -> None:
-        # Per launch, never process-wide: CPU tensors go through Triton's interpreter.
-        if device.type == "cpu":
-            with _INTERPRETER_LOCK:
-                if self._interp is None:
-                    from triton.runtime.interpreter import InterpretedFunction
+               num_warps: int = 4, num_stages: int | None = None) -> None:
+        """`num_stages`: the launch's own pipelining stages (a matmul's config); None: GPU_OPTIONS'.
+        (One-off launches; a plan binds its launches once, `bind`.)"""
+        self.bind(grid, constexprs, device, num_warps, num_stages)(args)
 
-                    self._interp = InterpretedFunction(self.jit.fn)
-                global _interpreting
-                _interpreting = (threading.get_ident(), grid)
-                try:
-                    # Masked-off lanes compute on padding (0/0, log 0): numpy would warn; never stored.
-                    with np.errstate(all="ignore"):
-                        self._interp[grid](*args, **constexprs)
-                finally:
-                    _interpreting = None
-        else:
-            self.jit[grid](*args, **constexprs, num_warps=num_warps, **GPU_OPTIONS)
+    def bind(self, grid: tuple[int, ...], constexprs: dict[str, Any], device: torch.device,
+             num_warps: int = 4, num_stages: int | None = None) -> Launcher:
+        """A launcher of this kernel with everything but the runtime args fixed (the planner's grid,
+        constexprs and launch config): `launcher(args)` launches."""
+        return Launcher(self, tuple(grid), dict(constexprs), device, num_warps, num_stages)
+
+
+# Tests and benchmarks/host_overhead.py replace the final launch (`stub_launches`): everything before
+# it (guards, plan lookup, buffers, argument binding) runs. None: launch for real.
+_stub: Callable[[Launcher, list], None] | None = None
+
+
+class Launcher:
+    """One kernel launch bound at plan time (`Kernel.bind`): per call only the args (buffer pointers
+    and the plan's ints) are new.
+
+    CPU: Triton's interpreter (per launch, never a process-wide mode), its grid wrapper made once.
+    GPU: the first call goes through the JITFunction (compiling, or finding the compiled kernel in
+    Triton's cache) and keeps the `CompiledKernel` it returns; later calls launch it directly
+    (`CompiledKernel.run`, what `JITFunction.run` ends in), without Triton's Python argument binding,
+    specialization key or cache lookup. The plan's ints are fixed, so the only specialization that
+    can change between calls is a pointer's 16-byte alignment (`_aligned`): a call whose alignment
+    differs from the bound one, or on another current device, goes through the JITFunction again.
+    """
+
+    __slots__ = ("kernel", "grid", "constexprs", "device", "num_warps", "options", "_runner", "_compiled",
+                 "_ptrs", "_aligned", "_order", "_gpu_device")
+
+    def __init__(self, kernel: Kernel, grid: tuple[int, ...], constexprs: dict[str, Any], device: torch.device,
+                 num_warps: int = 4, num_stages: int | None = None):
+        self.kernel, self.grid, self.constexprs, self.device = kernel, grid, constexprs, device
+        self.num_warps = num_warps
+        self.options = GPU_OPTIONS if num_stages is None else {**GPU_OPTIONS, "num_stages": num_stages}
+        self._runner = None
+        self._compiled = None
+        runtime = [p for p in kernel.params if p[1] != "constexpr"]
+        self._ptrs = tuple(i for i, (_, kind) in enumerate(runtime) if kind.startswith("*"))
+        self._aligned = None
+        # The compiled kernel's launcher takes every parameter in order, constexprs included (as
+        # `JITFunction.run` passes its bound args): runtime arg index, or the constexpr's name.
+        k = iter(range(len(runtime)))
+        self._order = tuple(name if kind == "constexpr" else next(k) for name, kind in kernel.params)
+        self._gpu_device = None
+
+    def __call__(self, args: list) -> None:
+        if self.device.type == "cpu":
+            if self._runner is None:
+                self._runner = self.kernel.interpreted[self.grid]
+            if _stub is not None:
+                return _stub(self, args)
+            return _interpret(self, args)
+        compiled = self._compiled
+        if compiled is not None:
+            aligned = tuple(args[i].data_ptr() % 16 == 0 for i in self._ptrs)
+            if aligned == self._aligned and _current_device() == self._gpu_device:
+                full = [self.constexprs[o] if o.__class__ is str else args[o] for o in self._order]
+                if _stub is not None:
+                    return _stub(self, args)
+                return _run_compiled(self, compiled, full)
+        if _stub is not None:
+            return _stub(self, args)
+        # First launch (or a specialization the bound kernel does not cover): through the JIT.
+        kernel = self.kernel.jit[self.grid](*args, **self.constexprs, num_warps=self.num_warps, **self.options)
+        if self._compiled is None and hasattr(kernel, "run") and hasattr(kernel, "packed_metadata"):
+            self._compiled = kernel
+            self._aligned = tuple(args[i].data_ptr() % 16 == 0 for i in self._ptrs)
+            self._gpu_device = _current_device()
+
+
+def _interpret(launcher: Launcher, args: list) -> None:
+    """The final call on CPU: Triton's interpreter, one launch at a time (it patches triton.language
+    process-wide while it runs)."""
+    global _interpreting
+    with _INTERPRETER_LOCK:
+        _interpreting = (threading.get_ident(), launcher.grid)
+        try:
+            # Masked-off lanes compute on padding (0/0, log 0): numpy would warn; never stored.
+            with np.errstate(all="ignore"):
+                launcher._runner(*args, **launcher.constexprs)
+        finally:
+            _interpreting = None
+
+
+def _current_device() -> int:
+    from triton.runtime import driver
+
+    return driver.active.get_current_device()
+
+
+def _current_stream(device: int) -> Any:
+    from triton.runtime import driver
+
+    return driver.active.get_current_stream(device)
+
+
+def _run_compiled(launcher: Launcher, compiled: Any, full: list) -> None:
+    """The final call on a GPU: the compiled kernel's launcher, as `JITFunction.run` calls it."""
+    from triton import knobs
+
+    grid = launcher.grid
+    stream = _current_stream(launcher._gpu_device)
+    meta = compiled.launch_metadata(grid, stream, *full)
+    compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
+                 compiled.function, compiled.packed_metadata, meta,
+                 knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *full)
+
+
+@contextlib.contextmanager
+def stub_launches() -> Iterator[list[Launcher]]:
+    """Within it, every kernel launch stops at its final call and is recorded instead (the launcher,
+    in order): the host path runs whole, the kernels do not (their outputs hold garbage).
+    benchmarks/host_overhead.py measures the host path this way."""
+    global _stub
+    calls: list[Launcher] = []
+    old, _stub = _stub, (lambda launcher, args: calls.append(launcher))
+    try:
+        yield calls
+    finally:
+        _stub = old
 
 
 def interpreter_position(thread: int) -> tuple[int, int] | None:
@@ -110,6 +227,10 @@ def interpreter_position(thread: int) -> tuple[int, int] | None:
 def make_kernel(prefix: str, body_source: str, kind: str, ops: list[str], params: list[tuple[str, str]]) -> Kernel:
     """Name the kernel by the hash of its text (placeholder `KERNEL`) and dedupe identical kernels."""
     global _made
+    # an op rule's GPU/interpreter choice (codegen/emitter.py `interp_params`) needs the constexpr: a
+    # kernel without it would fail at its first GPU compile, far from the emitter that forgot it
+    if "INTERP" in body_source and not any(n == "INTERP" for n, _ in params):
+        raise AssertionError(f"{prefix} kernel reads INTERP but has no INTERP parameter")
     key = source_hash(body_source)
     kernel = _kernels.get(key)
     if kernel is None:

@@ -17,22 +17,26 @@ TARGETS = ("cpu", "cuda")  # "cpu": Triton's interpreter on CPU tensors; "cuda":
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Grid, constexpr block sizes and warps of one kernel launch."""
+    """Grid, constexpr block sizes, warps and pipelining stages of one kernel launch."""
 
     grid: tuple[int, ...]
     constexprs: dict[str, Any] = field(default_factory=dict, hash=False)
     num_warps: int = 4
+    # software-pipelining stages on a GPU (a matmul's, from its config table); None: GPU_OPTIONS' default
+    num_stages: int | None = None
 
     def to_dict(self) -> dict:
-        return {"grid": list(self.grid), "constexprs": dict(self.constexprs), "num_warps": self.num_warps}
+        return {"grid": list(self.grid), "constexprs": dict(self.constexprs), "num_warps": self.num_warps,
+                "num_stages": self.num_stages}
 
     @staticmethod
     def from_dict(d: dict) -> LaunchConfig:
-        return LaunchConfig(tuple(d["grid"]), dict(d["constexprs"]), d["num_warps"])
+        return LaunchConfig(tuple(d["grid"]), dict(d["constexprs"]), d["num_warps"], d.get("num_stages"))
 
     def __str__(self) -> str:
         blocks = " ".join(f"{k}={v}" for k, v in self.constexprs.items())
-        return f"grid={list(self.grid)} {blocks} warps={self.num_warps}"
+        stages = f" stages={self.num_stages}" if self.num_stages is not None else ""
+        return f"grid={list(self.grid)} {blocks} warps={self.num_warps}{stages}"
 
 
 def cdiv(a: int, b: int) -> int:

@@ -5,9 +5,17 @@ Both operands are addressed through runtime strides (batch strides 0 where broad
 transposed or sliced operands need no copy. Accumulation is fp32 (fp64 for fp64); the tile is
 rounded to the matmul's dtype before the epilogue, exactly where eager would store it. Epilogue
 inputs are loaded as [BM, BN] tiles through their own strides over the output index space. Every
-output has the matmul's output shape and is stored contiguously. Two constexprs are chosen per
+output has the matmul's output shape and is stored through strides. Two constexprs are chosen per
 launch: PREC (tl.dot input_precision for fp32 on a GPU, from torch.get_float32_matmul_precision())
 and INTERP (the interpreter computes half-precision tl.dot wrongly, so operands are upcast there).
+
+The launch is one grid axis of (batch index, output tile) programs, the batch outermost: axis 0
+holds 2**31 - 1 programs, axes 1 and 2 only 65,535. Within a batch element tiles go in grouped
+order (GROUP_M tile rows swept column by column: the programs running together share A rows and B
+columns in L2). Operand loads need no M or N mask (rows past M read row r mod M, never stored) and,
+with EVEN_K (K a multiple of BK), no K mask. Tiles, GROUP_M, warps and stages come from
+matmul_configs.py on a GPU (or runtime/autotune.py's timing); the interpreter takes tiles as large as
+allowed, since it pays per program instance.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from ..ir.types import compute_dtype
 from .emitter import Emitter, emit_tile, ptr_sig, tl_compute, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
+from .matmul_configs import MatmulConfig, current_arch, table_config
 
 
 @dataclass
@@ -49,7 +58,7 @@ def matmul_params(dtype: torch.dtype, nb: int, ep: MatmulEpilogue | None = None)
         p += [(f"o{j}_ptr", ptr_sig(dt))] + [(f"o{j}_bst{k}", "int") for k in range(nb)]
         p += [(f"o{j}_sm", "int"), (f"o{j}_sn", "int")]
     p += [(f"bs{i}", "int") for i in range(nb)] + [("M", "int"), ("N", "int"), ("K", "int")]
-    return p + [(n, "constexpr") for n in ("BM", "BN", "BK", "PREC", "INTERP")]
+    return p + [(n, "constexpr") for n in ("BM", "BN", "BK", "GROUP_M", "EVEN_K", "PREC", "INTERP")]
 
 
 def _batch_strides(batch: tuple[int, ...], shape: tuple[int, ...], strides: tuple[int, ...], inner: int) -> list:
@@ -90,11 +99,20 @@ def matmul_group_args(a: tuple, a_shape, b: tuple, b_shape, loads: list[tuple], 
 def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpilogue | None = None) -> Kernel:
     acc_t = "tl.float64" if dtype == torch.float64 else "tl.float32"
     e = Emitter()
+    # One grid axis: the batch index outermost, the output tiles of one batch element inside it (axes
+    # 1 and 2 stop at 65,535 programs; axis 0 goes to 2**31 - 1).
     e.line("pid = tl.program_id(0)")
-    e.line(f"bid = tl.program_id(1){'.to(tl.int64)' if int64 else ''}")
-    e.line("nn = (N + BN - 1) // BN")  # tl.cdiv/tl.zeros are jit wrappers: not callable under the interpreter
-    e.line("pm = pid // nn")
-    e.line("pn = pid % nn")
+    e.line("nm = (M + BM - 1) // BM")  # tl.cdiv/tl.zeros are jit wrappers: not callable under the interpreter
+    e.line("nn = (N + BN - 1) // BN")
+    e.line(f"bid = (pid // (nm * nn)){'.to(tl.int64)' if int64 else ''}")
+    e.line("t = pid % (nm * nn)")
+    # Grouped ordering: consecutive programs sweep GROUP_M tile rows column by column, so the A rows
+    # and B columns the programs running together read are shared in L2 (Triton's matmul tutorial).
+    e.line("width = GROUP_M * nn")
+    e.line("first = (t // width) * GROUP_M")
+    e.line("gm = tl.minimum(nm - first, GROUP_M)")
+    e.line("pm = first + (t % width) % gm")
+    e.line("pn = (t % width) // gm")
     bidx = unravel(e, "bid", [f"bs{i}" for i in range(nb)], "b")
     a_base = " + ".join(["a_off"] + [f"{i} * a_bst{k}" for k, i in enumerate(bidx)])
     b_base = " + ".join(["b_off"] + [f"{i} * b_bst{k}" for k, i in enumerate(bidx)])
@@ -104,14 +122,24 @@ def emit_matmul(dtype: torch.dtype, nb: int, int64: bool = False, ep: MatmulEpil
     e.line(f"rm = (pm * BM + tl.arange(0, BM)){cast}")
     e.line(f"rn = (pn * BN + tl.arange(0, BN)){cast}")
     e.line(f"rk = tl.arange(0, BK){cast}")
+    # Rows and columns past the edge load row (r mod M) / column (c mod N): in bounds, so the operand
+    # loads need no M or N mask; those lanes are never stored (cmask).
+    e.line("a_rows = a_ptr + (a_base + (rm % M)[:, None] * a_sm)")
+    e.line("b_cols = b_ptr + (b_base + (rn % N)[None, :] * b_sn)")
     e.line(f"acc = tl.full([BM, BN], 0, {acc_t})")
     e.line("for k0 in range(0, K, BK):")
     e.indent += 1
     e.line("ka = k0 + rk")
-    e.line("a = tl.load(a_ptr + (a_base + rm[:, None] * a_sm + ka[None, :] * a_sk), "
-           "mask=(rm[:, None] < M) & (ka[None, :] < K), other=0)")
-    e.line("b = tl.load(b_ptr + (b_base + ka[:, None] * b_sk + rn[None, :] * b_sn), "
-           "mask=(ka[:, None] < K) & (rn[None, :] < N), other=0)")
+    e.line("if EVEN_K:")  # K % BK == 0: every K block is full, no mask
+    e.indent += 1
+    e.line("a = tl.load(a_rows + ka[None, :] * a_sk)")
+    e.line("b = tl.load(b_cols + ka[:, None] * b_sk)")
+    e.indent -= 1
+    e.line("else:")
+    e.indent += 1
+    e.line("a = tl.load(a_rows + ka[None, :] * a_sk, mask=ka[None, :] < K, other=0)")
+    e.line("b = tl.load(b_cols + ka[:, None] * b_sk, mask=ka[:, None] < K, other=0)")
+    e.indent -= 1
     if dtype in (torch.float16, torch.bfloat16):
         e.line("if INTERP:")  # the interpreter's bfloat16 widening mangles subnormals: widen by bits
         e.indent += 1
@@ -163,9 +191,34 @@ def _out_offset(j: int, bidx: list[str]) -> str:
     return " + ".join(batch + [f"rm[:, None] * o{j}_sm + rn[None, :] * o{j}_sn"])
 
 
-def launch_config(m: int, n: int, k: int, batch: int, target: str) -> LaunchConfig:
-    """(BM, BN, BK) tiles; programs over output tiles times the batch. The interpreter pays per program
-    instance: large tiles; a GPU: tiles that fit shared memory."""
-    hi = (256, 256, 256) if interpreted(target) else (64, 64, 32)
-    bm, bn, bk = (min(max(pow2(s), 16), h) for s, h in zip((m, n, k), hi))
-    return LaunchConfig((cdiv(m, bm) * cdiv(n, bn), batch), {"BM": bm, "BN": bn, "BK": bk})
+# Grid axis 0 holds at most this many programs (axes 1 and 2: 65,535, so the batch is not put there).
+MAX_PROGRAMS = 2**31 - 1
+
+
+def launch_config(m: int, n: int, k: int, batch: int, target: str, dtype: torch.dtype = torch.float32,
+                  arch: int | None = None) -> LaunchConfig:
+    """Tiles, grouping, warps and stages of a [batch] x (m x k @ k x n) matmul; one program per output
+    tile per batch element, all on grid axis 0. The interpreter pays per program instance: tiles as
+    large as allowed (up to 256); a GPU: the table of matmul_configs.py for `arch` (default: this
+    process's GPU, else Hopper)."""
+    if interpreted(target):
+        bm, bn, bk = (min(max(pow2(s), 16), 256) for s in (m, n, k))
+        return with_tiles(m, n, k, batch, bm, bn, bk, group_m=1)
+    c = table_config(m, n, k, batch, dtype, current_arch() if arch is None else arch)
+    return from_config(c, m, n, k, batch)
+
+
+def from_config(c: MatmulConfig, m: int, n: int, k: int, batch: int) -> LaunchConfig:
+    """The launch of `c` (a matmul_configs.py config) on a GPU."""
+    return with_tiles(m, n, k, batch, c.block_m, c.block_n, c.block_k, c.group_m, c.num_warps, c.num_stages)
+
+
+def with_tiles(m: int, n: int, k: int, batch: int, bm: int, bn: int, bk: int, group_m: int = 8,
+               num_warps: int = 4, num_stages: int | None = None) -> LaunchConfig:
+    """The launch of given tiles: the grid, and EVEN_K when every K block is full (no K mask)."""
+    programs = cdiv(m, bm) * cdiv(n, bn) * batch
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"matmul of {batch} x ({m} x {k} @ {k} x {n}) needs {programs} programs of "
+                         f"{bm}x{bn} tiles: more than one launch can hold ({MAX_PROGRAMS})")
+    return LaunchConfig((programs,), {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m, "EVEN_K": k % bk == 0},
+                        num_warps, num_stages)

@@ -20,7 +20,7 @@ from ..ir import Value, get_op
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import BlockContext, Emitter, bind_value, ptr_sig
+from .emitter import BlockContext, Emitter, bind_value, interp_params, ptr_sig
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 from .pointwise import PointwiseGroup
@@ -113,7 +113,7 @@ def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> 
     for j, v in enumerate(template.outputs):
         e.line(f"tl.store({outs[j]} + lin, {store_cast(e, env[v], v.dtype)}, mask=mask)")
 
-    params = multi_params(template, count, shared)
+    params = multi_params(template, count, shared) + interp_params(e.text())
     ops = template.ops
     prefix = "mt_" + "_".join(dict.fromkeys(ops))[:40] if ops else "mt"
     return make_kernel(prefix, render(params, e.text()), "multi", ops, params)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
+from .emitter import INTERP
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv
 from .row import RowLayout, row_source
@@ -46,7 +47,7 @@ def _member(source: str, k: int) -> tuple[list[ast.stmt], dict[str, str]]:
     helpers = {f.name: ast.unparse(f) for f in fns if f is not kernel}
     local = {a.arg for a in kernel.args.args} | {n.id for n in ast.walk(kernel)
                                                  if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    local -= {FLAG}
+    local -= {FLAG, INTERP}  # shared by the members: one error flag, one interpreter switch
     # the emitter's `pid = tl.program_id(0)` (codegen/emitter.py emit_rows): the member's own program id
     (pid,) = [s for s in kernel.body if isinstance(s, ast.Assign) and ast.unparse(s) == "pid = tl.program_id(0)"]
     pid.value = ast.parse(f"pid - first{k}" if k else "pid", mode="eval").body
@@ -62,14 +63,15 @@ def _member(source: str, k: int) -> tuple[list[ast.stmt], dict[str, str]]:
 
 def multi_row_params(params: Sequence[Sequence[tuple[str, str]]]) -> list[tuple[str, str]]:
     """The kernel's parameters: per member its row parameters renamed (runtime ones, then `first{k}`
-    past the first member), the shared error flag, then every member's constexprs."""
+    past the first member), the shared error flag, then every member's constexprs (INTERP once)."""
     out: list[tuple[str, str]] = []
     for k, ps in enumerate(params):
         out += [(f"m{k}_{n}", t) for n, t in ps if t != "constexpr" and n != FLAG]
         out += [(f"first{k}", "int")] if k else []
     if any(n == FLAG for ps in params for n, _ in ps):
         out.append((FLAG, "*i32"))
-    return out + [(f"m{k}_{n}", t) for k, ps in enumerate(params) for n, t in ps if t == "constexpr"]
+    out += [(f"m{k}_{n}", t) for k, ps in enumerate(params) for n, t in ps if t == "constexpr" and n != INTERP]
+    return out + ([(INTERP, "constexpr")] if any(n == INTERP for ps in params for n, _ in ps) else [])
 
 
 def runtime_params(params: Sequence[tuple[str, str]]) -> int:

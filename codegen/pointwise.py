@@ -20,7 +20,7 @@ from ..ir import Node, Value, get_op
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, bind_value, offset_expr, ptr_sig, unravel
+from .emitter import Emitter, bind_value, interp_params, offset_expr, ptr_sig, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -162,7 +162,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
         off = offset_expr(f"out{j}_off", idx, [f"out{j}_st{d}" for d in range(rank)], "zero")
         e.line(f"tl.store(out{j}_ptr + ({off}), {store_cast(e, env[v], v.dtype)}, mask=mask)")
 
-    params = pointwise_params(group)
+    params = pointwise_params(group) + interp_params(e.text())
     ops = group.ops
     prefix = "pw_" + "_".join(dict.fromkeys(ops))[:40] if ops else "pw"
     return make_kernel(prefix, render(params, e.text()), "pointwise", ops, params)

@@ -35,7 +35,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import gradient_ops  # noqa: F401  (defines torch.ops.ember.untracked_update)
-from .decompositions import functional_instance_norm, instance_norm
+from .decompositions import functional_instance_norm, instance_norm, scaled_dot_product_attention
 
 
 def is_size(x: Any) -> bool:
@@ -54,7 +54,9 @@ _DETACH = {torch.Tensor.detach, torch.detach}
 # NotImplemented where torch's composite must run): InstanceNorm as one row kernel (with running
 # statistics: plus one kernel updating them; eval mode: one pointwise kernel).
 _REWRITES = {torch.instance_norm: instance_norm, torch.nn.functional.instance_norm: functional_instance_norm,
-             torch.nn.functional.linear_cross_entropy: lambda *a, **k: _reference_linear_cross_entropy(*a, **k)}
+             torch.nn.functional.linear_cross_entropy: lambda *a, **k: _reference_linear_cross_entropy(*a, **k),
+             # SDPA as the CPU flash op on any device (meta, CUDA): the fused attention kernels
+             torch.nn.functional.scaled_dot_product_attention: scaled_dot_product_attention}
 
 
 def _reference_linear_cross_entropy(*args: Any, options: Any = None, **kwargs: Any) -> Any:

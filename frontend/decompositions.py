@@ -15,10 +15,11 @@ compares every output and the gradients):
   mode's IR autodiff needs.
 - `special_log_ndtr` is not decomposed: torch's decomposition selects between two branches with `where`, and
   the unselected branch overflows, so its gradient is NaN where torch's is finite.
+- `_scaled_dot_product_flash_attention_for_cpu` and its backward are not decomposed: they lower to
+  the fused `attention` op and its backward kernels (frontend/lower_attention.py; torch's own
+  decomposition returns the attention probabilities in the logsumexp slot).
 - ember's own versions of ops whose torch decomposition gets an output or a gradient wrong:
-  `_scaled_dot_product_flash_attention_for_cpu` (torch's returns the attention probabilities in the
-  logsumexp slot, which torch's flash backward then consumes), its backward (so the backward graph
-  runs on ember too), `_safe_softmax` (NaN gradient on fully masked rows), `index_fill` (the
+  `_safe_softmax` (NaN gradient on fully masked rows), `index_fill` (the
   filled value's gradient counted repeated indices several times; negative indices failed),
   `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate) and `native_group_norm`
   (torch's CPU branch flattens per-channel scale and shift with `as_strided`, which ember runs as an
@@ -29,8 +30,6 @@ compares every output and the gradients):
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
@@ -95,67 +94,25 @@ def _index_fill(x: torch.Tensor, dim: int, index: torch.Tensor, value) -> torch.
     return torch.where(hit.reshape(shape), value.to(x.dtype), x)
 
 
-def _attention_scores(q: torch.Tensor, k: torch.Tensor, is_causal: bool, attn_mask: torch.Tensor | None,
-                      scale: float | None) -> torch.Tensor:
-    """Scaled, masked scores `q @ k^T` of the CPU flash kernel (masked entries -inf)."""
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    s = (q @ k.transpose(-2, -1)) * scale
-    if is_causal:  # top-left aligned, as torch's kernel
-        keep = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
-        s = s.masked_fill(~keep, _NEG_INF)
-    if attn_mask is not None:
-        s = s.masked_fill(~attn_mask, _NEG_INF) if attn_mask.dtype == torch.bool else s + attn_mask.to(s.dtype)
-    return s
-
-
-def _expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """Grouped-query attention: key/value head j serves query heads j*g .. j*g+g-1."""
-    return t if t.size(1) == heads else t.repeat_interleave(heads // t.size(1), dim=1)
-
-
-def _sdpa_flash_cpu(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float = 0.0,
-                    is_causal: bool = False, *, attn_mask: torch.Tensor | None = None,
-                    scale: float | None = None):
-    """Both outputs of torch's CPU flash kernel: the attention output and the per-row logsumexp of
-    the scores (in the computation dtype, laid out (B, L, H) as torch's), which the flash backward
-    reads. A fully masked row gives output 0 and logsumexp 0, as torch's kernel does."""
-    if dropout_p != 0.0:
+def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                 attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None, enable_gqa: bool = False):
+    """`F.scaled_dot_product_attention` captured as torch's CPU flash op whatever the device: the meta
+    and CUDA dispatchers pick other kernels (the math path decomposes into a dozen ops), the CPU flash
+    op lowers to the fused `attention` (frontend/lower_attention.py). Called by capture's
+    TorchFunctionMode (frontend/capture_mode.py); NotImplemented (torch's composite runs, and raises
+    eager's errors) for dropout, other ranks, a mask with is_causal, heads that do not group."""
+    qkv = (query, key, value)
+    if dropout_p or any(t.dim() != 4 for t in qkv) or len({t.dtype for t in qkv}) != 1 \
+            or not query.is_floating_point() or (attn_mask is not None and is_causal):
         return NotImplemented
-    acc = get_computation_dtype(query.dtype)
-    q = query.to(acc)
-    k, v = (_expand_heads(t.to(acc), q.size(1)) for t in (key, value))
-    s = _attention_scores(q, k, is_causal, attn_mask, scale)
-    m = s.amax(-1, keepdim=True)
-    m = torch.where(m == _NEG_INF, 0, m)
-    e = torch.exp(s - m)
-    total = e.sum(-1, keepdim=True)
-    empty = total == 0
-    out = (e / torch.where(empty, 1, total)) @ v
-    lse = torch.where(empty, 0, m + torch.log(total)).squeeze(-1)
-    return out.to(query.dtype), lse.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-def _sdpa_flash_cpu_backward(grad_out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                             out: torch.Tensor, logsumexp: torch.Tensor, dropout_p: float, is_causal: bool,
-                             attn_mask: torch.Tensor | None = None, scale: float | None = None):
-    """Gradients of query, key and value from the saved output and logsumexp (the flash backward's
-    formula: P = exp(S - lse), dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)))."""
-    if dropout_p != 0.0:
+    h, hk = query.size(1), key.size(1)
+    if hk != value.size(1) or (h != hk and (not enable_gqa or h % hk)):
         return NotImplemented
-    acc = get_computation_dtype(query.dtype)
-    q, do, o = query.to(acc), grad_out.to(acc), out.to(acc)
-    heads, kv_heads = q.size(1), key.size(1)
-    k, v = (_expand_heads(t.to(acc), heads) for t in (key, value))
-    s = _attention_scores(q, k, is_causal, attn_mask, scale)
-    p = torch.exp(s - logsumexp.unsqueeze(-1))
-    dv = p.transpose(-2, -1) @ do
-    ds = p * (do @ v.transpose(-2, -1) - (do * o).sum(-1, keepdim=True))
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    dq = (ds @ k) * scale
-    dk = (ds.transpose(-2, -1) @ q) * scale
-    if kv_heads != heads:  # each key/value head sums the gradients of its group of query heads
-        dk, dv = (t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2) for t in (dk, dv))
-    return dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype)
+    if attn_mask is not None and (attn_mask.dim() > 4 or attn_mask.dtype not in (torch.bool, query.dtype)):
+        return NotImplemented
+    return aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal, attn_mask=attn_mask,
+                                                             scale=scale)[0]
 
 
 def _native_group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, n: int, c: int,
@@ -261,11 +218,25 @@ def functional_instance_norm(x: torch.Tensor, running_mean: torch.Tensor | None 
 
 
 _TORCH_REPEAT = get_decompositions([aten.repeat.default])[aten.repeat.default]
+_TORCH_LOG_SOFTMAX = get_decompositions([aten._log_softmax.default])[aten._log_softmax.default]
+
+
+def _log_softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
+    """torch's decomposition, `(x - max) - log(sum(exp(x - max)))` in the computation dtype, with the
+    max detached. log_softmax does not depend on the max, and eager's backward does not
+    differentiate it (`_log_softmax_backward_data`: g - exp(y) * sum(g)); the IR's amax VJP would
+    (ties counted against x, zero up to rounding): a second pass over the row in every backward.
+    Detached, the backward is one pointwise pass over the row (cross-entropy's softmax - onehot)."""
+    if x.dim() == 0 or x.shape[dim] == 0:
+        return _TORCH_LOG_SOFTMAX(x, dim, half_to_float)
+    result_dtype = x.dtype
+    x = x.contiguous().to(get_computation_dtype(x.dtype))
+    shifted = x - torch.amax(x, dim, keepdim=True).detach()
+    result = shifted - torch.log(torch.sum(torch.exp(shifted), dim, keepdim=True))
+    return result if half_to_float else result.to(result_dtype)
 
 # ember's own decompositions (see the module doc for why each replaces torch's).
 _EMBER = {
-    aten._scaled_dot_product_flash_attention_for_cpu.default: _sdpa_flash_cpu,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward.default: _sdpa_flash_cpu_backward,
     aten._safe_softmax.default: _safe_softmax,
     aten.fill.Tensor: _fill_tensor,
     aten.fill.Scalar: _fill_scalar,
@@ -274,6 +245,7 @@ _EMBER = {
     aten.index_fill.int_Scalar: _index_fill,
     aten.index_fill.int_Tensor: _index_fill,
     aten.native_group_norm.default: _native_group_norm,
+    aten._log_softmax.default: _log_softmax,
 }
 
 
@@ -295,7 +267,9 @@ def _decomposition_table() -> dict:
     for op in primitive_aten_ops():
         table.pop(op, None)
     for op in (aten.mv, aten.dot, aten.addmm, aten.baddbmm, aten.embedding, aten.detach, aten.special_log_ndtr,
-               aten.index_add, aten.index_copy, aten.upsample_linear1d):
+               aten.index_add, aten.index_copy, aten.upsample_linear1d,
+               aten._scaled_dot_product_flash_attention_for_cpu,  # the fused attention op (lower_attention.py)
+               aten._scaled_dot_product_flash_attention_for_cpu_backward):
         for overload in op.overloads():
             table.pop(getattr(op, overload), None)
     table = {op: fn for op, fn in table.items() if not op._schema.is_mutable}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ir import Value, get_op
 from .lowering import Fallback, aten, norm_dim, norm_dims, out_dtype, register
 
 
@@ -148,11 +149,49 @@ def _vector_norm(L, node, a):
     return L.add("where", [zero, L.const(0, x.dtype), root])
 
 
+# Pointwise ops a one-per-row gather does not move through: their value depends on the element's
+# position (iota, rand: a `shape` or dim attribute), or they are generator ops with emit hooks.
+_PINNED = {"iota", "rand"}
+
+
+def _broadcasts(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    return len(small) <= len(big) and all(s in (1, b) for s, b in zip(small[::-1], big[::-1]))
+
+
+def _picked(L, v: Value, idx: Value, d: int, depth: int = 0) -> Value:
+    """`v.gather(d, idx)` (idx of v's shape with size 1 along d, checked) as a row value.
+
+    A gather commutes with pointwise ops, so it moves down through them (log_softmax's subtractions
+    of the row's max and log-sum, a `convert`), whose other operands are rows (size 1 along d) or
+    scalars: `log_softmax(x).gather(1, t)` becomes `x.gather(1, t) - max - log(sum)`, and the [N, V]
+    log-probabilities are never formed. At a value some kernel stores (a graph input, a matmul's
+    output, a view of one) the gather is `pick`, a direct load of one element per row
+    (ir/ops/cross_entropy.py); at a value a pointwise op computes, or a bool, a one-hot masked sum
+    (`sum(where(iota == idx, v, 0))`, a row reduction of the same row kernel)."""
+    p = v.producer
+    op = get_op(p.op) if p is not None else None
+    if op is not None and op.kind == "pointwise" and p.inputs and p.op not in _PINNED and op.emit is None \
+            and not {"shape", "dim", "dims"} & set(p.attrs) and depth < 16:
+        row = idx.type.shape
+        if all(_broadcasts(w.shape, v.shape) for w in p.inputs):
+            # rows and scalars stay; other operands are picked too (a class weight [V]: as its
+            # broadcast view, which pick reads with stride 0 along the rows)
+            ins = [w if w.shape == row or w.type.numel == 1 else
+                   _picked(L, w if w.shape == v.shape else L.add("expand", [w], shape=v.shape), idx, d, depth + 1)
+                   for w in p.inputs]
+            return L.add(p.op, ins, **p.attrs)
+    if v.dtype != torch.bool and (op is None or op.kind not in ("pointwise", "constant")):
+        return L.add("pick", [v, idx], dims=(d,))
+    iota = L.add("iota", [], shape=v.type.shape, dim=d, dtype=idx.dtype)
+    picked = L.add("where", [L.add("eq", [iota, idx]), v, L.const(0, v.dtype)])
+    return L.cast(L.add("sum", [picked], dims=(d,), keepdim=True), v.dtype)
+
+
 @register(aten.gather.default)
 def _gather(L, node, a):
-    """gather picking one element per row along `dim` (cross-entropy's target logit) is a one-hot
-    masked sum: iota == index selects the element, the sum keeps it. It is a row reduction, so it
-    fuses into the log-softmax kernel. Other gathers are the IR's `gather` (lower_index.py)."""
+    """gather picking one element per row along `dim` (cross-entropy's target logit) is a row value
+    of the row kernel around it, read directly where it can be (`_picked`). Other gathers are the
+    IR's `gather` (lower_index.py)."""
     x, idx = a.self, a.index
     if a.get("sparse_grad"):
         raise Fallback("gather with sparse gradients")
@@ -162,7 +201,4 @@ def _gather(L, node, a):
 
         return gather(L, x, d, idx)
     idx = L.add("check_index", [idx], size=x.type.shape[d], error="target")  # out of range: an error, never 0
-    iota = L.add("iota", [], shape=x.type.shape, dim=d, dtype=idx.dtype)
-    picked = L.add("where", [L.add("eq", [iota, idx]), x, L.const(0, x.dtype)])
-    out = L.add("sum", [picked], dims=(d,), keepdim=True)
-    return L.cast(out, x.dtype)
+    return L.cast(_picked(L, x, idx, d), x.dtype)

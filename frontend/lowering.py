@@ -334,6 +334,7 @@ def load_rules() -> dict:
     """Import every rule module (each registers its rules in `LOWERINGS`, imported late: they import
     this module); returns `LOWERINGS`."""
     from . import (  # noqa: F401
+        lower_attention,
         lower_conv,
         lower_index,
         lower_interpolate,

@@ -60,8 +60,8 @@ from typing import Any
 
 import torch
 
-KINDS = ("pointwise", "reduction", "scan", "matmul", "conv", "scatter", "layout", "constant", "composite",
-         "extern")
+KINDS = ("pointwise", "reduction", "scan", "matmul", "conv", "attention", "scatter", "layout", "constant",
+         "composite", "extern")
 
 # dtype families domains and type rules name (the dtypes generated kernels compute on).
 FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)

@@ -9,9 +9,11 @@ values of its *scalar slots* for this step (lr, betas, bias corrections, ...).
 graph. The graph's first input is a 1-D tensor `hp` holding every scalar slot of every parameter;
 rules read slots as 0-dim `select` views of it, so hyperparameters that change between steps (lr
 from a scheduler, Adam's bias corrections) are data, never constants: a new step count, learning
-rate or beta reuses the compiled graph, its plan and its kernels, and a step costs one host-to-device
-copy of `hp`. Only a change of structure (a new shape, a flag, a parameter gaining or losing its
-gradient) builds a new graph; the kernels themselves stay cached by source in `ember.codegen`.
+rate or beta reuses the compiled graph, its plan and its kernels; the program keeps its `hp` tensor
+and a step writes the new values into it (`HostScalars`: no tensor made per step; on a GPU one
+asynchronous copy from a pinned buffer). Only a change of structure (a new shape, a flag, a
+parameter gaining or losing its gradient) builds a new graph; the kernels themselves stay cached
+by source in `ember.codegen`.
 
 The graph goes through the driver (`ember.runtime.compile_ir`: passes, schedule, plan); the fusion
 pass makes each parameter's whole update one pointwise group, and horizontal fusion
@@ -34,6 +36,7 @@ import torch
 
 from ..ir import Graph, TensorType, Value
 from ..runtime.driver import compile_ir
+from ..runtime.executor import tensor_guard
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -136,26 +139,87 @@ def build_graph(updates: Sequence[ParamUpdate], dtype: torch.dtype) -> Graph:
 
 
 class _Program:
-    """One compiled step graph: output k is stored over input `aliases[k]`."""
+    """One compiled step graph: output k is stored over input `aliases[k]`. Its `hp` input is one
+    tensor kept for the program (`HostScalars`): a step writes the new values into it."""
 
-    def __init__(self, graph: Graph, aliases: list[int]):
+    def __init__(self, graph: Graph, aliases: list[int], device: torch.device):
         self.compiled = compile_ir(graph, donate=dict(enumerate(aliases)))
         self.graph = self.compiled.graph
         self.aliases = aliases
+        self.hp = HostScalars(graph.inputs[0].shape[0], graph.inputs[0].dtype, device)
+        self.prepared = None  # the plan of the layouts the guard below accepts
+        self.counts = (0, True)
 
     def __call__(self, inputs: list[torch.Tensor]) -> tuple[int, bool]:
-        """(kernels launched, whether every update was stored in place)."""
-        self.compiled(inputs)
+        """(kernels launched, whether every update was stored in place). `inputs`: hp, then the
+        updates' tensors flattened as the graph takes them (`ParamUpdate.tensors`)."""
+        self.prepared = self.compiled.prepare(inputs)
+        self.prepared.run(inputs, self.compiled.name, self.compiled.donate)
         plan = self.compiled.plan
-        return len(plan.launches), not plan.copies
+        self.counts = (len(plan.launches), not plan.copies)
+        return self.counts
+
+    def run_raw(self, inputs: list[torch.Tensor]) -> tuple[int, bool]:
+        """The step on hp and the updates' own tensors (not flattened: the same memory as the views
+        the plan was made for, which the caller's guard checked)."""
+        self.prepared.run(inputs, self.compiled.name, self.compiled.donate)
+        return self.counts
+
+
+class HostScalars:
+    """A step's hyperparameters (lr, bias corrections, ...) as one tensor made once: each step
+    writes its values in place (no tensor made per step). On CPU that is a write into the tensor's
+    memory. On a GPU the values go through a pinned host buffer and one asynchronous copy on the
+    current stream; before the buffer is written again, the previous copy must have read it (an
+    event; it has, unless the host runs a whole step ahead of the GPU)."""
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
+        self.device = device
+        self.values: tuple = ()
+        self.tensor = torch.zeros(n, dtype=dtype, device=device)
+        self._host = self.tensor.numpy() if device.type == "cpu" else None
+        self._staging = self._event = None
+
+    def set(self, values: list[float]) -> torch.Tensor:
+        if values == self.values:  # (a constant learning rate and no bias correction: nothing to write)
+            return self.tensor
+        if self._host is not None:
+            self._host[:] = values  # rounded to the dtype as torch.tensor(values, dtype=...) rounds
+        else:
+            if self._staging is None:
+                self._staging = torch.empty(self.tensor.shape, dtype=self.tensor.dtype, pin_memory=True)
+                self._event = torch.cuda.Event()
+            else:
+                self._event.synchronize()
+            self._staging.numpy()[:] = values
+            self.tensor.copy_(self._staging, non_blocking=True)
+            self._event.record()
+        self.values = values
+        return self.tensor
+
+
+class _Guarded:
+    """The program a bucket ran last, with a guard over the updates' own tensors (shapes, strides,
+    dtypes, devices: what decides the graph and its plan) and the updates' structure."""
+
+    __slots__ = ("structure", "check", "program")
+
+    def __init__(self, structure: tuple, raw: list[torch.Tensor], program: _Program):
+        self.structure, self.check, self.program = structure, tensor_guard(raw), program
 
 
 class FusedStep:
     """Runs the updates of one optimizer step: one graph per (device, compute dtype), cached by the
-    structure of the updates. Counters of the last call: `num_kernels`, `in_place`."""
+    structure of the updates. Counters of the last call: `num_kernels`, `in_place`.
+
+    The host path per step (docs/architecture.md): a bucket whose updates have the structure and
+    tensor layouts of its last step (one guard) runs that step's prepared plan on the tensors as they
+    are, without flattening them or working out the cache key again, and writes only the new
+    hyperparameter values into the program's `hp` tensor."""
 
     def __init__(self) -> None:
         self._programs: dict[tuple, _Program] = {}
+        self._last: dict[tuple, _Guarded] = {}
         self.num_kernels = 0
         self.in_place = True
         self.num_graphs_built = 0
@@ -165,24 +229,39 @@ class FusedStep:
         for u in updates:
             buckets.setdefault((u.param.device, compute_dtype(u.param.dtype)), []).append(u)
         self.num_kernels, self.in_place = 0, True
-        for (device, dtype), group in buckets.items():
-            key = (device, dtype, tuple(u.key() for u in group))  # also checks shapes and dtypes
-            program = self._programs.get(key)
-            if program is None:
-                aliases, n = [], 1
-                for u in group:
-                    aliases += [n] + [n + 2 + k for k in range(len(u.states))]
-                    n += 2 + len(u.states)
-                program = self._programs[key] = _Program(build_graph(group, dtype), aliases)
-                self.num_graphs_built += 1
-            hp = torch.tensor([float(x) for u in group for x in u.scalars], dtype=dtype, device=device)
-            inputs = [hp]
+        for bucket, group in buckets.items():
+            structure = tuple((u.rule, u.flags, len(u.scalars)) for u in group)
+            raw = [t for u in group for t in (u.param, u.grad, *u.states)]
+            values: list[float] = []
             for u in group:
-                inputs += u.tensors()
-            launched, inplace = program(inputs)
+                values += u.scalars  # (floats: each rule's scalars are computed in Python floats)
+            last = self._last.get(bucket)
+            if last is not None and last.structure == structure and last.check(*raw):
+                program = last.program
+                launched, inplace = program.run_raw([program.hp.set(values)] + raw)
+            else:
+                program = self._program(bucket, group)
+                inputs = [program.hp.set(values)]
+                for u in group:
+                    inputs += u.tensors()
+                launched, inplace = program(inputs)
+                self._last[bucket] = _Guarded(structure, raw, program)
             self.num_kernels += launched
             self.in_place &= inplace
         return self.num_kernels
+
+    def _program(self, bucket: tuple, group: list[ParamUpdate]) -> _Program:
+        device, dtype = bucket
+        key = (device, dtype, tuple(u.key() for u in group))  # also checks shapes and dtypes
+        program = self._programs.get(key)
+        if program is None:
+            aliases, n = [], 1
+            for u in group:
+                aliases += [n] + [n + 2 + k for k in range(len(u.states))]
+                n += 2 + len(u.states)
+            program = self._programs[key] = _Program(build_graph(group, dtype), aliases, device)
+            self.num_graphs_built += 1
+        return program
 
     def programs(self) -> list[_Program]:
         return list(self._programs.values())

@@ -24,6 +24,19 @@ def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
+def _share_counters(states: list[dict]) -> None:
+    """Make the step counters just created for `states` 0-dim views of one 1-D buffer, in order, so
+    that a step advances and reads them all with one op each (`_advance`). Only fresh counters are
+    rebased (no one holds them yet); each stays a 0-dim tensor of torch's dtype, and a state_dict
+    saves and loads them as torch's own."""
+    steps = [st["step"] for st in states if "step" in st]
+    if len(steps) < 2 or len({(t.dtype, t.device) for t in steps}) != 1 or any(t.dim() for t in steps):
+        return
+    base = torch.stack(steps)
+    for i, st in enumerate(st for st in states if "step" in st):
+        st["step"] = base[i]
+
+
 @functools.lru_cache(maxsize=256)
 def _lerp_weight(w: float, dtype: torch.dtype) -> tuple[bool, float, float]:
     """(|w| < 0.5, w, 1 - w rounded in `dtype`): the branch and operands of torch's lerp kernel."""
@@ -79,11 +92,12 @@ class _EmberOptimizer:
             params = []
             for group in self.param_groups:
                 for p in group["params"]:
-                    if p.grad is None:
+                    grad = p.grad
+                    if grad is None:
                         continue
-                    if p.grad.is_sparse:
+                    if grad.is_sparse:
                         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                    if torch.is_complex(p):
+                    if p.dtype.is_complex:  # (not torch.is_complex: a Parameter pays torch-function dispatch)
                         raise NotImplementedError(f"ember.optim.{type(self).__name__}: complex parameters")
                     params.append((group, p))
             self.engine(self._updates(params))
@@ -91,29 +105,50 @@ class _EmberOptimizer:
 
     def _updates(self, params: list[tuple[dict, torch.Tensor]]) -> list[ParamUpdate]:
         """One `ParamUpdate` per (group, parameter). Step counters advance together, as torch's foreach
-        path does: one `_foreach_add_` and one read of all of them, not two host ops per parameter."""
+        path does: one in-place add and one read of all of them, not two host ops per parameter."""
+        get = self.state.get
+        empty: dict = {}
+        fresh = [p for _, p in params if "step" not in get(p, empty)]
         for group, p in params:
             self._init_state(group, p)
+        if fresh:
+            _share_counters([get(p, empty) for p in fresh])
         # (self.state is a defaultdict: `.get`, so that a stateless parameter (SGD) gets no entry, as in torch)
-        steps = [self.state[p]["step"] for _, p in params if "step" in self.state.get(p, {})]
-        values = iter(())
-        if steps:
-            torch._foreach_add_(steps, 1)
-            one_kind = len({(t.dtype, t.device) for t in steps}) == 1  # (a loaded state may mix them)
-            values = iter(torch.stack(steps).tolist() if one_kind else [float(t) for t in steps])
+        states = [get(p, empty) for _, p in params]  # one lookup per parameter
+        steps = [st["step"] for st in states if "step" in st]
+        values = iter(self._advance(steps) if steps else ())
+        # a group's scalars for one step count, worked out once per step (`_AdamBase._update`)
+        self._step_memo: dict = {}
         try:
-            return [self._update(group, p, next(values) if "step" in self.state.get(p, {}) else None)
-                    for group, p in params]
+            return [self._update(group, p, next(values) if "step" in st else None, st or None)
+                    for (group, p), st in zip(params, states)]
         except BaseException:  # nothing stepped: the counters go back
             if steps:
                 torch._foreach_sub_(steps, 1)
             raise
+        finally:
+            self._step_memo = {}
+
+    def _advance(self, steps: list[torch.Tensor]) -> list[float]:
+        """Add 1 to every step counter; their new values. Counters made together are elements of one
+        buffer (`_share_counters`): while `steps` is exactly that buffer, one `add_` and one `tolist`
+        (~5 us for 12 counters on CPU, against ~30 for `_foreach_add_` and a stack). Otherwise (a
+        counter replaced or loaded, parameters stepping in another order or subset): torch's foreach."""
+        base = steps[0]._base
+        if base is not None and base.numel() == len(steps) and all(
+                t._base is base and t.storage_offset() == i for i, t in enumerate(steps)):
+            base.add_(1)
+            return base.tolist()
+        torch._foreach_add_(steps, 1)
+        one_kind = len({(t.dtype, t.device) for t in steps}) == 1  # (a loaded state may mix them)
+        return torch.stack(steps).tolist() if one_kind else [float(t) for t in steps]
 
     def _init_state(self, group: dict, p: torch.Tensor) -> None:
         """Create the parameter's optimizer state on its first step (torch's names and layouts)."""
 
-    def _update(self, group: dict, p: torch.Tensor, step: float | None) -> ParamUpdate:
-        """The parameter's update; `step`: its step counter, already advanced (None: it keeps none)."""
+    def _update(self, group: dict, p: torch.Tensor, step: float | None, state: dict | None = None) -> ParamUpdate:
+        """The parameter's update; `step`: its step counter, already advanced (None: it keeps none);
+        `state`: `self.state[p]` when the caller looked it up already."""
         raise NotImplementedError
 
 
@@ -140,7 +175,7 @@ def sgd_rule(b: Builder, p, g, states, flags):
 class SGD(_EmberOptimizer, torch.optim.SGD):
     """torch.optim.SGD (lr, momentum, dampening, weight_decay, nesterov, maximize), fused."""
 
-    def _update(self, group, p, step):
+    def _update(self, group, p, step, state=None):
         momentum = float(group["momentum"])
         wd = float(group["weight_decay"])
         states, mom, damp = [], momentum, 1.0 - float(group["dampening"])
@@ -200,8 +235,8 @@ class RMSprop(_EmberOptimizer, torch.optim.RMSprop):
             if group["centered"]:
                 state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _update(self, group, p, step):
-        state = self.state[p]
+    def _update(self, group, p, step, state=None):
+        state = state if state is not None else self.state[p]
         alpha, momentum, wd = float(group["alpha"]), float(group["momentum"]), float(group["weight_decay"])
         small, w, one_minus_w = _lerp_weight(1 - alpha, _cdtype(p))
         states = [state["square_avg"]]
@@ -253,21 +288,29 @@ class _AdamBase(_EmberOptimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
-    def _update(self, group, p, step):
-        state = self.state[p]
-        lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
-        beta1, beta2 = (float(x) for x in group["betas"])
-        decoupled = bool(group.get("decoupled_weight_decay", self._decoupled))
-        small, w, one_minus_w = _lerp_weight(1 - beta1, _cdtype(p))
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        step_size = lr / bias_correction1
+    def _update(self, group, p, step, state=None):
+        state = state if state is not None else self.state[p]
+        memo = getattr(self, "_step_memo", None)
+        key = (id(group), step, _cdtype(p))  # (the group's values do not change within one step)
+        hit = memo.get(key) if memo is not None else None
+        if hit is None:
+            lr, wd, eps = float(group["lr"]), float(group["weight_decay"]), float(group["eps"])
+            beta1, beta2 = (float(x) for x in group["betas"])
+            decoupled = bool(group.get("decoupled_weight_decay", self._decoupled))
+            small, w, one_minus_w = _lerp_weight(1 - beta1, key[2])
+            bias_correction1 = 1 - beta1**step
+            bias_correction2 = 1 - beta2**step
+            step_size = lr / bias_correction1
+            flags = (wd != 0, decoupled, bool(group["amsgrad"]), bool(group["maximize"]), small)
+            scalars = (1 - lr * wd if decoupled else wd, w, one_minus_w, beta2, 1 - beta2, bias_correction2**0.5,
+                       eps, -step_size)
+            hit = (flags, scalars)
+            if memo is not None:
+                memo[key] = hit
+        flags, scalars = hit
         states = [state["exp_avg"], state["exp_avg_sq"]]
-        if group["amsgrad"]:
+        if flags[2]:
             states.append(state["max_exp_avg_sq"])
-        flags = (wd != 0, decoupled, bool(group["amsgrad"]), bool(group["maximize"]), small)
-        scalars = (1 - lr * wd if decoupled else wd, w, one_minus_w, beta2, 1 - beta2, bias_correction2**0.5,
-                   eps, -step_size)
         return ParamUpdate(adam_rule, flags, scalars, p, p.grad, states)
 
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ir import Graph, Value, get_op
+import torch
+
+from ..ir import Graph, Node, Value, get_op
 from ..ir.kernel_group import ROW_BLOCK_LIMIT, KernelGroup
 from ..ir.ops.index import GATHER_OPS
 from ..ir.ops.reduction import reduced_shape
 from ..ir.ops.window import WINDOW_OPS
 from ..ir.ops.window_cost import window_read_bytes
 from ..ir.registry import flops, is_view, view_root
+from ..ir.row_sweeps import reduction_free, row_sweeps, tile_reductions
+from ..ir.types import compute_dtype
 
 
 @dataclass
@@ -133,8 +137,10 @@ def row_read_bytes(group: KernelGroup) -> int:
     Inputs are loaded as tiles or as rows (by the value that uses them). A row is loaded once and
     kept; a row already loaded is broadcast to tiles, not loaded again. Tiles are loaded on demand
     by the loop that needs them: when a row fits one block (`ROW_BLOCK_LIMIT`) that is once; a
-    looped kernel sweeps its rows once per reduction over tiles and once more to store tile outputs,
-    and each sweep loads the tiles it needs again (a row too long for registers is not kept).
+    looped kernel sweeps its rows once per sweep of reductions (ir/row_sweeps.py: reductions that need
+    no other's result share one; online softmax and Welford fold into their amax's or sum's) and once
+    more to store tile outputs, and each sweep loads the tiles it needs again (a row too long for
+    registers is not kept); row values that need no reduction are computed (loaded) first.
     tests/test_cost_bytes.py checks this against the bytes the generated kernels load."""
     looped = math.prod(group.shape[d] for d in group.dims) > ROW_BLOCK_LIMIT
     members = {v for n in group.nodes for v in n.outputs}
@@ -164,16 +170,39 @@ def row_read_bytes(group: KernelGroup) -> int:
                 for u in v.producer.inputs:
                     operand(u, True)
 
-    for n in group.nodes:
-        if get_op(n.op).kind == "reduction" and not _is_row(group, n.inputs[0]):
-            operand(n.inputs[0], True)
-            if looped:
+    sweeps = row_sweeps(group) if looped else None
+    done: set[Node] = set()
+
+    def visit(n: Node) -> None:
+        nonlocal read
+        if n in done:
+            return
+        done.add(n)
+        if n.op == "pick":  # one element per row, loaded directly (codegen/cross_entropy.py), and its index
+            read += min(value_read_bytes(n.inputs[0]), n.out.type.numel * n.inputs[0].dtype.itemsize)
+            operand(n.inputs[1], False)
+        elif get_op(n.op).kind == "reduction" and not _is_row(group, n.inputs[0]):
+            if sweeps is None:
+                operand(n.inputs[0], True)
+            else:  # the whole sweep: the folded reductions read their amax's or sum's tile
+                sweep = sweeps.sweep_of(n)
+                for r in sweep:
+                    if r not in sweeps.fused:
+                        operand(r.inputs[0], True)
                 tiles.clear()
+                done.update(sweep)
         elif get_op(n.op).kind == "reduction" or _is_row(group, n.out):
             for u in n.inputs:
                 operand(u, False)
         if _is_row(group, n.out):
             rows.add(n.out)
+
+    if looped:  # codegen/row.py `emit`: row values that need no reduction first
+        for n in group.nodes:
+            if get_op(n.op).kind != "reduction" and _is_row(group, n.out) and reduction_free(group, n):
+                visit(n)
+    for n in group.nodes:
+        visit(n)
     for v in group.outputs:
         if _is_row(group, v):
             operand(v, False)
@@ -203,7 +232,41 @@ def _flops(group: KernelGroup) -> int:
     return sum(flops(n) for n in group.nodes)
 
 
-def group_cost(group: KernelGroup) -> KernelCost:
+def _partial_itemsize(group: KernelGroup) -> int:
+    """Bytes per row and split of a split reduction's partials: each tile reduction's work dtype
+    (codegen/row.py `partial_dtypes`, codegen/reduction.py `work_dtype`), argmax/argmin's int64 index."""
+    size = 0
+    for n in tile_reductions(group) if group.kind == "row" else group.nodes[:1]:
+        x = n.inputs[0].dtype
+        if n.op in ("sum", "prod"):
+            size += compute_dtype(n.out.dtype).itemsize
+        else:
+            size += 4 if x == torch.bool else compute_dtype(x).itemsize
+        size += 8 if n.op in ("argmax", "argmin") else 0
+    return size
+
+
+def split_costs(group: KernelGroup, splits: int) -> tuple[KernelCost, KernelCost]:
+    """The two launches of a split reduction (a row or reduction group planned with `splits` slices
+    per row, codegen/row.py `split_plan`): stage 1 reads what the group reads and writes [S, M]
+    partials; stage 2 reads them (and a row group's row loads, for its epilogue) and writes the outputs."""
+    whole = group_cost(group)
+    if group.kind == "row":
+        m = math.prod(s for d, s in enumerate(group.shape) if d not in group.dims)
+        row_loads = {v for n in group.nodes if n not in tile_reductions(group) and _is_row(group, n.out)
+                     for v in n.inputs if v in group.inputs}
+    else:
+        m, row_loads = group.nodes[0].out.type.numel, set()
+    part = splits * m * _partial_itemsize(group)
+    return (KernelCost(group, whole.bytes_read, part, whole.flops),
+            KernelCost(group, part + sum(value_read_bytes(v) for v in row_loads), whole.bytes_written, 0))
+
+
+def group_cost(group: KernelGroup, splits: int = 1) -> KernelCost:
+    """The group's bytes and flops; `splits` > 1: run as a split reduction (`split_costs`, both stages)."""
+    if splits > 1:
+        one, two = split_costs(group, splits)
+        return KernelCost(group, one.bytes_read + two.bytes_read, one.bytes_written + two.bytes_written, one.flops)
     if group.kind == "layout" and is_view(group.nodes[0].op):
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
     if group.kind == "multi":  # one launch over pointwise or row members (passes/horizontal.py): theirs, summed
@@ -221,6 +284,8 @@ def group_cost(group: KernelGroup) -> KernelCost:
         tail = {v for n in group.nodes if n is not conv for v in n.inputs}
         read = sum(value_read_bytes(v) for v in conv.inputs)
         read += sum(value_read_bytes(v) for v in group.inputs if v in tail)
+    elif group.kind == "attention":  # every operand read once (key blocks re-read by other programs: cache);
+        read = sum(value_read_bytes(v) for v in dict.fromkeys(group.nodes[0].inputs))  # no [S, S] scores
     elif group.kind == "scatter":  # segment_add: sources, sorted keys, permutation and x (not the unsorted keys)
         node = group.nodes[0]
         read = sum(value_read_bytes(v) for i, v in enumerate(node.inputs) if i != 3)
@@ -230,6 +295,8 @@ def group_cost(group: KernelGroup) -> KernelCost:
         read = sum(_pointwise_read_bytes(group, v) for v in group.inputs)
         read += window_read_bytes([n for n in group.nodes if n.op in WINDOW_OPS])
     written = sum(v.type.nbytes for v in group.outputs)
+    if group.kind == "attention":  # the kernel stores every output (an unused logsumexp too)
+        written = sum(v.type.nbytes for v in group.nodes[0].outputs)
     return KernelCost(group, read, written, _flops(group))
 
 

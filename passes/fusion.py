@@ -12,11 +12,16 @@ Rules:
 - a `sum`/`amax`/`amin` turns a pointwise group over its input shape into a "row" group (prologue),
   and joins a row group over the same shape and dims; pointwise nodes whose shape is a tile or a row
   of a row group join it (epilogue), so softmax, layernorm and cross-entropy become one kernel;
+  so do smaller tiles broadcast along leading dims that only the group reads (a half LayerNorm
+  weight's convert), and `pick` (cross-entropy's target logit, loaded directly: its x stays a group
+  input, `_gathers_computed_input`);
 - pointwise nodes over a matmul's output shape join its group (epilogue: bias, activation, residual);
 - gathers (`GATHER_OPS`: ir/ops/index.py, and the window ops of ir/ops/window.py) start pointwise
   groups that take epilogues but never their inputs' producers; a window op joins a sibling window
   op over the same input (max_pool's value and index), and leaves a pointwise node whose value a
-  reduction reads to that reduction's row group (`_row_prologue_to_window`).
+  reduction reads to that reduction's row group (`_row_prologue_to_window`);
+- after the greedy pass, a smaller-shape pointwise group joins the pointwise group that alone reads
+  it, once that group is whole (`_absorb_broadcasts`).
 """
 
 from __future__ import annotations
@@ -54,10 +59,13 @@ def _start(node: Node) -> KernelGroup:
     if op.kind == "pointwise" or (op.kind == "constant" and node.out.type.rank > 0 and node.op == "full") \
             or node.op in GATHER_OPS:  # gathers: generator ops of the pointwise emitter
         return KernelGroup("pointwise", [node], shape=node.out.shape)
-    if node.op in ROW_REDUCTIONS and math.prod(node.inputs[0].shape[d] for d in node.attrs["dims"]) > 1:
+    if node.op == "pick" or (node.op in ROW_REDUCTIONS
+                             and math.prod(node.inputs[0].shape[d] for d in node.attrs["dims"]) > 1):
         return KernelGroup("row", [node], shape=node.inputs[0].shape, dims=tuple(sorted(node.attrs["dims"])))
     if op.kind in ("matmul", "conv"):
         return KernelGroup(op.kind, [node], shape=node.out.shape)
+    if op.kind == "attention":  # one flash kernel, no epilogue (codegen/attention.py); shape: its first output's
+        return KernelGroup("attention", [node], shape=node.outputs[0].shape)
     if op.kind == "scan":  # its own kernel (codegen/scan.py), or a row group's tile op (`_scan_in_row`)
         return KernelGroup("scan", [node], shape=node.out.shape, dims=(node.attrs["dim"],) if node.out.shape else ())
     kinds = {"reduction": "reduction", "scatter": "scatter", "layout": "layout", "extern": "extern"}
@@ -130,7 +138,8 @@ class _Partitioner:
         """Would a gather of a ∪ b read a value the union computes? Its emit hook loads its table and
         indices from memory at other elements than the group's own (ir/ops/index.py)."""
         members = set(a.nodes) | set(b.nodes)
-        return any(v.producer in members for n in members if n.op in GATHER_OPS for v in n.inputs)
+        return any(v.producer in members for n in members if n.op in GATHER_OPS for v in n.inputs) or any(
+            n.inputs[0].producer in members for n in members if n.op == "pick")  # pick loads x (its index is a row)
 
     def _row_prologue_to_window(self, a: KernelGroup, b: KernelGroup) -> bool:
         """Would a window op's group (ir/ops/window.py) take pointwise nodes whose values a row
@@ -152,12 +161,20 @@ class _Partitioner:
         kind = get_op(node.op).kind
         whole = _fits_one_program(row)
         if kind == "pointwise":
-            return node.out.shape in rows | {row.shape} or (whole and node.out.type.numel == 1)
+            if node.out.shape in rows | {row.shape} or (whole and node.out.type.numel == 1):
+                return True
+            # a smaller tile broadcast along leading dims (LayerNorm's half weight converted to float32):
+            # computed on its broadcast tile load, when only the group's tiles read it (the row emitter
+            # cannot evaluate it as a row)
+            return _broadcasts_to(node.out.shape, row.shape) and node.out not in self.outputs \
+                and all(u in members and u.out.shape not in rows for u in self.users.get(node.out, []))
         if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
             shapes = {node.inputs[0].shape, node.out.shape}
             return shapes <= rows or (whole and node.out.type.numel == 1 == node.inputs[0].type.numel)
         if kind == "scan":  # a tile op along the row's one dim
             return _scan_in_row(node) and node.inputs[0].shape == row.shape and row.dims == (node.attrs["dim"],)
+        if node.op == "pick":  # a row's one element, loaded directly (ir/ops/cross_entropy.py)
+            return node.inputs[0].shape == row.shape and tuple(node.attrs["dims"]) == row.dims
         if node.op in ROW_REDUCTIONS:
             x = node.inputs[0]
             if x.shape == row.shape:
@@ -219,7 +236,20 @@ class _Partitioner:
                 group = self._join_scan_sibling(node, group)
             if group.kind == "row":
                 self._absorb_producers(group)
+        self._absorb_broadcasts()
         return self._finish()
+
+    def _absorb_broadcasts(self) -> None:
+        """A pointwise group of a smaller shape joins the pointwise group that alone reads it, as a
+        broadcast, once that group is whole: the greedy pass met it while its reader was still in
+        pieces (a loss's per-row cotangent, read by both terms of cross-entropy's gradient)."""
+        for g in list(self.dag.nodes):
+            if g.kind != "pointwise" or g not in self.dag:
+                continue
+            for p in list(self.dag.predecessors(g)):
+                if p in self.dag and p.kind == "pointwise" and p.shape != g.shape \
+                        and self._fused_kind(p, g) is not None and self._can_merge(p, g):
+                    self._merge(g, p, ("pointwise", g.shape, ()))
 
     def _join_window_sibling(self, node: Node, group: KernelGroup) -> KernelGroup:
         """A window op joins the group of a window op over the same input and output shape (max_pool's
@@ -251,7 +281,8 @@ class _Partitioner:
             for p in list(self.dag.predecessors(group)):
                 members = set(group.nodes) | set(p.nodes)
                 if p.kind in ("pointwise", "layout") and all(self._row_member(group, n, members) for n in p.nodes) \
-                        and not self._tile_misreads_row(group, members) and self._can_merge(group, p):
+                        and not self._tile_misreads_row(group, members) and not self._gathers_computed_input(group, p) \
+                        and self._can_merge(group, p):
                     self._merge(group, p, ("row", group.shape, group.dims))
                     changed = True
 
@@ -308,7 +339,7 @@ def singleton_groups(graph: Graph) -> list[KernelGroup]:
         if len(n.outputs) == 1 and inlined_scalar(n.out, users, outputs):
             continue
         g = _start(n)
-        if g.kind == "row":  # a lone reduction runs on the plain reduction kernel
+        if g.kind == "row" and n.op != "pick":  # a lone reduction runs on the plain reduction kernel
             g.kind = "reduction"
         g.scalars = [v.producer for v in dict.fromkeys(n.inputs)
                      if v.producer is not None and inlined_scalar(v, users, outputs)]

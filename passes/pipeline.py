@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ir import Graph, verify
+from .attention import fuse_attention
 from .constant_fold import constant_fold
 from .cse import cse
 from .dce import dce
@@ -20,6 +21,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("decompose", decompose),
     ("constant_fold", constant_fold),
     ("simplify", simplify),
+    ("attention", fuse_attention),  # explicit softmax(q k^T) v -> one flash kernel
     ("cse", cse),
     ("dce", dce),
     ("materialize_outputs", materialize_outputs),

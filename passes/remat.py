@@ -42,7 +42,7 @@ import networkx as nx
 from ..ir import Graph, Node, TensorType, Value, get_op, verify
 
 # Op kinds never recomputed in the backward when the forward computes them anyway.
-NO_RECOMPUTE_KINDS = ("matmul", "conv", "reduction", "scan", "scatter", "extern", "composite")
+NO_RECOMPUTE_KINDS = ("matmul", "conv", "attention", "reduction", "scan", "scatter", "extern", "composite")
 POLICIES = ("mincut", "naive")
 # Saving a primal input costs little: the caller holds it anyway (eager autograd saves it by reference).
 PRIMAL_SAVE_FACTOR = 0.1

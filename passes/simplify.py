@@ -233,17 +233,63 @@ def _summed_batch_matmul(node: Node, ins: list[Value], g: Graph, users: dict):
     return out if out.shape == node.out.shape else g.add("reshape", [out], shape=node.out.shape)
 
 
+def _shifts_out_of_sum(node: Node, ins: list[Value], g: Graph, users: dict):
+    """sum((a - r1 - r2 ...) [* w], dims) -> sum(a [* w], dims) - (r1 + r2 ...) * (n | sum(w, dims)) for
+    r constant along the summed dims (row values): label smoothing's row sum of log-probabilities
+    (x - max - log(sum exp)), which then no longer waits for the max and the sum of exponentials and
+    shares their sweep over the row (ir/row_sweeps.py): one pass over the logits, not two. float32 and
+    float64 only (a half type rounds each step in eager)."""
+    dims, keepdim = tuple(node.attrs["dims"]), node.attrs.get("keepdim", False)
+    v = ins[0]
+    if v.dtype not in (torch.float32, torch.float64) or not dims:
+        return None
+    shape = v.shape
+
+    def row(r: Value) -> bool:  # constant along the summed dims, broadcast to the row
+        lead = len(shape) - r.type.rank
+        return lead >= 0 and all(r.shape[i - lead] == 1 for i in dims if i >= lead) \
+            and all(n in (1, shape[i + lead]) for i, n in enumerate(r.shape))
+
+    weight = None
+    p = v.producer
+    if p is not None and p.op == "mul":
+        a, b = p.inputs
+        (chain, weight) = (a, b) if a.shape == shape else (b, a)
+        if chain.shape != shape or weight.shape == shape or row(weight):  # a class weight [V], not d * d
+            return None
+        v = chain
+    shifts = []
+    while v.producer is not None and v.producer.op == "sub" and v.producer.inputs[0].shape == shape \
+            and row(v.producer.inputs[1]):
+        shifts.append(v.producer.inputs[1])
+        v = v.producer.inputs[0]
+    if not any(r.producer is not None and r.producer.op == "log" for r in shifts):
+        return None  # only log-probabilities (x - max - log(sum exp)): elsewhere eager's rounding stays
+    total = g.add("sum", [v if weight is None else g.add("mul", [v, weight])], dims=dims, keepdim=True)
+    shift = shifts[0]
+    for r in shifts[1:]:
+        shift = g.add("add", [shift, r])
+    if weight is None:
+        scale = g.add("full", [], shape=(), value=float(math.prod(shape[i] for i in dims)), dtype=v.dtype)
+    else:
+        scale = g.add("sum", [g.add("expand", [weight], shape=shape)], dims=dims, keepdim=True)
+    out = g.add("sub", [total, g.add("mul", [shift, scale])])  # (keep-shaped: the shifts are rows)
+    return out if keepdim else g.add("reshape", [out], shape=node.out.shape)
+
+
 def _squeeze_free(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
 def _unsqueezed(g: Graph, old: Value | None, new: Value, shape: tuple[int, ...], users: dict,
-                depth: int = 8) -> Value | None:
+                depth: int = 8, inputs: bool = False) -> Value | None:
     """`new` (the image of the old graph's `old`) with size-1 dims inserted or dropped to `shape`:
     the reshape is moved above the pointwise ops that compute it (scalar operands stay) and taken by
     the iotas they start from (an iota of the new shape). Each moved op must be the only use of its
     value, unless `old` is None: then only index math moves (every leaf an iota or a scalar; None
-    otherwise), which a kernel recomputes for free, so other uses keep the original."""
+    otherwise), which a kernel recomputes for free, so other uses keep the original. `inputs`: a
+    graph input may be a leaf too (reshaped: a view), so per-row values computed from inputs (a
+    loss's cotangent, masked by the targets) move into the kernel that broadcasts them."""
     p = new.producer
     if p is not None and p.op == "iota" and p.attrs["shape"][p.attrs["dim"]] != 1:
         nth = sum(1 for d in p.attrs["shape"][:p.attrs["dim"]] if d != 1)  # its dim among the non-1 dims
@@ -254,13 +300,13 @@ def _unsqueezed(g: Graph, old: Value | None, new: Value, shape: tuple[int, ...],
             and (old is None or len(users.get(old, [])) == 1) and get_op(p.op).kind == "pointwise" \
             and p.inputs and len(p.inputs) == len(q.inputs) and not {"shape", "dim", "dims"} & set(p.attrs) \
             and all(v.type.rank == 0 or v.shape == new.shape for v in p.inputs):  # (rand has a shape)
-        moved = [b if b.type.rank == 0 else _unsqueezed(g, a if old is not None else None, b, shape, users, depth - 1)
-                 for a, b in zip(q.inputs, p.inputs)]
+        moved = [b if b.type.rank == 0 else _unsqueezed(g, a if old is not None else None, b, shape, users, depth - 1,
+                                                        inputs) for a, b in zip(q.inputs, p.inputs)]
         if any(v is None for v in moved):
             return None
         out = g.add(p.op, moved, **p.attrs)
         return out if out.shape == shape else None
-    return _reshape(g, new, shape) if old is not None else None
+    return _reshape(g, new, shape) if old is not None or (inputs and p is None) else None
 
 
 def _unsqueeze_early(node: Node, ins: list[Value], g: Graph, users: dict):
@@ -277,7 +323,7 @@ def _unsqueeze_early(node: Node, ins: list[Value], g: Graph, users: dict):
     expand, new_expand = old_e.producer, ins[0].producer
     if expand is None or expand.op != "expand" or new_expand is None or new_expand.op != "expand" \
             or users.get(old_e) != [node]:
-        return _unsqueezed(g, None, ins[0], shape, users)
+        return _unsqueezed(g, None, ins[0], shape, users, inputs=True)
     x = new_expand.inputs[0]
     # x's size along each non-1 dim of the expanded shape, in order, at the non-1 dims of the result
     sizes = [1] * (old_e.type.rank - x.type.rank) + list(x.shape)
@@ -318,6 +364,7 @@ BUILDING_RULES: list[tuple[Callable[[Node], bool], Callable]] = [
     (lambda n: n.op == "matmul", _batched_matmul),
     (lambda n: n.op == "add", _add_of_cats),
     (lambda n: n.op == "sum" and not n.attrs.get("keepdim"), _summed_batch_matmul),
+    (lambda n: n.op == "sum", _shifts_out_of_sum),
     (lambda n: n.op == "reshape", _unsqueeze_early),
     (lambda n: n.op == "arange", _arange_as_iota),
     (lambda n: get_op(n.op).kind == "pointwise" and bool(n.inputs), _implicit_broadcast),

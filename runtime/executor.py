@@ -8,9 +8,16 @@ Donated outputs (`donate={output: input}`) come back as the input tensor itself,
 value: stored there by the kernel that computes it, or copied where the plan could not (`plan.copies`).
 Either way the input's version counter moves, as after an in-place op, so autograd notices a tensor
 it saved having changed.
+
+A plan runs through its `Prepared` form (made once): launches bound at plan time, internal
+temporaries in a reused arena (up to `ARENA_MAX_BYTES` per plan), outputs made per call.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -25,6 +32,29 @@ from .schedule import Schedule, build_schedule
 from .views import View, contiguous_strides
 
 MAX_PLANS = 64  # plans kept per compiled graph (one per input layout, device and fp32 precision)
+# Temporaries an arena holds between calls, per prepared plan: the host cost of allocating is per
+# buffer, not per byte, so small ones gain; big ones are allocated per call (the caching allocator
+# can then lend their memory to other graphs between calls: a forward's temporaries to the backward).
+ARENA_MAX_BYTES = 16 << 20
+
+
+def tensor_guard(tensors: Sequence[torch.Tensor]) -> Callable[..., bool]:
+    """`guard(*tensors) -> bool`: True when the tensors have these shapes, strides, dtypes, devices and
+    requires_grad (and dispatch keys) again. One C++ call (torch's TensorGuards, what Dynamo's guards
+    use) where available, else a tuple comparison."""
+    tensors = list(tensors)
+    try:
+        from torch._C._dynamo.guards import TensorGuards
+
+        return TensorGuards(*tensors, dynamic_dims_sizes=[list(t.shape) for t in tensors],
+                            dynamic_dims_strides=[list(t.stride()) for t in tensors]).check
+    except (ImportError, TypeError, RuntimeError):  # another torch: the same facts in Python
+        def meta(ts: Sequence[torch.Tensor]) -> list[tuple]:
+            return [(t.shape, t.stride(), t.dtype, t.device, t.requires_grad) if isinstance(t, torch.Tensor)
+                    else None for t in ts]
+
+        want = meta(tensors)
+        return lambda *ts: meta(ts) == want
 
 
 def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
@@ -34,40 +64,174 @@ def _as_tensor(bufs: list[torch.Tensor], v: View) -> torch.Tensor:
 
 def execute(plan: Plan, inputs: list[torch.Tensor], device: torch.device, name: str = "a graph",
             donate: dict[int, int] | None = None) -> list[torch.Tensor]:
-    bufs: list = list(inputs)
-    for spec in plan.bufs[len(inputs):]:
-        if spec.kind == "alias":  # a slice of an earlier buffer, from an offset (runtime/cat_slots.py)
-            base = bufs[spec.base]
-            bufs.append(torch.as_strided(base, spec.shape, (1,), base.storage_offset() + spec.offset))
-            continue
-        bufs.append(torch.empty(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "alloc" else
-                    torch.zeros(spec.shape, dtype=spec.dtype, device=device) if spec.kind == "flag" else None)
-    # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
-    inner = interpreter_position if device.type == "cpu" else None
-    with Progress("kernel", len(plan.steps), title=f"running {name}", inner=inner) as progress:
-        for i, step in enumerate(plan.steps, 1):
-            if i - 1 in plan.flag_checks:
-                _check_flags(plan, bufs)
-            if isinstance(step, LaunchStep):
-                progress.update(i, step.kernel.name)
-                args = [bufs[a.index] if isinstance(a, Buf) else a for a in step.args]
-                step.kernel.launch(step.grid, args, step.constexprs, device, step.num_warps)
+    return prepared(plan, device).run(inputs, name, donate)
+
+
+def prepared(plan: Plan, device: torch.device) -> Prepared:
+    """The plan's executor for `device`, made once per plan (a plan is for one device)."""
+    p = plan.__dict__.get("_prepared")
+    if p is None or p.device != device:
+        p = plan.__dict__["_prepared"] = Prepared(plan, device)
+    return p
+
+
+class Prepared:
+    """A plan made ready to run (the host path, docs/architecture.md): each launch bound once
+    (`Kernel.bind`: the kernel, grid, constexprs and launch config kept) with its args as a template
+    where only buffer slots are filled per call; the internal temporaries held in a reused *arena*.
+
+    The arena holds the "alloc" buffers no output, extern call or alias reaching an output can
+    see: a result handed to the caller is never one of them, so a later call never overwrites it.
+    Arenas are taken from a free list for the call and put back after it (a thread running the same
+    plan meanwhile takes another or makes a new one); on a GPU, per stream (a kernel still running
+    on one stream may read a temporary another stream's call would write).
+    """
+
+    def __init__(self, plan: Plan, device: torch.device):
+        self.plan, self.device = plan, device
+        n_in = self.n_inputs = sum(1 for b in plan.bufs if b.kind == "input")
+        escaping = {v.buf for v in plan.outputs}
+        for step in plan.steps:
+            if isinstance(step, ExternStep):  # an extern may return (a view of) its input
+                escaping |= {v.buf for v in step.inputs}
+        changed = True
+        while changed:  # an alias shares its base's memory both ways
+            changed = False
+            for i, spec in enumerate(plan.bufs):
+                if spec.kind == "alias" and (i in escaping) != (spec.base in escaping):
+                    escaping |= {i, spec.base}
+                    changed = True
+        self.arena_specs: list[tuple[tuple[int, ...], torch.dtype]] = []
+        # per non-input buffer: ("arena", slot) | ("alloc", spec) | ("flag", spec) | ("alias", spec) | ("none",)
+        self.fill: list[tuple] = []
+        held = 0
+        for i, spec in enumerate(plan.bufs[n_in:], n_in):
+            size = math.prod(spec.shape) * spec.dtype.itemsize
+            if spec.kind == "alloc" and i not in escaping and held + size <= ARENA_MAX_BYTES:
+                held += size
+                self.fill.append(("arena", len(self.arena_specs)))
+                self.arena_specs.append((spec.shape, spec.dtype))
+            elif spec.kind in ("alloc", "flag", "alias"):
+                self.fill.append((spec.kind, spec))
             else:
-                progress.update(i, step.node.attrs.get("target", "extern"))
-                _run_extern(step, bufs)
-    if plan.flag is not None:
-        _check_flags(plan, bufs)
-    outs = [_as_tensor(bufs, v) for v in plan.outputs]
-    if donate:
-        copied = dict(plan.copies)
-        with torch.no_grad():
-            for k, j in donate.items():
-                if k in copied:
-                    inputs[j].copy_(outs[k])  # (moves the version counter itself)
+                self.fill.append(("none",))
+        self.simple_fill = all(f[0] in ("arena", "alloc") for f in self.fill)
+        self.steps: list[tuple] = []
+        for step in plan.steps:
+            if isinstance(step, LaunchStep):
+                launcher = step.kernel.bind(step.grid, step.constexprs, device, step.num_warps, step.num_stages)
+                slots = tuple((k, a.index) for k, a in enumerate(step.args) if isinstance(a, Buf))
+                template = [None if isinstance(a, Buf) else a for a in step.args]
+                self.steps.append((launcher, template, slots, step.kernel.name))
+            else:
+                self.steps.append((None, step, (), step.node.attrs.get("target", "extern")))
+        # outputs: the buffer itself where the view is all of a buffer the run made (its first use)
+        whole: set[int] = set()
+        self.outputs: list[tuple[int, View | None]] = []
+        for v in plan.outputs:
+            spec = plan.bufs[v.buf]
+            if (spec.kind in ("alloc", "flag") and v.buf not in whole and v.offset == 0 and v.shape == spec.shape
+                    and tuple(v.strides) == contiguous_strides(spec.shape)):
+                whole.add(v.buf)
+                self.outputs.append((v.buf, None))
+            else:
+                self.outputs.append((v.buf, v))
+        self._arenas: dict[Any, list[list[torch.Tensor]]] = {}
+        self._donate_for: dict | None = None  # the donate dict `_stored` / `_copied` were worked out for
+        self._stored: list[tuple[int, int]] = []
+        self._copied: list[tuple[int, int]] = []
+        self._made: list[tuple[int, int, View | None]] = []  # the outputs not stored in an input
+        self.inner = interpreter_position if device.type == "cpu" else None
+
+    def _new_arena(self) -> list[torch.Tensor]:
+        return [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.arena_specs]
+
+    def run(self, inputs: list[torch.Tensor], name: str = "a graph",
+            donate: dict[int, int] | None = None) -> list[torch.Tensor]:
+        stream = None if self.inner is not None else _raw_stream(self.device)
+        free = self._arenas.get(stream)
+        if free is None:
+            free = self._arenas.setdefault(stream, [])
+        try:
+            arena = free.pop()
+        except IndexError:
+            arena = self._new_arena()
+        try:
+            return self._run(arena, inputs, name, donate)
+        finally:
+            free.append(arena)
+
+    def _run(self, arena: list[torch.Tensor], inputs: list[torch.Tensor], name: str,
+             donate: dict[int, int] | None) -> list[torch.Tensor]:
+        plan, device = self.plan, self.device
+        bufs: list = list(inputs)
+        if self.simple_fill:
+            for kind, x in self.fill:
+                bufs.append(arena[x] if kind == "arena" else torch.empty(x.shape, dtype=x.dtype, device=device))
+        else:
+            for f in self.fill:
+                kind = f[0]
+                if kind == "arena":
+                    bufs.append(arena[f[1]])
+                elif kind == "alloc":
+                    bufs.append(torch.empty(f[1].shape, dtype=f[1].dtype, device=device))
+                elif kind == "flag":
+                    bufs.append(torch.zeros(f[1].shape, dtype=f[1].dtype, device=device))
+                elif kind == "alias":  # a slice of an earlier buffer, from an offset (runtime/cat_slots.py)
+                    spec = f[1]
+                    base = bufs[spec.base]
+                    bufs.append(torch.as_strided(base, spec.shape, (1,), base.storage_offset() + spec.offset))
                 else:
-                    torch.autograd.graph.increment_version(inputs[j])
+                    bufs.append(None)
+        # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
+        checks = plan.flag_checks
+        with Progress("kernel", len(self.steps), title=f"running {name}", inner=self.inner) as progress:
+            for i, (launcher, template, slots, label) in enumerate(self.steps):
+                if checks and i in checks:
+                    _check_flags(plan, bufs)
+                progress.update(i + 1, label)
+                if launcher is not None:
+                    args = template.copy()
+                    for k, b in slots:
+                        args[k] = bufs[b]
+                    launcher(args)
+                else:
+                    _run_extern(template, bufs)
+        if plan.flag is not None:
+            _check_flags(plan, bufs)
+        if not donate:
+            return [bufs[b] if v is None else _as_tensor(bufs, v) for b, v in self.outputs]
+        if donate is not self._donate_for:  # (the graph's own dict every call: worked out once)
+            copied = dict(plan.copies)
+            self._stored = [(k, j) for k, j in donate.items() if k not in copied]
+            self._copied = [(k, j) for k, j in donate.items() if k in copied]
+            stored_outputs = {k for k, _ in self._stored}
+            self._made = [(k, b, v) for k, (b, v) in enumerate(self.outputs) if k not in stored_outputs]
+            self._donate_for = donate
+        stored = self._stored
+        # an output stored in its input is that input: no view of it is made
+        outs: list = [None] * len(self.outputs)
+        for k, b, v in self._made:
+            outs[k] = bufs[b] if v is None else _as_tensor(bufs, v)
+        with torch.no_grad():
+            for k, j in self._copied:
+                # (the caller's input may be laid out as another shape of the same memory: optimizers
+                # hand parameters as they are to a plan of their flattened views, optim/engine.py)
+                target = inputs[j] if inputs[j].shape == outs[k].shape else inputs[j].view(outs[k].shape)
+                target.copy_(outs[k])  # (moves the version counter itself)
                 outs[k] = inputs[j]
-    return outs
+        if stored:
+            torch.autograd.graph.increment_version([inputs[j] for _, j in stored])
+            for k, j in stored:
+                outs[k] = inputs[j]
+        return outs
+
+
+def _raw_stream(device: torch.device) -> int:
+    """The current stream of a GPU device, as a number (without making a Stream object)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return raw(index) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
 def _check_flags(plan: Plan, bufs: list) -> None:
@@ -118,6 +282,7 @@ class CompiledGraph:
         self._plans: LRU[tuple, Plan] = LRU(MAX_PLANS)  # a caller cycling through layouts re-plans
         self._last: Plan | None = None
         self._last_device = self.default_device
+        self._fast: tuple | None = None  # (guard, precisions, plan, Prepared) of the last layout
 
     def schedule_for(self, device: torch.device) -> Schedule:
         """The schedule for `device`'s target, computed once."""
@@ -150,6 +315,16 @@ class CompiledGraph:
 
     def __call__(self, inputs) -> list[torch.Tensor]:
         inputs = list(inputs)
+        fast = self._fast  # the last call's layout: one guard over every input, then its prepared plan
+        if fast is not None and len(inputs) == len(self.graph.inputs) and fast[0](*inputs) and fast[1] == (
+                torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32):
+            self._last = fast[2]
+            return fast[3].run(inputs, self.name, self.donate)
+        return self.prepare(inputs).run(inputs, self.name, self.donate)
+
+    def prepare(self, inputs: list[torch.Tensor]) -> Prepared:
+        """The prepared plan for these inputs (checked against the graph's input types): `run(inputs,
+        name, donate)` runs it on them, or on tensors of the same memory layouts (the caller's guard)."""
         if len(inputs) != len(self.graph.inputs):
             raise TypeError(f"graph takes {len(self.graph.inputs)} inputs, got {len(inputs)}")
         for v, t in zip(self.graph.inputs, inputs):
@@ -157,7 +332,10 @@ class CompiledGraph:
                 raise TypeError(f"input %{v.name}: expected {v.type}, got {t.dtype}{list(t.shape)}")
         device = self._last_device = inputs[0].device if inputs else self.default_device
         plan = self._last = self.plan_at(device, [t.stride() for t in inputs])
-        return execute(plan, inputs, device, self.name, self.donate)
+        run = prepared(plan, device)
+        self._fast = (tensor_guard(inputs), (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32),
+                      plan, run)
+        return run
 
     @property
     def plan(self) -> Plan:

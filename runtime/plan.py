@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from .. import codegen
+from ..codegen import attention as attention_codegen
 from ..codegen import multi, multi_row, pointwise, reduction
+from ..codegen import row as row_codegen
 from ..codegen import scan as scan_codegen
 from ..codegen.emitter import INT32_LIMIT
 from ..codegen.launch import LaunchConfig
@@ -28,7 +30,7 @@ from ..ir.ops.index import GATHER_OPS as INDEX_GATHERS
 from ..ir.ops.window import WINDOW_OPS
 from ..ir.registry import is_view
 from ..passes.cost import storage_root
-from . import cat_slots
+from . import autotune, cat_slots
 from . import views as V
 from .progress import Progress
 from .schedule import Schedule, reduction_dims
@@ -68,6 +70,8 @@ class LaunchStep:
     # a launch of a "multi" entry: (member index, reads, writes) of each member it runs (the programs of
     # a member touch only these)
     parts: list[tuple[int, list[View], list[View]]] = field(default_factory=list)
+    num_stages: int | None = None  # pipelining stages on a GPU (a matmul's config); None: GPU_OPTIONS'
+    split_stage: int = 0  # 1, 2: the partials or the combine of a split reduction (passes/cost.py split_costs)
 
     @property
     def name(self) -> str:
@@ -210,9 +214,11 @@ class Planner:
     def _launch(self, kernel: codegen.Kernel, ops: list[str], config: LaunchConfig, args, reads: list[View],
                 writes: list[View], **constexprs) -> None:
         constexprs = {**config.constexprs, **constexprs}
+        if any(n == "INTERP" for n, _ in kernel.params):  # a GPU-only spelling inside (codegen/emitter.py)
+            constexprs.setdefault("INTERP", self.target == "cpu")
         codegen.kernel.record_spec(kernel, [a.index if isinstance(a, Buf) else a for a in args], constexprs)
         self.plan.steps.append(LaunchStep(kernel, ops, config.grid, args, constexprs, config.num_warps,
-                                          self.entry, list(reads), list(writes)))
+                                          self.entry, list(reads), list(writes), num_stages=config.num_stages))
 
     # -- kernels ----------------------------------------------------------------------------------
     def pointwise(self, group: PointwiseGroup, config: LaunchConfig | None) -> None:
@@ -318,7 +324,27 @@ class Planner:
         if config is None:
             return
         args, loads, outs, looped, wide = self._row_args(g, layout)
+        if "RC" in config.constexprs:
+            return self._split_row(g, layout, config, args, loads, outs, wide)
+        looped = looped or math.prod(g.shape[d] for d in g.dims) > config.constexprs["BR"]  # column tiles
         self._launch(codegen.emit_row(layout, looped, wide), g.ops, config, args, loads, outs)
+
+    def _split_row(self, g: KernelGroup, layout: codegen.RowLayout, config: LaunchConfig, args: list,
+                   loads: list[View], outs: list[View], wide: bool) -> None:
+        """A split reduction (codegen/row.py `split_plan`): stage 1's programs (row block, split) store
+        each tile reduction's partial rows in an [S, M] buffer of its work dtype; stage 2 combines them
+        and runs the row epilogue, reading only the row loads and the partials."""
+        m, s = math.prod(g.shape[d] for d in layout.kept), config.grid[1]
+        parts = [self._alloc((s, m), dt) for dt in row_codegen.partial_dtypes(layout)]
+        bufs = [Buf(v.buf) for v in parts]
+        self._launch(codegen.emit_row(layout, True, wide, 1), g.ops, config, args[:-2] + bufs + args[-2:],
+                     loads, parts)
+        self.plan.steps[-1].split_stage = 1
+        rows = [view for (_, mode), view in zip(layout.loads, loads) if mode == "row"]
+        combine = row_codegen.combine_config(config, m, self.target)
+        self._launch(codegen.emit_row(layout, False, wide, 2), g.ops, combine, args[:-2] + bufs + [s] + args[-2:],
+                     rows + parts, outs)
+        self.plan.steps[-1].split_stage = 2
 
     def _row_outputs(self, g: KernelGroup) -> codegen.RowLayout:
         layout = codegen.row_layout(g)
@@ -417,6 +443,14 @@ class Planner:
                                          [self._ptr(v) for v in load_views], [v.shape for v in load_views],
                                          [(Buf(v.buf), v.strides) for v in out_views], batch)
         prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        if autotune.wanted(self.device):  # time the table's candidates on scratch buffers of this layout
+            views = [a, b] + load_views + out_views
+            sizes = {v.buf: (max(autotune.scratch_size(w.offset, w.shape, w.strides) for w in views
+                                 if w.buf == v.buf), self.plan.bufs[v.buf].dtype) for v in views}
+            bufs = autotune.scratch(sizes, self.device)
+            config = autotune.tune_matmul(kernel, [bufs[x.index] if isinstance(x, Buf) else x for x in args],
+                                          mm.out.shape[-2], mm.out.shape[-1], mm.inputs[0].shape[-1],
+                                          math.prod(batch), out.dtype, self.device, {"PREC": prec, "INTERP": False})
         self._launch(kernel, g.ops, config, args, [a, b] + load_views, out_views, PREC=prec,
                      INTERP=self.target == "cpu")
 
@@ -444,6 +478,28 @@ class Planner:
         self._launch(kernel, g.ops, config, args, [a, b] + load_views, out_views, PREC=prec,
                      INTERP=self.target == "cpu")
 
+    def group_attention(self, g: KernelGroup, config: LaunchConfig | None) -> None:
+        """A flash attention kernel, forward, dQ or dK/dV (codegen/attention.py): every operand and
+        output through its offset and strides (a mask's broadcast dims get stride 0)."""
+        node = g.nodes[0]
+        outs = [self._alloc_value(v) for v in node.outputs]  # `_in_place` never stores it over an input
+        for v, view in zip(node.outputs, outs):
+            self.views[v] = view
+        if config is None:
+            return
+        ins = [self.views[v] for v in node.inputs]
+        q, k, v = node.inputs[:3]
+        first_mask = 3 if node.op == "attention" else 6  # the mask follows the operands
+        mask = node.inputs[first_mask] if len(node.inputs) > first_mask else None
+        emit = attention_codegen.EMITTERS[node.op]
+        kernel = emit(q.dtype, mask.dtype if mask is not None else None, node.attrs["is_causal"], node.attrs["scale"],
+                      _wide(max(x.numel for x in ins + outs), ins + outs))
+        args = attention_codegen.attention_args([(Buf(x.buf), x.offset, x.shape, x.strides) for x in ins],
+                                                [(Buf(x.buf), x.offset, x.shape, x.strides) for x in outs],
+                                                q.shape, k.shape, v.shape)
+        prec = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+        self._launch(kernel, [node.op], config, args, ins, outs, PREC=prec, INTERP=self.target == "cpu")
+
     def group_reduction(self, g: KernelGroup, config: LaunchConfig | None) -> None:
         node = g.nodes[0]
         x, out = self.views[node.inputs[0]], node.out
@@ -453,9 +509,24 @@ class Planner:
         if config is None:
             return
         r = math.prod(x.shape[d] for d in dims)
-        kernel = codegen.emit_reduction(node.op, get_op(node.op).combine, node.inputs[0].dtype, out.dtype,
-                                        len(x.shape) - len(dims), len(dims), r > reduction.REDUCTION_BLOCK,
-                                        _wide(view.numel * r, [x]))
+        combine, wide = get_op(node.op).combine, _wide(view.numel * r, [x])
+        shape = (node.op, combine, node.inputs[0].dtype, out.dtype, len(x.shape) - len(dims), len(dims))
+        if "RC" in config.constexprs:  # a split reduction: partials [S, M], then their combine
+            s, m = config.grid[1], view.numel
+            wt = reduction.work_dtype(combine, node.inputs[0].dtype, out.dtype)
+            parts = [self._alloc((s, m), wt)] + ([self._alloc((s, m), torch.int64)] if node.op in ("argmax", "argmin")
+                                                 else [])
+            bufs = [Buf(v.buf) for v in parts]
+            args = codegen.reduction_args(self._ptr(x), x.shape, dims, None)
+            self._launch(codegen.emit_reduction(*shape, True, wide, split=True), [node.op], config,
+                         args[:-1] + bufs, [x], parts)
+            self.plan.steps[-1].split_stage = 1
+            self._launch(reduction.emit_combine(node.op, combine, node.inputs[0].dtype, out.dtype, wide), [node.op],
+                         reduction.combine_config(config, m, self.target), bufs + [m, s, Buf(view.buf)], parts,
+                         [view])
+            self.plan.steps[-1].split_stage = 2
+            return
+        kernel = codegen.emit_reduction(*shape, r > config.constexprs["BR"], wide)  # loops when R > BR
         args = codegen.reduction_args(self._ptr(x), x.shape, dims, Buf(view.buf))
         self._launch(kernel, [node.op], config, args, [x], [view])
 

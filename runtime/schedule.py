@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..codegen import conv, matmul, multi, multi_row, pointwise, reduction, row, scatter
+from ..codegen import attention, conv, matmul, multi, multi_row, pointwise, reduction, row, scatter
 from ..codegen import scan as scan_codegen
 from ..codegen.launch import LaunchConfig
 from ..ir import Graph, Node, get_op
@@ -104,7 +104,7 @@ class Schedule:
                                              [graph.nodes[k] for k in m["scalars"]], m.get("whole", False))
                                  for m in e.get("members", [])])
             config = LaunchConfig.from_dict(e["config"]) if e["config"] else None
-            entries.append(Entry(i, group, config, group_cost(group)))
+            entries.append(Entry(i, group, config, group_cost(group, splits(config))))
         return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()})
 
 
@@ -114,22 +114,25 @@ def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
     if kind == "layout" and not is_view(group.nodes[0].op):  # cat: a pointwise kernel
         numel = group.outputs[0].type.numel
         return pointwise.launch_config(numel, target) if numel and any(v.type.numel for v in group.inputs) else None
-    if kind == "multi" and group.members[0].kind == "row":  # each member's row config, side by side
-        return multi_row.launch_config([launch_config(m, target) for m in group.members])
+    if kind == "multi" and group.members[0].kind == "row":  # each member's plain row config, side by side
+        return multi_row.launch_config([row.group_config(m, target, shaped=False) for m in group.members])
     if kind == "multi":  # one launch over the members (the planner splits it past multi.MAX_PARAMS)
         return multi.launch_config([math.prod(m.shape) for m in group.members], target)
     if kind in ("pointwise", "constant"):
         numel = math.prod(group.shape)
         return pointwise.launch_config(numel, target) if numel else None
-    if kind == "row":
-        m = math.prod(s for d, s in enumerate(group.shape) if d not in group.dims)
-        r = math.prod(group.shape[d] for d in group.dims)
-        return row.launch_config(m, r, group.whole, target) if m else None
+    if kind == "row":  # column tiles and split reductions where they apply (codegen/row.py group_config)
+        return row.group_config(group, target)
     if kind == "matmul":
         mm = next(n for n in group.nodes if n.op == "matmul")
         m, n, k = mm.out.shape[-2], mm.out.shape[-1], mm.inputs[0].shape[-1]
         numel = mm.out.type.numel
-        return matmul.launch_config(m, n, k, numel // (m * n), target) if numel else None
+        return matmul.launch_config(m, n, k, numel // (m * n), target, mm.out.dtype) if numel else None
+    if kind == "attention":  # a flash attention kernel: forward, dQ or dK/dV (codegen/attention.py)
+        node = group.nodes[0]
+        q, k, v = node.inputs[:3]
+        cfg = attention.launch_config(node.op, q.shape, k.shape, v.shape[3], target, q.dtype)
+        return cfg if all(cfg.grid) else None
     if kind == "conv":
         return conv.group_launch_config(next(n for n in group.nodes if get_op(n.op).kind == "conv"), target)
     if kind == "scan":  # rows: every dim but the scanned one
@@ -143,12 +146,19 @@ def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
         x = node.inputs[0]
         m = node.out.type.numel
         r = math.prod(x.shape) // max(m, 1) if m else 0
-        return reduction.launch_config(m, r, target) if m else None
+        column = bool(x.shape) and x.type.rank - 1 not in reduction_dims(node)  # the innermost dim kept
+        return reduction.launch_config(m, r, target, column) if m else None
     if kind == "scatter":  # segment_add: blocks of destination rows x the columns each row owns
         node = group.nodes[0]
         rows = node.out.shape[node.attrs["dim"]]
         return scatter.launch_config(rows, node.out.type.numel // rows, target) if node.out.type.numel else None
     return None  # a view, an extern call
+
+
+def splits(config: LaunchConfig | None) -> int:
+    """Slices per row of a split reduction's config (codegen/row.py `split_plan`: grid axis 1 and
+    RC); 1 for any other launch."""
+    return config.grid[1] if config is not None and "RC" in config.constexprs else 1
 
 
 def reduction_dims(node: Node) -> tuple[int, ...]:
@@ -191,5 +201,6 @@ def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping
     donate = dict(donate or {})
     if donate:
         groups = _order_for_donation(graph, groups, donate)
-    entries = [Entry(i, g, launch_config(g, target), group_cost(g)) for i, g in enumerate(groups)]
+    configs = [launch_config(g, target) for g in groups]
+    entries = [Entry(i, g, c, group_cost(g, splits(c))) for i, (g, c) in enumerate(zip(groups, configs))]
     return Schedule(graph, target, entries, donate)

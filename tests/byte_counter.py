@@ -3,7 +3,8 @@
 While `count_bytes()` is active, every `tl.load` / `tl.store` that Triton's interpreter executes is
 recorded at the builder (`interpreter_builder.create_masked_load` / `create_masked_store`, which
 every load and store reaches, masked or not): the addresses of its unmasked elements and their
-element size. Each `Kernel.launch` starts a new record, so counts are per launch.
+element size. Each kernel launch (`codegen.kernel._interpret`, the final call of every interpreted
+launch, bound or not) starts a new record, so counts are per launch.
 
 Two counts per launch:
 - `accessed_*`: every unmasked element of every call, in bytes: what the programs ask for, tile
@@ -69,7 +70,7 @@ def count_bytes() -> Iterator[list[LaunchBytes]]:
     from triton.runtime.interpreter import interpreter_builder as builder
 
     launches: list[LaunchBytes] = []
-    load, store, launch = builder.create_masked_load, builder.create_masked_store, kernel_module.Kernel.launch
+    load, store, launch = builder.create_masked_load, builder.create_masked_store, kernel_module._interpret
 
     def record(kind: str, ptrs, mask) -> None:
         rec = launches[-1]
@@ -92,16 +93,16 @@ def count_bytes() -> Iterator[list[LaunchBytes]]:
         record("store", ptrs, mask)
         return store(ptrs, value, mask, cache_policy)
 
-    def counted_launch(self, *args, **kwargs):
-        launches.append(LaunchBytes(self.name))
-        return launch(self, *args, **kwargs)
+    def counted_launch(launcher, args):
+        launches.append(LaunchBytes(launcher.kernel.name))
+        return launch(launcher, args)
 
     saved = {k: builder.__dict__[k] for k in ("create_masked_load", "create_masked_store") if k in builder.__dict__}
     builder.create_masked_load, builder.create_masked_store = counted_load, counted_store
-    kernel_module.Kernel.launch = counted_launch
+    kernel_module._interpret = counted_launch
     try:
         yield launches
     finally:
         del builder.create_masked_load, builder.create_masked_store  # back to the class's methods,
         builder.__dict__.update(saved)                               # or to what was there before
-        kernel_module.Kernel.launch = launch
+        kernel_module._interpret = launch

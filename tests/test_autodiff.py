@@ -77,7 +77,8 @@ def op(name, **attrs):
 NO_VJP = {"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "logical_not",
           "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "isnan", "argmax", "argmin",
           "full", "arange", "iota", "max_pool_index", "cummax_index", "cummin_index", "check_index", "signbit",
-          "searchsorted", "trigamma"}  # (trigamma: only digamma's VJP uses it; compiled graphs are differentiated once)
+          "searchsorted", "trigamma",  # (trigamma: only digamma's VJP uses it; compiled graphs are differentiated once)
+          "attention_grad_q", "attention_grad_kv"}  # (only attention's VJP builds them: no double backward)
 # (extern's VJP is torch's derivative: tests/test_extern_vjp.py)
 
 

@@ -33,7 +33,7 @@ def test_index_ops_fall_back():
         return F.cross_entropy(x, t), F.embedding(t, w), x[t], x.kthvalue(2, 0).values
 
     x, t, w = torch.randn(4, 6), torch.randint(0, 4, (4,)), torch.randn(5, 3)
-    # cross_entropy's gather (one element per row) is lowered to a one-hot sum; the rest fall back.
+    # cross_entropy's gather (one element per row) is lowered to `pick`, a direct load; the rest fall back.
     externs = ("aten.embedding.default", "aten.index.Tensor", "aten.kthvalue.default")
     assert_matches(f, x, t, w, externs=externs)
 

@@ -34,7 +34,7 @@ F32, F16, BF16, F64 = torch.float32, torch.float16, torch.bfloat16, torch.float6
 I32, U8, B = torch.int32, torch.uint8, torch.bool
 
 load_rules()  # every aten rule registered, as a first capture would
-SAMPLED_KINDS = ("pointwise", "reduction", "scan", "composite", "constant", "conv")
+SAMPLED_KINDS = ("pointwise", "reduction", "scan", "composite", "constant", "conv", "attention")
 # dtypes the default run compiles; every other declared dtype runs under -m slow.
 FAST = (F32, BF16, I32, B)
 
@@ -237,6 +237,7 @@ def _vjp_cases() -> list:
             continue
         types = _types(op, domain, F64)
         out = OPS[op].infer(types, **domain.attrs_for(F64))
+        out = out[0] if isinstance(out, list) else out  # multi-output ops (attention): output 0 is differentiated
         if out.dtype.is_floating_point and any(t.dtype.is_floating_point for t in types):
             cases.append(pytest.param(op, k, id=f"{op}-{k}"))
     return cases
@@ -260,6 +261,7 @@ def test_vjp_matches_autograd(op, k):
     got = evaluate(joint, *xs, ct)[len(g.outputs):]
     leaves = [x.clone().requires_grad_(i in wrt) for i, x in enumerate(xs)]
     out = OPS[op].impl(*leaves, **domain.attrs_for(F64))
+    out = out[0] if isinstance(out, tuple) else out
     want = torch.autograd.grad(out, [leaves[i] for i in wrt], ct, allow_unused=True)
     for i, a, b in zip(wrt, got, want):
         b = torch.zeros_like(xs[i]) if b is None else b

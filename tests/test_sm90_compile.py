@@ -4,9 +4,12 @@ The interpreter runs kernels without proving they lower to PTX (e.g. it accepts 
 GPU code generator rejects). The default run compiles one kernel of each kind, planned for a GPU
 (its launch config): pointwise, half rounding, generator, cat, row (persistent, looped, whole),
 reduction (persistent, looped), matmul, matmul with epilogue, 64-bit indexing, multi-tensor and
-multi-row (horizontal fusion), conv2d with epilogue and its input and weight gradients. `-m slow` compiles
+multi-row (horizontal fusion), conv2d with epilogue and its input and weight gradients. Planned launches
+compile with the specialization Triton's JIT gives their arguments (`_jit_specialization`: divisibility
+hints, ints equal to 1 as constexprs), so what is checked is what a GPU runs: pointwise and row kernels
+load and store vectors and never spill, and a remainder calls libdevice's exact fmod. `-m slow` compiles
 a corpus covering every kind x dtype x index width x constexpr mode, and then every kernel that
-earlier tests in the session generated (minutes on 2 cores).
+earlier tests in the session generated (minutes on 2 cores; unspecialized: no argument values are kept).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
+import subprocess
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -28,7 +34,7 @@ from ember.codegen.kernel import GPU_OPTIONS, record_spec, spec_count
 from ember.codegen.source_cache import load_module
 from ember.ir import Graph, TensorType, parse_graph
 from ember.runtime import compile_graph
-from ember.runtime.plan import Buf, LaunchStep
+from ember.runtime.plan import Buf, BufSpec, LaunchStep
 
 T = TensorType
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -53,10 +59,26 @@ def _softmax(g: Graph, x):
     return g.add("div", [ex, g.add("sum", [ex], dims=(1,), keepdim=True)])
 
 
+def _cross_entropy_rows(g: Graph, x, t):  # per-row loss: max and sum of exp in one sweep, the target picked
+    xf = g.add("convert", [x], dtype=F32)
+    m = g.add("amax", [xf], dims=(1,), keepdim=True)
+    s = g.add("sum", [g.add("exp", [g.add("sub", [xf, m])])], dims=(1,), keepdim=True)
+    picked = g.add("convert", [g.add("pick", [x, g.add("check_index", [t], size=5000, error="target")], dims=(1,))],
+                   dtype=F32)
+    return g.add("sub", [g.add("add", [m, g.add("log", [s])]), picked])
+
+
 def _mean_of_row_sums(g: Graph, x):  # a loss: rows reduced, then across rows (one "whole" program)
     s = g.add("sum", [g.add("exp", [x])], dims=(1,), keepdim=False)
     return g.add("div", [g.add("sum", [s], dims=(0,), keepdim=False), g.add("full", [], shape=(), value=4.0,
                                                                               dtype=F32)])
+
+
+def _variance(g: Graph, x):
+    mean = g.add("div", [g.add("sum", [x], dims=(1,), keepdim=True),
+                         g.add("full", [], shape=(), value=float(x.shape[1]), dtype=F32)])
+    d = g.add("sub", [x, mean])
+    return g.add("sum", [g.add("mul", [d, d])], dims=(1,), keepdim=False)
 
 
 _POOL = dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1), ceil_mode=True)
@@ -88,7 +110,15 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
         "upsample_linear_backward", [x], output_size=(5, 9), input_size=(3, 4), align_corners=False,
         scales=(1.7, None))), "tl.floor"),
     "row": (lambda: _graph([((3, 24), F32)], _softmax), "tl.reduce"),
-    "row_looped": (lambda: _graph([((3, 5000), F32)], _softmax), "for c0 in range"),
+    # looped rows (ir/row_sweeps.py): softmax's max and sum in one sweep (online rescaling), a variance
+    # by Welford's update (count, mean, M2 per lane), each then combined across lanes
+    "row_looped": (lambda: _graph([((3, 5000), F32)], _softmax), "tl.exp(old"),
+    "row_looped_welford": (lambda: _graph([((3, 5000), F32)], _variance), "/ tl.maximum("),
+    # a column reduction (the kept dim innermost): [BM, BR] tiles with BM along it, looped when R > BR
+    "row_column": (lambda: _graph([((600, 96), torch.float16)], lambda g, x: g.add("sum", [x], dims=(0,),
+                                                                                keepdim=False)), "for c0 in range"),
+    "row_cross_entropy": (lambda: _graph([((3, 5000), torch.bfloat16), ((3, 1), torch.int64)], _cross_entropy_rows),
+                          "_r0), mask=rmask & ok"),
     "row_whole": (lambda: _graph([((4, 24), F32)], _mean_of_row_sums), ", 0, tl.standard"),
     "reduction": (lambda: _graph([((6, 50), F32)], lambda g, x: g.add("prod", [x], dims=(1,), keepdim=False)),
                   "def red_prod"),
@@ -130,6 +160,22 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
     # float32 accumulates in float64 (torch's CPU acc_type): float64 exp and log
     "scan_logcumsumexp": (lambda: _graph([((4, 30), F32)], lambda g, x: g.add("logcumsumexp", [x], dim=1)),
                           "_logsumexp_combine)"),
+    # flash attention (codegen/attention.py): fp16 forward, causal with grouped-query heads and a
+    # boolean mask (online softmax); its backward kernels (dQ with delta, then dK/dV over the group)
+    "attention": (lambda: _graph([((2, 4, 40, 64), torch.float16), ((2, 2, 40, 64), torch.float16),
+                                  ((2, 2, 40, 64), torch.float16), ((40, 40), torch.bool)],
+                                 lambda g, q, k, v, m: g.add("attention", [q, k, v, m], scale=0.125,
+                                                             is_causal=True)), "m_safe"),
+    "attention_grad_q": (lambda: _graph(
+        [((2, 4, 40, 64), torch.bfloat16), ((2, 2, 40, 64), torch.bfloat16), ((2, 2, 40, 64), torch.bfloat16),
+         ((2, 4, 40, 64), torch.bfloat16), ((2, 4, 40), F32), ((2, 4, 40, 64), torch.bfloat16)],
+        lambda g, q, k, v, o, lse, do: g.add("attention_grad_q", [q, k, v, o, lse, do], scale=0.125,
+                                             is_causal=True)), "tl.store(dl_ptr"),
+    "attention_grad_kv": (lambda: _graph(
+        [((2, 4, 40, 64), torch.bfloat16), ((2, 2, 40, 64), torch.bfloat16), ((2, 2, 40, 64), torch.bfloat16),
+         ((2, 4, 40), F32), ((2, 4, 40), F32), ((2, 4, 40, 64), torch.bfloat16)],
+        lambda g, q, k, v, lse, delta, do: g.add("attention_grad_kv", [q, k, v, lse, delta, do], scale=0.125,
+                                                 is_causal=True)), "for g in range(0, G)"),
     # the deterministic scatter (index_add after its sort): binary searches, then runs summed in order
     "scatter": (lambda: _graph([((4, 11, 3), torch.float16), ((11,), torch.int32), ((11,), torch.int64),
                                 ((11,), torch.int32), ((4, 7, 3), torch.float16)],
@@ -145,15 +191,50 @@ KINDS: dict[str, tuple[Callable[[], Graph], str]] = {
 }
 
 
-def _planned_jobs(plan_steps: list) -> list[tuple]:
-    """(source, name, signature, constexprs) of each kernel launch of a plan."""
+def _planned_jobs(plan_steps: list, bufs: list[BufSpec] | None = None) -> list[tuple]:
+    """(source, name, signature, constexprs, attrs) of each kernel launch of a plan, specialized as
+    Triton's JIT would specialize that launch (`_jit_specialization`); `bufs`: the plan's buffers (a
+    pointer into an alias buffer is aligned as its offset makes it; without them every pointer is)."""
     jobs = []
     for step in plan_steps:
         if isinstance(step, LaunchStep):
             args = [a.index if isinstance(a, Buf) else a for a in step.args]
             spec = record_spec(step.kernel, args, step.constexprs)
-            jobs.append((spec.source, spec.name, spec.signature, dict(spec.constexprs)))
+            aligned = [not isinstance(a, Buf) or bufs is None or _aligned(bufs[a.index]) for a in step.args]
+            jobs.append((spec.source, spec.name,
+                         *_jit_specialization(spec.jit, spec.signature, dict(spec.constexprs), args, aligned)))
     return jobs
+
+
+def _aligned(buf: BufSpec) -> bool:
+    """Is the buffer's pointer 16-byte aligned? torch's allocations are (to 256 bytes); an alias buffer
+    (a slice of another, runtime/cat_slots.py) starts `offset` elements in."""
+    return buf.kind != "alias" or buf.offset * torch.empty((), dtype=buf.dtype).element_size() % 16 == 0
+
+
+def _jit_specialization(fn, signature: dict[str, str], consts: dict, args: list,
+                        aligned: list[bool]) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) Triton's JIT compiles a launch with these argument values (its
+    `JITFunction._pack_args`, from the same `specialize_impl`): an int equal to 1 becomes a constexpr;
+    ints divisible by 16 and 16-byte aligned pointers get `tt.divisibility` 16, which is what lets the
+    compiler prove contiguous, aligned blocks and emit vector loads. (ASTSource's `attrs`: parameter
+    index path -> [[attribute, value]], as `CUDABackend.parse_attr` makes them.)"""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import native_specialize_impl
+
+    signature, consts, attrs = dict(signature), dict(consts), {}
+    runtime = [n for n, t in signature.items() if t != "constexpr"]
+    assert len(runtime) == len(args), (runtime, args)
+    for name, value, align in zip(runtime, args, aligned):
+        if signature[name].startswith("*"):  # a buffer (an index here): a tensor at an aligned address
+            kind, attr = "ptr", "D" if align else ""
+        else:
+            kind, attr = native_specialize_impl(CUDABackend, value, False, True, True)
+        if kind == "constexpr":
+            signature[name], consts[name] = "constexpr", value
+        elif attr:
+            attrs[(fn.arg_names.index(name),)] = CUDABackend.parse_attr(attr)
+    return signature, consts, attrs
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -163,11 +244,33 @@ def test_one_kernel_of_each_kind_compiles_for_sm90(kind, monkeypatch):
         monkeypatch.setattr("ember.runtime.plan.INT32_LIMIT", 10)
     g = build()
     assert str(parse_graph(str(g))) == str(g)
-    jobs = _planned_jobs(compile_graph(g, device="cuda").plan.steps)  # a GPU's launch config; nothing runs
+    plan = compile_graph(g, device="cuda").plan  # a GPU's launch config; nothing runs
+    jobs = _planned_jobs(plan.steps, plan.bufs)
     assert len(jobs) == 1, [j[1] for j in jobs]
     assert fragment in jobs[0][0], jobs[0][0]
     error = _compile_one(jobs[0])
     assert error is None, error
+
+
+# split reductions (codegen/row.py `split_plan`): stage 1 (programs per row block and slice, partials)
+# and stage 2 (their combine), for a row group and for the reduction kernel's (value, index) pairs
+SPLITS: dict[str, Callable[[], Graph]] = {
+    "row": lambda: _graph([((8192, 4096), torch.bfloat16)], lambda g, x: g.add("sqrt", [
+        g.add("sum", [g.add("mul", [x, x])], dims=(0, 1), keepdim=False)])),
+    "reduction": lambda: _graph([((8192, 4096), F32)], lambda g, x: g.add("argmax", [x], dim=None, keepdim=False)),
+    "column": lambda: _graph([((65536, 768), F32)], lambda g, x: g.add("sum", [x], dims=(0,), keepdim=False)),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPLITS))
+def test_split_reduction_stages_compile_for_sm90(kind):
+    plan = compile_graph(SPLITS[kind](), device="cuda").plan  # nothing runs
+    jobs = _planned_jobs(plan.steps, plan.bufs)
+    assert [s.split_stage for s in plan.launches] == [1, 2]
+    assert "c_lo" in jobs[0][0] and "sidx" in jobs[1][0]
+    for job in jobs:
+        error = _compile_one(job)
+        assert error is None, error
 
 
 def test_gpu_kernels_do_not_contract_floating_point():
@@ -175,10 +278,84 @@ def test_gpu_kernels_do_not_contract_floating_point():
     # interpreter computes it, not one fma
     g = _graph([((64,), F32)] * 3, lambda g, x, y, z: g.add("add", [g.add("mul", [x, y]), z]))
     (job,) = _planned_jobs(compile_graph(g, device="cuda").plan.steps)
-    source, name, signature, consts = job
-    ptx = triton.compile(ASTSource(fn=getattr(load_module(source), name), signature=signature, constexprs=consts),
-                         target=TARGET, options=GPU_OPTIONS).asm["ptx"]
+    ptx = _compile(job).asm["ptx"]
     assert "mul.rn.f32" in ptx and "add.rn.f32" in ptx and "fma.rn.f32" not in ptx, ptx
+
+
+# Memory-bound kernels as a GPU runs them (the JIT's specialization: contiguous, sizes and pointers
+# divisible by 16): every global load and store a 64- or 128-bit vector, no local memory (spills).
+VECTOR_KINDS: dict[str, Callable[[torch.dtype], Graph]] = {
+    "pointwise": lambda dt: _graph([((64, 256), dt), ((256,), dt)],
+                                   lambda g, x, y: g.add("exp", [g.add("add", [x, y])])),
+    "row": lambda dt: _graph([((64, 256), dt)], _softmax),
+    "row_looped": lambda dt: _graph([((64, 6144), dt)], _softmax),  # past ROW_BLOCK_LIMIT, short of a split
+}
+
+
+def _resource_usage(compiled) -> dict[str, int]:
+    """The kernel's registers, stack and local memory as ptxas allotted them (`cuobjdump -res-usage`
+    on its cubin: spills land in local memory; Triton's own `n_spills` needs a GPU driver)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([triton.knobs.nvidia.cuobjdump.path, "-res-usage", path], capture_output=True,
+                             text=True, check=True).stdout
+    usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+    assert {"REG", "STACK", "LOCAL"} <= set(usage), out
+    return usage
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", list(VECTOR_KINDS))
+def test_specialized_kernels_load_vectors_and_never_spill(kind, dtype):
+    plan = compile_graph(VECTOR_KINDS[kind](dtype), device="cuda").plan
+    jobs = _planned_jobs(plan.steps, plan.bufs)
+    assert jobs and all(job[0].count("tl.load") for job in jobs)
+    for job in jobs:
+        assert job[4], "no divisibility hints: the test would see what no GPU runs"
+        compiled = _compile(job)
+        ptx = compiled.asm["ptx"]
+        accesses = re.findall(r"\b(?:ld|st)\.global[.\w]*", ptx)
+        assert accesses and all(re.search(r"\.v[24]\.", a) for a in accesses), (job[1], sorted(set(accesses)))
+        assert ".local" not in ptx
+        usage = _resource_usage(compiled)
+        assert usage["LOCAL"] == 0 and usage["STACK"] == 0, (job[1], usage)
+    if kind == "pointwise" and dtype == F32:  # without the JIT's hints the same kernel loads scalars
+        assert "ld.global.v" not in _compile(jobs[0][:4]).asm["ptx"]
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_attention_kernels_use_tensor_cores_without_spills(head_dim):
+    """The flash kernels (codegen/attention.py) as a GPU plans them for fp16 (GPT's causal attention):
+    tensor-core MMAs, everything in registers (the launch config's tiles and warps are chosen so)."""
+    g = Graph()
+    q, k, v = (g.add_input(T((4, 16, 1024, head_dim), torch.float16)) for _ in range(3))
+    out, lse = g.add("attention", [q, k, v], scale=0.125, is_causal=True)
+    dq, delta = g.add("attention_grad_q", [q, k, v, out, lse, out], scale=0.125, is_causal=True)
+    g.set_outputs([out, dq, *g.add("attention_grad_kv", [q, k, v, lse, delta, out], scale=0.125, is_causal=True)])
+    plan = compile_graph(g, device="cuda").plan
+    for step, job in zip(plan.launches, _planned_jobs(plan.steps, plan.bufs), strict=True):
+        source, name, signature, consts, attrs = job
+        fn = getattr(load_module(source), name)
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs), target=TARGET,
+                                  options=dict(GPU_OPTIONS, num_warps=step.num_warps))
+        assert "mma" in compiled.asm["ptx"], name
+        usage = _resource_usage(compiled)
+        assert usage["LOCAL"] == 0 and usage["STACK"] == 0, (name, usage)
+
+
+def test_gpu_fmod_is_libdevice_not_a_division():
+    # fmod(1e10, 3.3): a rounded division, truncation and fma give 323.7, libdevice's fmod torch's 0.296
+    g = _graph([((256,), F32), ((256,), F32)], lambda g, x, y: g.add("remainder", [x, y]))
+    plan = compile_graph(g, device="cuda").plan
+    (job,) = _planned_jobs(plan.steps, plan.bufs)
+    assert job[3]["INTERP"] is False  # planned for a GPU: the libdevice branch
+    ptx = _compile(job).asm["ptx"]
+    assert "fmodf" in ptx and "div.rn.f32" not in ptx, ptx
+    # the interpreter's spelling (Triton's float `%`), compiled: the inexact sequence this replaces
+    naive = _compile((*job[:3], {**job[3], "INTERP": True}, job[4])).asm["ptx"]
+    assert "div.rn.f32" in naive and "cvt.rzi.f32.f32" in naive and "fmodf" not in naive
 
 
 def test_elements_near_int32_take_64_bit_index_math():
@@ -188,6 +365,29 @@ def test_elements_near_int32_take_64_bit_index_math():
         g = _graph([((n,), torch.float16)], lambda g, x: g.add("exp", [x]))
         ((source, *_),) = _planned_jobs(compile_graph(g, device="cuda").plan.steps)
         assert ("tl.int64" in source) == wide, source
+
+
+def test_tuned_matmul_config_compiles_for_sm90_on_tensor_cores_without_spills():
+    # 4096^3 fp16 plans the table's large tile (codegen/matmul_configs.py); compiled as the JIT launches
+    # it (its specialization, its own warps and stages): Hopper's wgmma, loads pipelined through shared
+    # memory (cp.async), the stages' tiles within sm_90's shared memory, no local memory (spills)
+    from ember.codegen.matmul_configs import SMEM
+
+    plan = compile_graph(_graph([((4096, 4096), torch.float16)] * 2, lambda g, a, b: g.add("matmul", [a, b])),
+                         device="cuda").plan
+    (step,) = plan.launches
+    (job,) = _planned_jobs(plan.steps, plan.bufs)
+    source, name, signature, consts, attrs = job
+    assert consts["BM"] >= 128 and consts["BN"] >= 128 and consts["GROUP_M"] > 1 and consts["EVEN_K"] is True
+    compiled = triton.compile(ASTSource(fn=getattr(load_module(source), name), signature=signature, constexprs=consts,
+                                        attrs=attrs), target=TARGET,
+                              options={**GPU_OPTIONS, "num_warps": step.num_warps, "num_stages": step.num_stages})
+    ptx = compiled.asm["ptx"]
+    assert "wgmma.mma_async" in ptx and "cp.async" in ptx and ".local" not in ptx
+    assert compiled.metadata.num_warps == step.num_warps == 8
+    assert 0 < compiled.metadata.shared <= SMEM[90]
+    usage = _resource_usage(compiled)
+    assert usage["LOCAL"] == 0 and usage["STACK"] == 0, usage
 
 
 # -- slow: the corpus and every kernel of the session ---------------------------------------------------
@@ -213,6 +413,13 @@ def _corpus_fused() -> None:
         x, wt, b, r = (g.add_input(T(s, dt)) for s in ((2, 8, 16), (16, 24), (24,), (2, 8, 24)))
         h = g.add("gelu", [g.add("add", [g.add("matmul", [x, wt]), b])])
         g.set_outputs([g.add("add", [h, r])])
+        _plan(g, fuse=True)
+        # flash attention forward (causal, additive mask) and backward (grouped key/value heads)
+        g = Graph()
+        q, k, v, m = (g.add_input(T(s, dt)) for s in ((1, 4, 24, 16), (1, 2, 24, 16), (1, 2, 24, 8), (24, 24)))
+        out, lse = g.add("attention", [q, k, v, m], scale=0.25, is_causal=True)
+        dq, delta = g.add("attention_grad_q", [q, k, v, out, lse, out], scale=0.25, is_causal=False)
+        g.set_outputs([dq, *g.add("attention_grad_kv", [q, k, v, lse, delta, out], scale=0.25, is_causal=False)])
         _plan(g, fuse=True)
 
 
@@ -278,14 +485,21 @@ def _corpus_int64(monkeypatch) -> None:
         _plan(g)
 
 
+def _compile(job: tuple):
+    """triton.compile of a job for sm_90: the compiled kernel (`.asm["ptx"]`, `.asm["cubin"]`). A job's
+    fifth field, when it has one, is the JIT's specialization attrs (`_planned_jobs`); the session's
+    recorded kernels (`_jobs`) carry no argument values, so they compile unspecialized."""
+    source, name, signature, consts, *attrs = job
+    fn = getattr(load_module(source), name)
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs[0] if attrs else None),
+                          target=TARGET, options=GPU_OPTIONS)
+
+
 def _compile_one(job: tuple) -> str | None:
-    source, name, signature, consts = job
     try:
-        fn = getattr(load_module(source), name)
-        triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts), target=TARGET,
-                       options=GPU_OPTIONS)
+        _compile(job)
     except Exception as e:  # name the kernel; the Triton message alone rarely says which one
-        return f"{name} does not compile for sm_90 with {consts}: {e}\n{source}"
+        return f"{job[1]} does not compile for sm_90 with {job[3]}: {e}\n{job[0]}"
     return None
 
 
@@ -349,7 +563,7 @@ def _compile_all(jobs: list[tuple]) -> None:
 @pytest.mark.slow
 def test_corpus_covers_every_kernel_kind(session_jobs):
     kinds = {s.kernel.kind for s in generated_kernels()}
-    assert kinds == {"pointwise", "reduction", "matmul", "row", "conv"}
+    assert kinds == {"pointwise", "reduction", "matmul", "row", "conv", "attention"}
     assert any(s.kernel.kind == "matmul" and "gelu" in s.kernel.ops for s in generated_kernels())
     assert any("tl.int64) * " in s.source for s in generated_kernels())
     assert len(session_jobs[0]) >= SLOW_CHUNKS  # no chunk is empty

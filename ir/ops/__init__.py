@@ -2,8 +2,10 @@
 
 from . import (  # noqa: F401
     adaptive_pool,
+    attention,
     constant,
     conv,
+    cross_entropy,
     extern,
     gradient,
     index,

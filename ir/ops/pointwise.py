@@ -232,7 +232,7 @@ def _div(e, a: str, b: str, dtype: torch.dtype, rounding_mode) -> str:
     if rounding_mode == "trunc":
         return _trunc(e, e.tmp(f"{a} / {b}"))
     # floor division as torch computes it (div_floor_floating): exact via fmod.
-    mod = e.tmp(f"{a} % {b}")
+    mod = e.tmp(_fmod(a, b, dtype))
     div = e.tmp(f"({a} - {mod}) / {b}")
     div = e.tmp(f"tl.where(({mod} != 0) & (({b} < 0) != ({mod} < 0)), {div} - 1.0, {div})")
     fl = e.tmp(f"tl.floor({div})")
@@ -240,8 +240,19 @@ def _div(e, a: str, b: str, dtype: torch.dtype, rounding_mode) -> str:
     return f"tl.where({b} == 0, {a} / {b}, {fl})"
 
 
-def _remainder(e, a: str, b: str) -> str:
-    r = e.tmp(f"{a} % {b}")
+def _fmod(a: str, b: str, dtype: torch.dtype) -> str:
+    """C's fmod (torch.fmod; integers: Triton's `%` truncates as C does). A float `%` is exact under
+    Triton's interpreter (numpy's fmod), but compiled for a GPU it is a division, a truncation and an
+    fma: fmod(1e10, 3.3) = 323.7, not 0.296. On a GPU, libdevice's exact fmod, which the interpreter
+    lacks: the kernel's INTERP constexpr chooses (codegen/emitter.py `interp_params`; the untaken
+    branch is never compiled nor run)."""
+    if not dtype.is_floating_point:
+        return f"{a} % {b}"
+    return f"(({a} % {b}) if INTERP else tl.extra.cuda.libdevice.fmod({a}, {b}))"
+
+
+def _remainder(e, a: str, b: str, dtype: torch.dtype) -> str:
+    r = e.tmp(_fmod(a, b, dtype))  # then the sign of the divisor, as torch's remainder
     return f"tl.where(({r} != 0) & (({r} < 0) != ({b} < 0)), {r} + {b}, {r})"
 
 
@@ -464,9 +475,9 @@ _BINARY = [
      lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "lt", "gt")),
     ("minimum", torch.minimum, lambda e, a, b, d: f"tl.where(({a} < {b}) | ({a} != {a}), {a}, {b})", ALL, "same",
      lambda g, a, b, y, ct: _minmax_vjp(g, a, b, ct, "gt", "lt")),
-    ("fmod", torch.fmod, lambda e, a, b, d: f"{a} % {b}", NUMERIC, "same",
+    ("fmod", torch.fmod, lambda e, a, b, d: _fmod(a, b, d), NUMERIC, "same",
      lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="trunc")))]),
-    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b), NUMERIC, "same",
+    ("remainder", torch.remainder, lambda e, a, b, d: _remainder(e, a, b, d), NUMERIC, "same",
      lambda g, a, b, y, ct: [ct, _f(g, "neg", _f(g, "mul", ct, _f(g, "div", a, b, rounding_mode="floor")))]),
     ("eq", torch.eq, lambda e, a, b, d: f"{a} == {b}", ALL, "bool",
      None),
