@@ -9,7 +9,7 @@ Each table sits between marker comments in RESULTS.md,
     <!-- /cpu-table NAME -->
 
 and is rewritten from a fresh run of the script that measures it (`fusion.py --size small`,
-`eager_mode.py`, `training.py --size small`, `host_overhead.py`, all on CPU through Triton's interpreter), stamped with
+`eager_mode.py`, `training.py --size small`, `host_overhead.py`, `gpu_plans.py` (planned for an H100, nothing run), all on CPU through Triton's interpreter), stamped with
 the commit (and whether the tree had uncommitted changes) and the machine. The prose around the
 markers is not touched: it should read the tables, not repeat their numbers. Exits with status 1
 when a table reports an error or a mismatch against eager (the table is written all the same).
@@ -59,12 +59,19 @@ def _host_overhead() -> str:
     return host_overhead.format_table(host_overhead.run(list(host_overhead.CASES)))
 
 
+def _gpu_plans() -> str:
+    import gpu_plans
+
+    return gpu_plans.format_table(gpu_plans.run("h100"), "h100")
+
+
 # name -> (the command the table is equivalent to, producer of its text)
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "fusion": ("python benchmarks/fusion.py --size small", _fusion),
     "eager_mode": ("python benchmarks/eager_mode.py", _eager_mode),
     "training": ("python benchmarks/training.py --size small", _training),
     "host_overhead": ("python benchmarks/host_overhead.py", _host_overhead),
+    "gpu_plans": ("python benchmarks/gpu_plans.py --target h100", _gpu_plans),
 }
 FAILED = re.compile(r"MISMATCH|\berror:|CHECK FAILED")
 

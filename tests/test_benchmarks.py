@@ -54,3 +54,17 @@ def test_cli_writes_json(tmp_path, capsys):
     fusion.main(["--size", "tiny", "--patterns", "softmax", "--json", str(path)])
     data = json.loads(path.read_text())
     assert [r["pattern"] for r in data["rows"]] == ["softmax"] and "softmax" in capsys.readouterr().out
+
+
+def test_gpu_plans_fill_the_gpu_and_move_compulsory_bytes():
+    # issue 12's headline cases planned for an H100 on meta tensors (benchmarks/gpu_plans.py): one
+    # kernel for matmul, attention and half LayerNorm; >= 132 programs for the sums; bytes within 1.1x
+    import gpu_plans
+
+    rows = {r["name"]: r for r in gpu_plans.run("h100")}
+    assert rows["matmul 4096^3 fp16"]["blocks"]["BLOCK_M"] >= 128 <= rows["matmul 4096^3 fp16"]["blocks"]["BLOCK_N"]
+    for name in ("matmul 4096^3 fp16", "sdpa causal B8 H16 S1024 D64 fp16", "layer_norm fp16 8192 x 4096"):
+        assert rows[name]["kernels"] == 1 and rows[name]["torch"] == 0, rows[name]
+    for name in ("x.sum() 8192 x 4096", "column sum 65536 x 768"):
+        assert rows[name]["programs"] >= 132, rows[name]
+    assert all(r["bytes"] <= 1.1 * r["compulsory"] for r in rows.values()), rows
