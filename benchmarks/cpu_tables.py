@@ -9,7 +9,8 @@ Each table sits between marker comments in RESULTS.md,
     <!-- /cpu-table NAME -->
 
 and is rewritten from a fresh run of the script that measures it (`fusion.py --size small`,
-`eager_mode.py`, `training.py --size small`, `host_overhead.py`, `gpu_plans.py` (planned for an H100, nothing run), all on CPU through Triton's interpreter), stamped with
+`eager_mode.py`, `training.py --size small`, `host_overhead.py`, `gpu_plans.py` (planned for an
+H100, nothing run), all on CPU through Triton's interpreter), stamped with
 the commit (and whether the tree had uncommitted changes) and the machine. The prose around the
 markers is not touched: it should read the tables, not repeat their numbers. Exits with status 1
 when a table reports an error or a mismatch against eager (the table is written all the same).

@@ -36,7 +36,7 @@ CASES: dict[str, tuple[Callable, tuple]] = {
     "sdpa causal B8 H16 S1024 D64 fp16": (
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
         tuple(_t(8, 16, 1024, 64, dtype=H16) for _ in range(3))),
-    "cross_entropy 4096 x 32000": (F.cross_entropy, (_t(4096, 32000), torch.empty(4096, dtype=torch.int64, device=META))),
+    "cross_entropy 4096 x 32000": (F.cross_entropy, (_t(4096, 32000), _t(4096, dtype=torch.int64))),
     "x.sum() 8192 x 4096": (torch.sum, (_t(8192, 4096),)),
     "column sum 65536 x 768": (lambda x: x.sum(0), (_t(65536, 768),)),
     "layer_norm fp16 8192 x 4096": (lambda x, w, b: F.layer_norm(x, (4096,), w, b),
@@ -63,7 +63,7 @@ def format_table(rows: list[dict], target: str) -> str:
         launch = f"{list(r['grid'])} {blocks} w{r['warps']} s{r['stages']}"
         lines.append(f"{r['name']:<36}{r['kernels']:>8}{r['programs']:>10}  {launch:<50}"
                      f"{r['bytes'] / r['compulsory']:>11.2f}{r['estimate_us']:>9.1f}")
-    lines.append(f"\nplanned for {target} on meta tensors (nothing ran); est: roofline lower bound, launch latency included")
+    lines.append(f"\nplanned for {target} on meta tensors (nothing ran); est: roofline lower bound, launch included")
     return "\n".join(lines)
 
 
