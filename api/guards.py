@@ -27,11 +27,6 @@ Dynamic dims are left out of a program's key and checked by its symbolic trace (
 from __future__ import annotations
 
 import weakref
-
-try:  # CPython's dict version tags, as Dynamo reads them (api: FastGuard)
-    from torch._C._dynamo.guards import dict_version as _dict_version
-except ImportError:  # pragma: no cover
-    _dict_version = None
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +38,11 @@ from ..frontend.sources import Guards
 from ..runtime.executor import tensor_guard
 from .signature import Key, TensorMeta, named_leaves, signature_key
 from .symbolic import Dim, SymbolicTrace
+
+try:  # CPython's dict version tags, as Dynamo reads them (api: FastGuard)
+    from torch._C._dynamo.guards import dict_version as _dict_version
+except ImportError:  # pragma: no cover
+    _dict_version = None
 
 
 @dataclass(frozen=True)

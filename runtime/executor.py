@@ -227,6 +227,11 @@ class Prepared:
         return outs
 
 
+def _precisions() -> tuple[str, bool]:
+    """The fp32 precisions the planner reads: matmul's (tl.dot mode) and cuDNN's TF32 flag (conv's)."""
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
 def _raw_stream(device: torch.device) -> int:
     """The current stream of a GPU device, as a number (without making a Stream object)."""
     raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -300,9 +305,7 @@ class CompiledGraph:
     def plan_at(self, device: torch.device, strides: list[tuple[int, ...]]) -> Plan:
         """The plan for inputs with these strides on `device` (built once; `explain` asks for other
         targets' plans this way, on any machine: planning emits kernels but launches nothing)."""
-        # The fp32 precisions the planner reads: matmul's (tl.dot mode) and cuDNN's TF32 flag (conv's).
-        key = (device.type, device.index, tuple(strides), torch.get_float32_matmul_precision(),
-               torch.backends.cudnn.allow_tf32)
+        key = (device.type, device.index, tuple(strides), *_precisions())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._build(list(key[2]), device)
@@ -316,8 +319,7 @@ class CompiledGraph:
     def __call__(self, inputs) -> list[torch.Tensor]:
         inputs = list(inputs)
         fast = self._fast  # the last call's layout: one guard over every input, then its prepared plan
-        if fast is not None and len(inputs) == len(self.graph.inputs) and fast[0](*inputs) and fast[1] == (
-                torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32):
+        if fast is not None and len(inputs) == len(self.graph.inputs) and fast[0](*inputs) and fast[1] == _precisions():
             self._last = fast[2]
             return fast[3].run(inputs, self.name, self.donate)
         return self.prepare(inputs).run(inputs, self.name, self.donate)
@@ -333,8 +335,7 @@ class CompiledGraph:
         device = self._last_device = inputs[0].device if inputs else self.default_device
         plan = self._last = self.plan_at(device, [t.stride() for t in inputs])
         run = prepared(plan, device)
-        self._fast = (tensor_guard(inputs), (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32),
-                      plan, run)
+        self._fast = (tensor_guard(inputs), _precisions(), plan, run)
         return run
 
     @property

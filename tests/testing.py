@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 from torch.utils import _pytree as pytree
 
@@ -136,3 +137,17 @@ def assert_compiled_gradients_match(fn: Callable, args: list, rtol: float, atol:
     for a, b in zip(leaves, refs):
         if a.is_floating_point():
             torch.testing.assert_close(a.grad, b.grad, rtol=rtol, atol=atol)
+
+
+def assert_index_error_like_eager(fn: Callable, x: torch.Tensor, index: list, value: Any, bad: int,
+                                  error: type[Exception]) -> None:
+    """`fn(x, index, value)` compiled with indices in range, then called with `index` (holding `bad`,
+    out of range): eager's exception type and a message naming the index, from both."""
+    i = torch.tensor(index)
+    cf = compile(fn)
+    cf(x, torch.zeros_like(i), value)
+    message = rf"index {bad} is out of bounds for dimension \d with size \d"
+    with pytest.raises(error, match=message):
+        fn(x, i, value)
+    with pytest.raises(error, match=message):
+        cf(x, i, value)
