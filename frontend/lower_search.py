@@ -90,7 +90,10 @@ def _embedding_bag(L, node, a):
     out = L.add("index_add", [L.const(0, w.dtype, (bags, d)), bag, rows], dim=0)
     if mode == _MEAN:
         sizes = L.reshape(_bag_sizes(L, keep if padded else None, offsets, starts, n, bags), (bags, 1))
-        mean = L.add("div", [out, L.cast(sizes, w.dtype)])
+        # divided by at least 1: a bag of padding only has rows (scaled by 0) whose gradient reads this
+        # quotient's, and 0/0 there would make it NaN (eager's: 0)
+        safe = L.add("maximum", [sizes, L.const(1, torch.int64)])
+        mean = L.add("div", [out, L.cast(safe, w.dtype)])
         out = L.add("where", [L.add("gt", [sizes, L.const(0, torch.int64)]), mean, L.const(0, w.dtype)])
     aux = [L.const(0, torch.int64, tuple(v.shape)) for v in node.meta["val"][1:]]
     return [L.reshape(out, tuple(node.meta["val"][0].shape))] + aux

@@ -47,6 +47,22 @@ def test_embedding_bag_values_and_gradients_match_eager(kw, dtype):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mean_of_a_bag_of_padding_only_has_a_zero_gradient(dtype):
+    # a bag whose every index is padding_idx: eager's mean is 0 and so is its gradient (the 0/0 of its
+    # size once made the padding row's gradient NaN)
+    w = torch.randn(12, 5, dtype=dtype, requires_grad=True)
+    idx, offsets = torch.tensor([0, 1, 3, 2, 2, 7]), torch.tensor([0, 3, 5])
+
+    def f(w, idx, offsets):
+        return F.embedding_bag(idx, w, offsets, mode="mean", padding_idx=2)
+
+    out, ref = ember.compile(f)(w, idx, offsets), f(w, idx, offsets)
+    torch.testing.assert_close(out, ref)
+    ct = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, w, ct)[0], torch.autograd.grad(ref, w, ct)[0])
+
+
 def test_embedding_bag_of_a_2d_input_trains_in_compile_step_like_torch():
     model = nn.Sequential(nn.EmbeddingBag(20, 6, mode="mean"), nn.Linear(6, 3))
     ref = nn.Sequential(nn.EmbeddingBag(20, 6, mode="mean"), nn.Linear(6, 3))
