@@ -71,11 +71,13 @@ from ember.passes.cost import group_cost, is_kernel  # noqa: E402
 from ember.passes.fusion import partition  # noqa: E402
 
 MB = 1024 * 1024
-# eps 1e-6 rather than torch's 1e-8: Adam's first update is lr * g / (|g| + eps), which amplifies the
-# float32 rounding of a gradient element below eps by lr / eps. With 1e-8 some elements here (|g| ~ 2e-9,
-# where ember's and eager's gradients are equally close to a float64 one) differ by ~1.5e-5 after one step,
-# past float32 tolerance in both directions; with 1e-6 the one-step comparison is well conditioned.
-ADAMW = dict(lr=1e-3, weight_decay=1e-2, eps=1e-6)
+# eps 1e-4 rather than torch's 1e-8: Adam's first update is lr * g / (|g| + eps), whose sensitivity to the
+# gradient, lr * eps / (|g| + eps)^2, peaks at lr / eps where |g| is near 0. Float32 gradients carry
+# absolute rounding errors up to ~2e-7 here (eager's own, against a float64 step, as large as ember's), so
+# the one-step comparison is only conditioned when lr / eps * 2e-7 is well inside ATOL: with eps 1e-4 the
+# bound is 2e-6 (20% of ATOL) wherever g lands. With 1e-6 an element with |g| ~ 1e-6 (resnet, seed
+# 1216225412: eager -8.47e-7, ember -7.28e-7, float64 -7.99e-7) turned that noise into 3.7e-5.
+ADAMW = dict(lr=1e-3, weight_decay=1e-2, eps=1e-4)
 RTOL, ATOL = 1e-4, 1e-5
 
 # MLP: (batch, features, hidden, classes); transformer: (batch, seq, dim, heads, classes);
