@@ -438,7 +438,7 @@ def time_steps(model0: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 
 
 def run(size: str = "small", device: str | torch.device | None = None, timing: bool | None = None,
-        seed: int = 0) -> dict[str, Any]:
+        seed: int = 0, models: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     timing = device.type == "cuda" if timing is None else timing
     import triton
@@ -452,7 +452,7 @@ def run(size: str = "small", device: str | torch.device | None = None, timing: b
         "torch": torch.__version__, "triton": triton.__version__, "timed": timing, "optimizer": dict(ADAMW),
         "sizes": SIZES[size], "rows": [],
     }
-    for name in MODELS:
+    for name in models or MODELS:
         result["rows"].append(measure(name, size, device, timing, seed))
         print(f"  {name}: {'ok' if result['rows'][-1]['check'] else 'CHECK FAILED'}", file=sys.stderr, flush=True)
     return result
@@ -543,10 +543,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--size", choices=list(SIZES), default=None, help="default: large on CUDA, small on CPU")
     ap.add_argument("--json", help="write the results to this JSON file")
     ap.add_argument("--no-timing", action="store_true", help="skip timing even on CUDA")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="default: all")
     a = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     torch.set_num_threads(1)
-    result = run(a.size or ("large" if cuda else "small"), timing=cuda and not a.no_timing)
+    result = run(a.size or ("large" if cuda else "small"), timing=cuda and not a.no_timing, models=a.models)
     print(format_table(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))
