@@ -264,6 +264,13 @@ def unbroadcast(g, v, shape):
     lead = len(v.shape) - len(shape)
     dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and v.shape[lead + i] != 1)
     if dims:
+        # a half cotangent rounded from float32 terms (a half operand's VJP): sum the float32 terms, round
+        # once, as torch's fused norm backward kernels accumulate weight gradients (rounding every term
+        # first put instance_norm's bfloat16 weight gradient an ulp further from float64 than torch)
+        src = v.producer
+        if src is not None and src.op == "convert" and v.dtype in (torch.float16, torch.bfloat16) \
+                and src.inputs[0].dtype == torch.float32:
+            return g.add("convert", [unbroadcast(g, src.inputs[0], shape)], dtype=v.dtype)
         v = g.add("sum", [v], dims=dims, keepdim=False)
     if tuple(v.shape) != shape:
         v = g.add("reshape", [v], shape=shape)

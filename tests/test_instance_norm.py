@@ -89,3 +89,29 @@ def test_other_modes(mode):
     """Dynamo and eager mode see torch's composite (below the C++ call capture replaces): still right."""
     x, w, b = torch.randn(2, 4, 3, 3), torch.randn(4), torch.randn(4)
     check(lambda x, w, b: F.instance_norm(x, weight=w, bias=b), x, w, b, mode=mode)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_half_weight_and_bias_gradients_round_once(norm):
+    """A bfloat16 weight's gradient is a float32 sum rounded once (ir/registry.py `unbroadcast`), as
+    torch's norm backward kernels do: within half an ulp of the float64 gradient, plus float32's own
+    error on the sum (2^-20 of the sum of the terms' magnitudes). Rounding each term first put
+    instance_norm's weight gradient up to 1.2 ulps off."""
+    n, c, groups = 4, 8, (8 if norm == "instance" else 4)
+    x = torch.randn(n, c, 6, 5, dtype=torch.bfloat16) * 3 + 1
+    w, b = torch.randn(c, dtype=torch.bfloat16), torch.randn(c, dtype=torch.bfloat16)
+    fn = lambda x, w, b: F.group_norm(x, groups, w, b)  # noqa: E731
+    if norm == "instance":
+        fn = lambda x, w, b: F.instance_norm(x, weight=w, bias=b)  # noqa: E731
+    ours = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    wide = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ct = torch.randn(x.shape, dtype=torch.bfloat16)
+    got = torch.autograd.grad(ember.compile(fn)(*ours), ours[1:], ct)
+    exact = torch.autograd.grad(fn(*wide), wide[1:], ct.double())
+    xg = wide[0].detach().reshape(n, groups, -1)
+    xhat = ((xg - xg.mean(-1, keepdim=True)) / xg.std(-1, unbiased=False, keepdim=True)).reshape(x.shape)
+    terms = [(ct.double() * xhat).abs(), ct.double().abs()]  # d/dw and d/db, per element
+    for g, e, t in zip(got, exact, terms):
+        ulp = torch.pow(2.0, torch.floor(torch.log2(e.abs())) - 7)  # bfloat16: 8 significant bits
+        bound = 0.5 * ulp + 2.0**-20 * t.sum((0, 2, 3))
+        assert ((g.double() - e).abs() <= bound).all(), ((g.double() - e) / ulp)
