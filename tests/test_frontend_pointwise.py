@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from testing import assert_matches
 
+import ember
+
 
 def _unary_float(x):
     return (
@@ -136,3 +138,16 @@ def test_ldexp_power_dtype_and_angle_gradient_follow_torch():
     assert out.requires_grad  # as eager's, with a zero gradient (NaN included)
     (grad,) = torch.autograd.grad(out.sum(), x)
     assert torch.equal(grad, torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_floor_division_signed_zeros_like_eager(dtype):
+    # a zero quotient carries the sign of a / b in torch (-0.0 // 1 = -0.0, 0.0 // -1 = -0.0, 0.5 // -2
+    # = -1); ember gave +0.0 and -0.0 the other way round. Values and sign bits, with random operands too.
+    a = torch.cat([torch.tensor([-0.0, 0.0, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5]), torch.randn(24) * 4]).to(dtype)
+    b = torch.cat([torch.tensor([1.0, -1.0, 1.0, -1.0, float("inf"), float("inf"), -2.0, 2.0]),
+                   torch.randn(24) * 4]).to(dtype)
+    for f in (torch.floor_divide, lambda a, b: torch.div(a, b, rounding_mode="floor"), lambda a, b: a // 3.0):
+        got, want = ember.compile(f)(a, b), f(a, b)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert torch.equal(torch.signbit(got), torch.signbit(want)), (got, want)

@@ -237,6 +237,8 @@ def _div(e, a: str, b: str, dtype: torch.dtype, rounding_mode) -> str:
     div = e.tmp(f"tl.where(({mod} != 0) & (({b} < 0) != ({mod} < 0)), {div} - 1.0, {div})")
     fl = e.tmp(f"tl.floor({div})")
     fl = e.tmp(f"tl.where({div} - {fl} > 0.5, {fl} + 1.0, {fl})")
+    # a zero quotient takes the sign of a / b, as torch's (copysign(0, a / b)): 0.0 * q carries q's sign
+    fl = e.tmp(f"tl.where({div} == 0, 0.0 * ({a} / {b}), {fl})")
     return f"tl.where({b} == 0, {a} / {b}, {fl})"
 
 
