@@ -126,3 +126,27 @@ def test_digits_example_reaches_95_percent():
     assert metrics["accuracy"] >= 0.95, digits.report(metrics)
     assert metrics["reloaded_accuracy"] == metrics["accuracy"]
     assert abs(metrics["reloaded_loss"] - metrics["loss"]) < 1e-6
+
+
+def test_compile_step_refuses_parameters_the_loss_does_not_reach():
+    # eager leaves such a parameter's .grad None and torch's SGD skips it; a compiled update applied weight
+    # decay and momentum to a zero gradient instead (b moved 0.011 in two steps): now refused, by name
+    class Side(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            self.b(x)  # computed, never reaches the loss
+            return self.a(x) + self.c(x).detach()
+
+    model = Side()
+    before = copy.deepcopy(model.state_dict())
+    step = ember.compile_step(model, F.cross_entropy, ember.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1))
+    with pytest.raises(ValueError, match=r"b\.weight, b\.bias, c\.weight, c\.bias") as info:
+        step(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+    assert "a.weight" not in str(info.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    ref = Side()  # the parameters eager gives no gradient: the same four
+    F.cross_entropy(ref(torch.randn(5, 4)), torch.randint(0, 3, (5,))).backward()
+    assert [n for n, p in ref.named_parameters() if p.grad is None] == ["b.weight", "b.bias", "c.weight", "c.bias"]
