@@ -33,6 +33,11 @@ OPTIMIZERS = {
 }
 
 
+# Steps compared one by one against the eager loop: every step after the second runs the same program
+# (tests/test_optim.py follows the optimizers alone for 50 steps)
+STEPS = 10
+
+
 def run_both(make_model, opt_name, inputs, steps):
     torch.manual_seed(0)
     model = make_model()
@@ -60,8 +65,8 @@ def run_both(make_model, opt_name, inputs, steps):
 
 @pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
 def test_compile_step_matches_the_eager_loop_mlp(opt_name):
-    data = [(torch.randn(16, 12), torch.randint(0, 5, (16,))) for _ in range(30)]
-    step = run_both(mlp, opt_name, lambda i: data[i], 30)
+    data = [(torch.randn(16, 12), torch.randint(0, 5, (16,))) for _ in range(STEPS)]
+    step = run_both(mlp, opt_name, lambda i: data[i], STEPS)
     # From the model's structure: for L linear layers, forward + backward is L matmuls (bias and
     # activation as epilogues), the loss (softmax, cross-entropy and its gradient: one row kernel),
     # L - 1 input-gradient and L weight-gradient matmuls (the activation's derivative as an epilogue)
@@ -94,8 +99,8 @@ def expected_kernels(step, layout_copies: int = 0) -> int:
 def test_compile_step_matches_the_eager_loop_transformer():
     # SGD, not Adam: the key bias's gradient is zero up to rounding (softmax ignores a per-row shift), and
     # Adam's g / (|g| + eps) turns rounding noise of 1e-9 into updates of lr/10: no tolerance would hold.
-    data = [(torch.randn(4, 6, 16), torch.randint(0, 5, (4,))) for _ in range(30)]
-    step = run_both(Block, "sgd_momentum", lambda i: data[i], 30)
+    data = [(torch.randn(4, 6, 16), torch.randint(0, 5, (4,))) for _ in range(STEPS)]
+    step = run_both(Block, "sgd_momentum", lambda i: data[i], STEPS)
     # No layout copies: the qkv, up and down weight gradients are sums over the batch of per-batch
     # matmuls, computed transposed by a row kernel; it stores its rows through strides, laid out so
     # that the transpose the update reads is contiguous (it copied 3 tensors per step while row outputs
