@@ -166,6 +166,9 @@ class OpDef:
     domains: tuple[Domain, ...] = ()
     # The aten overloads the frontend lowers to this op (see the module doc).
     aten: tuple[Any, ...] = ()
+    # onnx(b, args: list[str], types: list[TensorType], out, **attrs) -> output name(s): ONNX nodes for
+    # one node, built with codegen/onnx.py's `OnnxBuilder` `b` (None: `ember.export_onnx` refuses the op).
+    onnx: Callable[..., Any] | None = None
     doc: str = ""
 
     def __post_init__(self) -> None:

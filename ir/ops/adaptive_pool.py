@@ -12,6 +12,7 @@ import torch
 
 from ..registry import FLOAT, INT, Domain, OpDef, register
 from ..types import TensorType
+from . import onnx_rules
 from .window import _F3D, _acc_dtype, _all, _as_batch, _in_size, _out_index, _spatial, _tl, _two_d
 
 aten = torch.ops.aten
@@ -123,6 +124,7 @@ def _adaptive_backward_impl(ct, input_size):
 
 
 register(OpDef("adaptive_avg_pool", "layout", _adaptive_infer, _adaptive_impl, emit=_adaptive_avg_pool_emit,
+               onnx=onnx_rules.adaptive_avg_pool,
                vjp=lambda g, inputs, out, ct, output_size: [g.add(
                    "adaptive_avg_pool_backward", [ct], input_size=_in_size(inputs[0], len(output_size)))],
                cost=lambda node: node.inputs[0].type.numel,

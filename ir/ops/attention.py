@@ -21,6 +21,7 @@ import torch
 
 from ..registry import INT, Domain, OpDef, register, unbroadcast
 from ..types import TensorType, compute_dtype, is_float
+from . import onnx_rules
 
 _NEG_INF = float("-inf")
 
@@ -244,7 +245,7 @@ def _grad_domains(op: str) -> tuple[Domain, ...]:
 
 
 register(OpDef("attention", "attention", _infer, _impl, arity=(3, 4), vjp=_vjp, cost=attention_flops,
-               domains=_forward_domains(),
+               domains=_forward_domains(), onnx=onnx_rules.attention,
                doc="fused scaled dot-product attention: out and the row logsumexp; scores never stored"))
 register(OpDef("attention_grad_q", "attention", _grad_q_infer, _grad_q_impl, arity=(6, 7), cost=attention_flops,
                domains=_grad_domains("attention_grad_q"),

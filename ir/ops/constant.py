@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import ALL, DTYPE, NUMERIC, Domain, OpDef, register
+from ..registry import ALL, DTYPE, NUMERIC, Domain, OpDef, get_op, register
 from ..types import TRITON_NAMES, TensorType, compute_dtype, py_literal
 
 aten = torch.ops.aten
@@ -45,17 +45,26 @@ def _arange_triton(e, args, dtypes, out, start, step, length, dtype) -> str:
     return f"{py_literal(start, dtype)} + {py_literal(step, dtype)} * {_index(e, -1, length)}.to({wide})"
 
 
+def _iota_onnx(b, args, types, out, shape, dim, dtype):
+    """A [shape[dim]] range, viewed along dim and expanded: the model holds one row, not the block."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return b.op("Expand", [b.tensor(torch.arange(shape[dim]).reshape(view).to(dtype)), b.ints(shape)])
+
+
 register(OpDef("full", "constant", _full_infer,
                lambda shape, value, dtype: torch.full(tuple(shape), value, dtype=dtype),
                arity=0, emit=_full_emit, cost=1,
                domains=(Domain(ALL, {"shape": (3, 5), "value": 2, "dtype": DTYPE}, rejects=()),),
-               aten=(aten.full.default, aten.full_like.default)))
+               aten=(aten.full.default, aten.full_like.default),
+               onnx=lambda b, args, types, out, shape, value, dtype: b.const(value, dtype, shape)))
 register(OpDef("arange", "constant", _arange_infer,
                lambda start, step, length, dtype: (start + step * torch.arange(length, dtype=torch.float64)).to(dtype)
                if dtype.is_floating_point else torch.arange(start, start + step * length, step, dtype=dtype)[:length],
                arity=0, triton=_arange_triton, cost=1,
                domains=(Domain(NUMERIC, {"start": 2, "step": 3, "length": 7, "dtype": DTYPE}),),
-               aten=(aten.arange.start_step,), doc="start + step * i for i in range(length)"))
+               aten=(aten.arange.start_step,), doc="start + step * i for i in range(length)",
+               onnx=lambda b, args, types, out, **a: b.tensor(get_op("arange").impl(**a))))
 
 
 def _iota_infer(types: list[TensorType], shape, dim, dtype) -> TensorType:
@@ -78,5 +87,5 @@ register(OpDef("iota", "pointwise", _iota_infer, _iota_impl, arity=0,
                cost=1,
                domains=(Domain(ALL, {"shape": (4, 6), "dim": 1, "dtype": DTYPE}, rejects=()),
                         Domain(NUMERIC, {"shape": (5, 1), "dim": 1, "dtype": DTYPE}, rejects=())),
-               aten=(torch.ops.prims.iota.default,),
+               aten=(torch.ops.prims.iota.default,), onnx=_iota_onnx,
                doc="index along dim, broadcast over shape"))

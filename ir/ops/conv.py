@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..registry import FLOAT, Domain, OpDef, register
 from ..types import TensorType, is_float
+from . import onnx_rules
 
 aten = torch.ops.aten
 
@@ -139,7 +140,7 @@ def _domains(op: str) -> tuple[Domain, ...]:
 
 
 register(OpDef("conv2d", "conv", _conv_infer, _conv_impl, arity=2, vjp=_conv_vjp, cost=conv_flops,
-               domains=_domains("conv2d"), aten=(aten.conv2d.default,),
+               domains=_domains("conv2d"), aten=(aten.conv2d.default,), onnx=onnx_rules.conv2d,
                doc="implicit GEMM over NCHW values; bias and activations are fused epilogues"))
 register(OpDef("conv2d_input_grad", "conv", _input_grad_infer, _input_grad_impl, arity=2, vjp=_input_grad_vjp,
                cost=conv_flops, domains=_domains("conv2d_input_grad"),

@@ -27,16 +27,19 @@ def _same(types: list[TensorType]) -> TensorType:
     return types[0]
 
 
+# Values: the first input's (ONNX export, codegen/onnx.py).
+_first = lambda b, args, types, out: b.op("Identity", args[:1])  # noqa: E731
+
 register(OpDef("stop_gradient", "layout", _same, lambda x: x, view=True,
                vjp=lambda g, inputs, out, ct: [None], active_inputs=(),
-               aten=(torch.ops.aten.detach.default,),
+               aten=(torch.ops.aten.detach.default,), onnx=_first,
                doc="the value of x, no gradient (detach, .data, torch.no_grad())"))
 register(OpDef("untracked_update", "layout", _same, lambda new, old: new, arity=2, view=True,
-               vjp=lambda g, inputs, out, ct: [None, ct], active_inputs=(1,),
+               vjp=lambda g, inputs, out, ct: [None, ct], active_inputs=(1,), onnx=_first,
                doc="the value of `new`, the gradient passed to `old` (an in-place update autograd does not record)"))
 
 register(OpDef("zero_gradient", "layout", lambda types: types[0], lambda value, like: value, arity=2, view=True,
-               vjp=lambda g, inputs, out, ct: [ct, None], active_inputs=(0, 1),
+               vjp=lambda g, inputs, out, ct: [ct, None], active_inputs=(0, 1), onnx=_first,
                doc="the value of `value`, attached to `like` with a zero gradient (fill, zero_)"))
 
 GRADIENT_MARKERS = ("stop_gradient", "untracked_update", "zero_gradient")

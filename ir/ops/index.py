@@ -29,6 +29,7 @@ import torch
 
 from ..registry import ALL, Domain, OpDef, register, zeros
 from ..types import TensorType
+from . import onnx_rules
 
 GATHER_OPS = frozenset({"index_select", "gather", "index", "searchsorted"})  # searchsorted: ir/ops/search.py
 
@@ -218,6 +219,7 @@ _I64, _I32 = {1: torch.int64}, {1: torch.int32}
 register(OpDef(
     "check_index", "pointwise", lambda types, size, error: _check_index_type(types[0]), _check_index_impl,
     triton=_check_index_triton, emit_checks=True, cost=2,  # two comparisons per element
+    onnx=lambda b, args, types, out, size, error: b.op("Identity", args),  # onnxruntime's Gather checks
     domains=(Domain(INDEX_DTYPES, {"size": 5, "error": "gather"}, ranges={0: (0, 4)}, grad=False),),
     doc="the index, checked to lie in [0, size)"))
 register(OpDef(
@@ -225,13 +227,14 @@ register(OpDef(
     arity=2, emit=_index_select_emit, emit_args=_size_at, emit_checks=True, vjp=_index_select_vjp,
     domains=(Domain(ALL, {"dim": 1}, shapes=((4, 5, 3), (7,)), fixed=_I64, ranges={1: (0, 4)}, rejects=()),
              Domain(ALL, {"dim": 0}, shapes=((6, 3), (4,)), fixed=_I32, ranges={1: (0, 5)}, rejects=())),
-    aten=(aten.index_select.default,), doc="torch.index_select"))
+    aten=(aten.index_select.default,), doc="torch.index_select",
+    onnx=lambda b, args, types, out, dim: b.op("Gather", args, axis=dim)))
 register(OpDef(
     "gather", "layout", _gather_infer, lambda x, index, dim: torch.gather(x, dim, index),
     arity=2, emit=_gather_emit, emit_args=_size_at, emit_checks=True, vjp=_gather_vjp,
     domains=(Domain(ALL, {"dim": 1}, shapes=((4, 5, 3), (4, 6, 2)), fixed=_I64, ranges={1: (0, 4)}, rejects=()),
              Domain(ALL, {"dim": 0}, shapes=((6, 3), (4, 3)), fixed=_I32, ranges={1: (0, 5)}, rejects=())),
-    aten=(aten.gather.default,), doc="torch.gather"))
+    aten=(aten.gather.default,), doc="torch.gather", onnx=onnx_rules.gather))
 register(OpDef(
     "index", "layout", _index_infer, _index_impl, arity=(2, None), emit=_index_emit, emit_args=_sizes_indexed,
     emit_checks=True, vjp=_index_vjp,
@@ -239,4 +242,4 @@ register(OpDef(
                     rejects=()),
              Domain(ALL, {"dim": 1, "wrap": True}, shapes=((3, 5, 4, 2), (3,), (3,)), fixed={1: torch.int64,
                     2: torch.int64}, ranges={1: (-5, 4), 2: (-4, 3)}, rejects=())),
-    aten=(aten.index.Tensor,), doc="advanced indexing: x[..., i_0, ..., i_k-1] from dim"))
+    aten=(aten.index.Tensor,), doc="advanced indexing: x[..., i_0, ..., i_k-1] from dim", onnx=onnx_rules.index))

@@ -21,6 +21,7 @@ import torch
 
 from ..registry import FLOAT, Domain, OpDef, register
 from ..types import TensorType, py_literal
+from . import onnx_rules
 from .window import _acc_dtype, _all, _in_size, _lit, _out_index, _spatial, _tl
 
 aten = torch.ops.aten
@@ -309,7 +310,7 @@ def _linear_cost(node) -> int:
 
 _UP = dict(output_size=(7,), scales=None)
 register(OpDef("upsample_nearest", "layout", _upsample_infer("upsample_nearest"), _nearest_impl,
-               emit=_upsample_nearest_emit, cost=_nearest_cost,
+               emit=_upsample_nearest_emit, cost=_nearest_cost, onnx=onnx_rules.upsample_nearest,
                vjp=lambda g, inputs, out, ct, output_size, **a: [g.add(
                    "upsample_nearest_backward", [ct], output_size=output_size,
                    input_size=_in_size(inputs[0], len(output_size)), **a)],

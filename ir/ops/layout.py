@@ -146,23 +146,42 @@ def _cat_bounds(node) -> list[int]:
     return bounds
 
 
+def _slice_onnx(b, args, types, out, dim, start, end, step):
+    return b.op("Slice", [args[0], b.ints([start]), b.ints([end]), b.ints([dim]), b.ints([step])])
+
+
+def _flip_onnx(b, args, types, out, dims):
+    if not dims:
+        return b.op("Identity", args)
+    n = len(dims)  # a reversed slice of each dim, from its last element past its first
+    return b.op("Slice", [args[0], b.ints([-1] * n), b.ints([-(2**63)] * n), b.ints(dims), b.ints([-1] * n)])
+
+
 aten = torch.ops.aten
 register(OpDef("reshape", "layout", _reshape_infer, lambda x, shape: x.reshape(shape), view=True,
                vjp=lambda g, inputs, out, ct, shape: [g.add("reshape", [ct], shape=inputs[0].shape)],
-               aten=(aten.view.default, aten.reshape.default)))
+               aten=(aten.view.default, aten.reshape.default),
+               onnx=lambda b, args, types, out, shape: b.op("Reshape", [args[0], b.ints(shape)],
+                                                            allowzero=1 if 0 in shape else None)))
 register(OpDef("permute", "layout", _permute_infer, lambda x, dims: x.permute(dims), view=True,
                vjp=lambda g, inputs, out, ct, dims: [g.add("permute", [ct], dims=_inverse(dims))],
-               aten=(aten.permute.default,)))
+               aten=(aten.permute.default,),
+               onnx=lambda b, args, types, out, dims: b.op("Transpose", args, perm=list(dims))))
 register(OpDef("expand", "layout", _expand_infer, lambda x, shape: x.expand(shape), view=True,
                vjp=lambda g, inputs, out, ct, shape: [unbroadcast(g, ct, inputs[0].shape)],
-               aten=(aten.expand.default,)))
+               aten=(aten.expand.default,),
+               onnx=lambda b, args, types, out, shape: b.op("Expand", [args[0], b.ints(shape)])))
 register(OpDef("slice", "layout", _slice_infer,
                lambda x, dim, start, end, step: x[(slice(None),) * dim + (slice(start, end, step),)], view=True,
-               vjp=_slice_vjp, aten=(aten.slice.Tensor,)))
+               vjp=_slice_vjp, aten=(aten.slice.Tensor,), onnx=_slice_onnx))
 register(OpDef("select", "layout", _select_infer, lambda x, dim, index: x.select(dim, index), view=True,
-               vjp=_select_vjp, aten=(aten.select.int,)))
+               vjp=_select_vjp, aten=(aten.select.int,),
+               onnx=lambda b, args, types, out, dim, index: b.op("Gather", [args[0], b.const(index, torch.int64)],
+                                                                 axis=dim)))
 # A copy made by the pointwise emitter through the emit hook; no arithmetic, so no flops.
 register(OpDef("cat", "layout", _cat_infer, lambda *xs, dim: torch.cat(xs, dim=dim), arity=(1, None),
-               vjp=_cat_vjp, emit=_cat_emit, emit_args=_cat_bounds, aten=(aten.cat.default,)))
+               vjp=_cat_vjp, emit=_cat_emit, emit_args=_cat_bounds, aten=(aten.cat.default,),
+               onnx=lambda b, args, types, out, dim: b.op("Concat", args, axis=dim)))
 register(OpDef("flip", "layout", _flip_infer, lambda x, dims: torch.flip(x, dims), view=True,
-               vjp=lambda g, inputs, out, ct, dims: [g.add("flip", [ct], dims=dims)], aten=(aten.flip.default,)))
+               vjp=lambda g, inputs, out, ct, dims: [g.add("flip", [ct], dims=dims)], aten=(aten.flip.default,),
+               onnx=_flip_onnx))

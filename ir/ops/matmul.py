@@ -39,5 +39,5 @@ def _matmul_flops(node) -> int:
 
 aten = torch.ops.aten
 register(OpDef("matmul", "matmul", _matmul_infer, torch.matmul, arity=2, vjp=_matmul_vjp, cost=_matmul_flops,
-               aten=(aten.mm.default, aten.bmm.default),
+               aten=(aten.mm.default, aten.bmm.default), onnx=lambda b, args, types, out: b.op("MatMul", args),
                doc="fp32 accumulation; float32 inputs honour torch.get_float32_matmul_precision()"))

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..registry import ALL, FLOAT, INTEGRAL, NUMERIC, Domain, OpDef, register, scalar, unbroadcast
 from ..types import TRITON_NAMES, TensorType, broadcast_shapes, compute_dtype, is_float, is_int
 from .half import HALF_TYPES, round_half
+from .pointwise_onnx import ONNX
 
 aten = torch.ops.aten
 
@@ -52,7 +53,8 @@ def pointwise(name: str, impl, triton, *, arity: int = 1, out: str = "same", dty
     """A pointwise op over inputs of one dtype out of `dtypes`, broadcasting; one flop per element.
     `domains` defaults to one `Domain` over `dtypes`."""
     return register(OpDef(name, "pointwise", _infer(name, out, dtypes), impl, arity=arity, triton=triton, doc=doc,
-                          vjp=vjp, cost=1, domains=domains or (Domain(dtypes),), aten=tuple(aten)))
+                          vjp=vjp, cost=1, domains=domains or (Domain(dtypes),), aten=tuple(aten),
+                          onnx=ONNX.get(name)))
 
 
 # -- VJP helpers ----------------------------------------------------------------------------------
@@ -440,6 +442,7 @@ register(OpDef(
                   for t in (torch.float32, torch.float16, torch.bfloat16, torch.int32, torch.bool)),
     aten=(aten._to_copy.default, torch.ops.prims.convert_element_type.default),
     doc="cast to `dtype` (float to int truncates toward zero, to bool tests != 0)",
+    onnx=ONNX["convert"],
 ))
 
 # -- binary ---------------------------------------------------------------------------------------
@@ -576,6 +579,7 @@ register(OpDef(
     domains=(Domain(FLOAT, nonzero=(1,)), Domain(NUMERIC, {"rounding_mode": "trunc"}, nonzero=(1,)),
              Domain(NUMERIC, {"rounding_mode": "floor"}, nonzero=(1,))),
     aten=(aten.div.Tensor, aten.div.Scalar, aten.div.Tensor_mode, aten.div.Scalar_mode),
+    onnx=ONNX["div"],
 ))
 
 # -- ternary and clamp ----------------------------------------------------------------------------
@@ -598,6 +602,7 @@ register(OpDef(
     cost=1,
     domains=(Domain(ALL, fixed={0: torch.bool}, rejects=()),),
     aten=(aten.where.self,),
+    onnx=ONNX["where"],
 ))
 
 
@@ -640,4 +645,5 @@ register(OpDef(
              Domain(FLOAT, {"min": None, "max": 0.25}, rejects=(torch.bool,))),
     aten=(aten.clamp.default,),
     doc="clamp to scalar bounds (tensor bounds lower to maximum/minimum)",
+    onnx=ONNX["clamp"],
 ))

@@ -16,6 +16,7 @@ import torch
 
 from ..registry import ALL, FLOAT, Domain, OpDef, register, restore_reduced, scalar
 from ..types import TensorType, is_float
+from . import onnx_rules
 
 aten = torch.ops.aten
 
@@ -113,15 +114,17 @@ def _input_flops(node) -> int:
 _DIMS = ({"dims": (1,), "keepdim": False}, {"dims": (0, 2), "keepdim": True})
 _SHAPE = ((2, 3, 4),)
 
-for _name, _fn, _out, _combine, _vjp, _aten in [
-    ("sum", None, "acc", "sum", _sum_vjp, (aten.sum.dim_IntList,)),
+for _name, _fn, _out, _combine, _vjp, _aten, _onnx in [
+    ("sum", None, "acc", "sum", _sum_vjp, (aten.sum.dim_IntList,), "ReduceSum"),
     ("prod", lambda x, d, k: torch.prod(x, dim=d, keepdim=k), "acc", "prod", _prod_vjp,
-     (aten.prod.default, aten.prod.dim_int)),
-    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max", _extremum_vjp, (aten.amax.default,)),
-    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min", _extremum_vjp, (aten.amin.default,)),
+     (aten.prod.default, aten.prod.dim_int), "ReduceProd"),
+    ("amax", lambda x, d, k: torch.amax(x, dim=d, keepdim=k), "same", "max", _extremum_vjp, (aten.amax.default,),
+     "ReduceMax"),
+    ("amin", lambda x, d, k: torch.amin(x, dim=d, keepdim=k), "same", "min", _extremum_vjp, (aten.amin.default,),
+     "ReduceMin"),
 ]:
     register(OpDef(_name, "reduction", _reduce_infer(_name, _out), _reduce_impl(_fn, _out), combine=_combine,
-                   vjp=_float_only(_vjp), cost=_input_flops, aten=_aten,
+                   vjp=_float_only(_vjp), cost=_input_flops, aten=_aten, onnx=onnx_rules.reduce(_onnx, _out == "acc"),
                    domains=tuple(Domain(ALL, a, shapes=_SHAPE, rejects=()) for a in _DIMS)))
 
 
@@ -149,9 +152,11 @@ _ARG_DOMAINS = (Domain(ALL, {"dim": 1, "keepdim": False}, shapes=_SHAPE, rejects
                 Domain(ALL, {"dim": None, "keepdim": True}, shapes=_SHAPE, rejects=()))
 register(OpDef("argmax", "reduction", _arg_infer("argmax"), _arg_impl(torch.argmax), combine="argmax",
                cost=_input_flops, domains=_ARG_DOMAINS, aten=(aten.argmax.default,),
+               onnx=onnx_rules.arg_reduce("ArgMax"),
                doc="index of the first maximum (NaN counts as maximum); dim=None flattens"))
 register(OpDef("argmin", "reduction", _arg_infer("argmin"), _arg_impl(torch.argmin), combine="argmin",
-               cost=_input_flops, domains=_ARG_DOMAINS, aten=(aten.argmin.default,)))
+               cost=_input_flops, domains=_ARG_DOMAINS, aten=(aten.argmin.default,),
+               onnx=onnx_rules.arg_reduce("ArgMin")))
 
 # -- composites -----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import torch
 
 from ..registry import ALL, FLOAT, Domain, OpDef, register, scalar, zeros
 from ..types import TensorType, is_float
+from . import onnx_rules
 
 aten = torch.ops.aten
 
@@ -108,7 +109,7 @@ def _flops(node) -> int:
 _DOMAINS = tuple(Domain(ALL, {"dim": d}, rejects=()) for d in (1, 0))
 
 register(OpDef("cumsum", "scan", _infer("cumsum"), _impl(torch.cumsum), combine="sum", vjp=_cumsum_vjp,
-               cost=_flops, domains=_DOMAINS, aten=(aten.cumsum.default,),
+               cost=_flops, domains=_DOMAINS, aten=(aten.cumsum.default,), onnx=onnx_rules.cumsum,
                doc="inclusive prefix sum along `dim` (integers and bool in int64)"))
 register(OpDef("cumprod", "scan", _infer("cumprod"), _impl(torch.cumprod), combine="prod", vjp=_cumprod_vjp,
                cost=_flops, domains=_DOMAINS, aten=(aten.cumprod.default,),

@@ -33,6 +33,7 @@ import torch
 
 from ..registry import FLOAT, INT, Domain, OpDef, register
 from ..types import TRITON_NAMES, TensorType, compute_dtype, py_literal
+from . import onnx_rules
 
 aten = torch.ops.aten
 NUMERIC_NO_BOOL = FLOAT + INT
@@ -402,7 +403,7 @@ _AVG_3D = dict(kernel_size=(2, 3, 3), stride=(1, 2, 2), padding=(1, 1, 0), ceil_
                count_include_pad=True, divisor_override=5)
 
 register(OpDef("max_pool", "layout", _max_pool_infer, lambda x, **a: _torch_max_pool(x, **a)[0],
-               emit=_max_pool_emit, vjp=_max_pool_vjp, cost=_window_cost,
+               emit=_max_pool_emit, vjp=_max_pool_vjp, cost=_window_cost, onnx=onnx_rules.max_pool,
                domains=(Domain(NUMERIC_NO_BOOL, _POOL, shapes=((2, 3, 7, 6),), rejects=(torch.bool,)),
                         Domain(FLOAT, _POOL_CEIL, shapes=((2, 9, 7),), rejects=(torch.bool,)),
                         Domain(FLOAT, _POOL_1D, shapes=((3, 10),), rejects=(torch.bool,))),
@@ -420,7 +421,7 @@ register(OpDef("max_pool_backward", "layout", _max_pool_backward_infer, _max_poo
                domains=(Domain(FLOAT, _WHOLE, shapes=((2, 3, 1, 1), (2, 3, 1, 1)), fixed={1: torch.int64},
                                ranges={1: (0, 11)}),),
                doc="for each input element, the sum of the cotangents whose index names it"))
-register(OpDef("avg_pool", "layout", _avg_pool_infer, _avg_pool_impl, emit=_avg_pool_emit,
+register(OpDef("avg_pool", "layout", _avg_pool_infer, _avg_pool_impl, emit=_avg_pool_emit, onnx=onnx_rules.avg_pool,
                vjp=lambda g, inputs, out, ct, **a: [g.add("avg_pool_backward", [ct], input_size=tuple(
                    inputs[0].shape[-len(a["kernel_size"]):]), **a)], cost=_window_cost,
                domains=(Domain(FLOAT, _AVG, shapes=((2, 3, 7, 6),)), Domain(FLOAT, _AVG_1D, shapes=((3, 8),)),
