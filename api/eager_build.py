@@ -19,6 +19,7 @@ from ..frontend.lowering import _functional_variant, lower
 from ..ir.types import COMPILABLE_DTYPES
 from ..runtime.driver import Executable, compile_ir
 from ..runtime.outputs import restride
+from .custom_op import NAMESPACE as CUSTOM_NAMESPACE
 
 aten = torch.ops.aten
 
@@ -44,7 +45,7 @@ class OpGraph:
 def static_reason(func: torch._ops.OpOverload, leaves: list) -> str | None:
     """Why calls of `func` with these arguments never run on ember (None: try to)."""
     schema = func._schema
-    if func.namespace != "aten":
+    if func.namespace not in ("aten", CUSTOM_NAMESPACE):  # (ember.custom_op's ops run on ember too)
         return f"{func.namespace} op"
     if func in _TORCH_OPS:
         return "handled by torch"

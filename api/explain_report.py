@@ -15,6 +15,7 @@ from typing import Any
 
 from ..ir import Graph, Node
 from ..ir.kernel_group import KernelGroup
+from ..ir.ops.custom import custom_op_of
 from .static import StaticGraph
 
 
@@ -40,6 +41,13 @@ class KernelInfo:
     @property
     def bytes_moved(self) -> int:
         return self.bytes_read + self.bytes_written
+
+    @property
+    def custom_ops(self) -> list[str]:
+        """The user ops (`ember.custom_op`) this kernel runs, in order: Triton-body ops by name, the
+        nodes a torch body (or a custom VJP: `<name>.vjp`) inlined by the label they keep."""
+        groups = (self.group.members or [self.group]) if self.group is not None else []
+        return list(dict.fromkeys(filter(None, (custom_op_of(n) for g in groups for n in g.nodes))))
 
 
 @dataclass
@@ -165,7 +173,9 @@ class ExplainReport:
         width = max(len(t) for t in table) + 2
         lines.append(table[0].ljust(width) + "ops")
         for row, k in zip(table[1:], self.kernels):  # ops last, wrapped under their own column
-            wrapped = textwrap.wrap(", ".join(k.ops), max(40, 120 - width)) or [""]
+            inlined = [c for c in k.custom_ops if c not in k.ops]  # torch bodies, VJPs: "[rms_norm] mul, sum, ..."
+            text = (f"[{', '.join(inlined)}] " if inlined else "") + ", ".join(k.ops)
+            wrapped = textwrap.wrap(text, max(40, 120 - width)) or [""]
             lines += [row.ljust(width) + wrapped[0]] + [" " * width + w for w in wrapped[1:]]
         return lines
 

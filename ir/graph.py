@@ -40,15 +40,19 @@ class Value:
 
 
 class Node:
-    """One op application. `attrs` hold static, printable values (ints, floats, tuples, dtypes, str)."""
+    """One op application. `attrs` hold static, printable values (ints, floats, tuples, dtypes, str).
+    `label`: provenance only, not semantics (passes keep it on the nodes they copy; it is printed as a
+    trailing `# label`): the user op (`ember.custom_op`) whose body or VJP the node was inlined from."""
 
-    __slots__ = ("op", "inputs", "attrs", "outputs")
+    __slots__ = ("op", "inputs", "attrs", "outputs", "label")
 
-    def __init__(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any], out_types: Sequence[TensorType]):
+    def __init__(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any], out_types: Sequence[TensorType],
+                 label: str | None = None):
         self.op = op
         self.inputs = list(inputs)
         self.attrs = dict(attrs)
         self.outputs = [Value(t, producer=self) for t in out_types]
+        self.label = label
 
     @property
     def out(self) -> Value:
@@ -125,11 +129,13 @@ class Graph:
 
     __repr__ = __str__
 
-    def inline(self, template: Graph, values: Sequence[Value]) -> list[Value]:
-        """Append `template`'s nodes, its inputs bound to `values`; returns its outputs' values here."""
+    def inline(self, template: Graph, values: Sequence[Value], label: str | None = None) -> list[Value]:
+        """Append `template`'s nodes, its inputs bound to `values`; returns its outputs' values here.
+        The new nodes keep their labels; `label` marks the others."""
         env: dict[Value, Value] = dict(zip(template.inputs, values))
         for node in template.nodes:
             out = self.add(node.op, [env[v] for v in node.inputs], out_types=[v.type for v in node.outputs],
                            **node.attrs)
+            self.nodes[-1].label = node.label or label
             env.update(zip(node.outputs, out if isinstance(out, list) else [out]))
         return [env[v] for v in template.outputs]

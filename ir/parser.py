@@ -13,6 +13,7 @@ from .types import NAME_DTYPES, TensorType
 
 _TYPE = re.compile(r"%([\w.]+):\s*(\w+)\[([\d,\s]*)\]")
 _CALL = re.compile(r"^(\w+)\(([^)]*)\)(?:\s*\{(.*)\})?$")
+_LABEL = re.compile(r"^(.*[)}])\s+#\s*([\w.]+)$")  # a node's trailing `# label` (ir/graph.py Node.label)
 _CONSTANTS = {"inf": float("inf"), "nan": float("nan"), "True": True, "False": False, "None": None}
 
 
@@ -70,6 +71,8 @@ def parse_graph(text: str) -> Graph:
             except KeyError as e:
                 raise ParseError(f"line {lineno}: return of undefined value %{e.args[0]}") from None
             continue
+        labelled = _LABEL.match(line)
+        line, label = (labelled.group(1), labelled.group(2)) if labelled else (line, None)
         lhs, sep, rhs = line.partition(" = ")
         if not sep:
             raise ParseError(f"line {lineno}: expected '%v: type = op(...)': {line}")
@@ -88,7 +91,7 @@ def parse_graph(text: str) -> Graph:
         except SyntaxError as e:
             raise ParseError(f"line {lineno}: cannot parse attributes {attr_text!r}: {e.msg}") from None
         attrs = {k.arg: _literal(k.value) for k in call.keywords}
-        node = Node(op, inputs, attrs, [t for _, t in outs])
+        node = Node(op, inputs, attrs, [t for _, t in outs], label)
         for (name, _), v in zip(outs, node.outputs):
             v.name = name
             env[name] = v

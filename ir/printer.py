@@ -45,6 +45,8 @@ def format_node(node) -> str:
     text = f"{lhs} = {node.op}({args})"
     if node.attrs:
         text += " {" + ", ".join(f"{k}={format_attr(v)}" for k, v in node.attrs.items()) + "}"
+    if node.label:
+        text += f"  # {node.label}"  # provenance (the custom op it came from), read back by the parser
     return text
 
 

@@ -100,7 +100,7 @@ def _extract(joint: Graph, inputs: list[Value], outputs: list[Value], names: lis
         missing = [v for v in node.inputs if v not in env]
         if missing:
             raise RuntimeError(f"partition: {node} needs %{missing[0].name}, which is neither computed nor an input")
-        new = Node(node.op, [env[v] for v in node.inputs], node.attrs, [v.type for v in node.outputs])
+        new = Node(node.op, [env[v] for v in node.inputs], node.attrs, [v.type for v in node.outputs], node.label)
         g.nodes.append(new)
         env.update(zip(node.outputs, new.outputs))
     for v in outputs:

@@ -14,7 +14,7 @@ class GraphRewriter:
         self.map: dict[Value, Value] = {v: self.out.add_input(v.type, v.name) for v in graph.inputs}
 
     def copy(self, node: Node) -> None:
-        new = Node(node.op, [self.map[v] for v in node.inputs], node.attrs, [v.type for v in node.outputs])
+        new = Node(node.op, [self.map[v] for v in node.inputs], node.attrs, [v.type for v in node.outputs], node.label)
         self.out.nodes.append(new)
         for old, v in zip(node.outputs, new.outputs):
             self.map[old] = v
