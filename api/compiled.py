@@ -15,6 +15,7 @@ import torch
 
 from ..frontend.capture import module_state
 from ..frontend.errors import boundary
+from .distributed import refuse_ddp
 from .guards import MISS, CallSignature, FastGuard, Program, call_signature, describe_changes, size_changes
 from .module import CompiledModule
 from .signature import check_arity, fn_name, signature_key
@@ -212,5 +213,6 @@ def compile(fn: Callable, *, dynamic: bool | None = None,  # noqa: A001
     serves every size; None marks a dim dynamic after its size changed once; False never.
     `recompile_limit`: recompiles allowed before new signatures run eagerly (one warning).
     """
+    refuse_ddp(fn, "ember.compile")  # DDP's own forward cannot be traced (api/distributed.py)
     compiled = CompiledFunction(fn, dynamic=dynamic, recompile_limit=recompile_limit)
     return CompiledModule(compiled) if isinstance(fn, torch.nn.Module) else compiled

@@ -151,16 +151,20 @@ def compile_aten_graph(gm: torch.fx.GraphModule, example_inputs: list, kind: str
 
 
 def ember_backend(gm: torch.fx.GraphModule, example_inputs: list, **kwargs: Any) -> Callable:
-    """The Dynamo backend: each captured subgraph through AOTAutograd, both graphs compiled by ember."""
-    from torch._functorch.aot_autograd import aot_module_simplified
+    """The Dynamo backend: each captured subgraph through AOTAutograd, both graphs compiled by ember.
 
-    return aot_module_simplified(
-        gm, example_inputs,
+    Through Dynamo's `aot_autograd` wrapper, not `aot_module_simplified` alone: Dynamo's DDPOptimizer
+    (torch.compile of a DistributedDataParallel model) counts on it to know that AOTAutograd compiled a
+    bucket's graph, whose first call then returns fake tensors for DDPOptimizer's own shape propagation;
+    otherwise that fake first call reaches the real run (api/distributed.py)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    return aot_autograd(
         fw_compiler=lambda g, ex: compile_aten_graph(g, ex, "forward"),
         bw_compiler=lambda g, ex: compile_aten_graph(g, ex, "backward"),
         inference_compiler=lambda g, ex: compile_aten_graph(g, ex, "inference"),
         decompositions=DECOMPOSITIONS,
-    )
+    )(gm, example_inputs)
 
 
 def register() -> None:

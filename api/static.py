@@ -34,6 +34,7 @@ from ..runtime.autograd import AutogradGraph
 from ..runtime.driver import compile_ir
 from ..runtime.outputs import write_back
 from ..runtime.progress import Progress, note
+from .distributed import refuse_ddp
 from .signature import ExampleCall, check_arity, check_devices, fn_name, named_leaves, signature_key
 
 logger = logging.getLogger("ember")
@@ -262,4 +263,5 @@ def trace(fn: Callable, *example_args: Any, **example_kwargs: Any) -> StaticGrap
 
     The example tensors are never read or written: capture runs on fake tensors.
     """
+    refuse_ddp(fn, "ember.trace")  # DDP's own forward cannot be traced (api/distributed.py)
     return StaticGraph(fn, example_args, example_kwargs)

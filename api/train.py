@@ -30,9 +30,11 @@ from torch import nn
 from ..frontend.capture import module_state
 from ..frontend.errors import boundary
 from ..ir import Graph, Value
-from ..passes.autodiff import grad_graph
+from ..passes.autodiff import grad_graph, reaching_inputs
 from ..runtime.driver import compile_ir
 from ..runtime.outputs import write_back
+from .distributed import DistributedStep, is_ddp, refuse_ddp
+from .module import CompiledModule
 from .static import StaticGraph
 
 
@@ -53,6 +55,19 @@ def _fit(g: Graph, v: Value, like: Value) -> Value:
     return v if v.shape == like.shape else g.add("reshape", [v], shape=like.shape)
 
 
+def refuse_unreached(graph: Graph, wrt: list[int], params: list[torch.Tensor], model: nn.Module) -> None:
+    """Parameters the loss does not depend on get no gradient in eager (`.grad` stays None) and torch's
+    optimizers skip them, while a compiled update would still apply weight decay and momentum to a
+    zero gradient: refused, naming them, rather than a silently different step."""
+    unreached = [p for p, r in zip(params, reaching_inputs(graph, wrt)) if not r]
+    if unreached:
+        names = {id(p): n for n, p in model.named_parameters()}
+        listed = ", ".join(names.get(id(p), f"a {tuple(p.shape)} tensor") for p in unreached)
+        raise ValueError(f"compile_step: the loss does not depend on parameter(s) {listed}: eager autograd "
+                         "leaves their .grad None and the optimizer skips them. Give the optimizer only the "
+                         "parameters the loss uses (or set requires_grad=False on these)")
+
+
 class _StepProgram:
     def __init__(self, loss_module: _LossOf, x, y, updates):
         from ..optim.engine import HostScalars, build_graph, compute_dtype
@@ -67,6 +82,7 @@ class _StepProgram:
             raise ValueError("compile_step: the optimizer holds parameters the model does not use")
         self.wrt = [index[id(p)] for p in params]
         graph = self.static.graph
+        refuse_unreached(graph, self.wrt, params, loss_module.model)
         joint = grad_graph(graph, self.wrt, out_index=0)  # outputs: loss, mutations, gradients
         n_out = len(graph.outputs)
         dtypes = {compute_dtype(p.dtype) for p in params} | {p.device for p in params}
@@ -109,6 +125,19 @@ class _StepProgram:
         `loss_fn` reaches through closures and globals (read again now), lifted constants."""
         return ([x, y] + list(module_state(loss_module).values()) + self.static.captured.source_tensors()
                 + self.static.lowered.constants)
+
+
+def cached_program(programs: dict, key: tuple, reasons: list[str], make: Callable):
+    """The program built for `key`, rebuilt (and the reason kept) when a Python value its trace read
+    has changed since (frontend/sources.py)."""
+    program = programs.get(key)
+    why = program.static.stale() if program is not None else None
+    if why is not None:
+        reasons.append(why)
+        program = None
+    if program is None:
+        program = programs[key] = make()
+    return program
 
 
 class CompiledStep:
@@ -162,13 +191,8 @@ class CompiledStep:
             updates = self._updates(advanced)
             key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
                    tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
-            program = self._programs.get(key)
-            why = program.static.stale() if program is not None else None
-            if why is not None:  # a Python value the trace read changed (frontend/sources.py)
-                self.recompile_reasons.append(why)
-                program = None
-            if program is None:
-                program = self._programs[key] = _StepProgram(self.loss_module, x, y, updates)
+            program = cached_program(self._programs, key, self.recompile_reasons,
+                                     lambda: _StepProgram(self.loss_module, x, y, updates))
             self.last = program
             # the hyperparameters' values written into the program's own tensor (no tensor per step)
             hp = program.hp.set([float(s) for u, _ in updates for s in u.scalars])
@@ -197,6 +221,13 @@ class CompiledStep:
         return self.last.graph if self.last else None
 
 
-def compile_step(model: nn.Module, loss_fn: Callable, optimizer) -> CompiledStep:
-    """Compile `loss = loss_fn(model(x), y); loss.backward(); optimizer.step()` into one static graph."""
+def compile_step(model: nn.Module, loss_fn: Callable, optimizer) -> CompiledStep | DistributedStep:
+    """Compile `loss = loss_fn(model(x), y); loss.backward(); optimizer.step()` into one static graph.
+    A DistributedDataParallel model gets a `DistributedStep` (api/distributed.py): its gradients leave the
+    graph to be averaged across processes before the optimizer's update graph applies them."""
+    if is_ddp(model):
+        return DistributedStep(model, loss_fn, optimizer)
+    refuse_ddp(model, "ember.compile_step")  # a DDP nested inside would not average the gradients
+    if isinstance(model, CompiledModule):  # (ember.compile(model)): the step compiles the module itself
+        model = model._orig_mod
     return CompiledStep(model, loss_fn, optimizer)
