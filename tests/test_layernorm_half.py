@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_norm_pool import check
 
 import ember
 from ember.api.static import StaticGraph
@@ -43,15 +44,11 @@ def test_one_launch_forward_and_no_more_backward(dtype, target):
 def test_values_and_gradients_match_eager(dtype):
     x = torch.randn(6, 40).to(dtype)
     w, b = (torch.randn(40) * 0.5 + 1).to(dtype), torch.randn(40).to(dtype)
-    leaves = [[t.clone().requires_grad_() for t in (x, w, b)] for _ in range(2)]
-    cf = ember.compile(_ln)
-    got, want = cf(*leaves[0]), _ln(*leaves[1])
-    ct = torch.randn(want.shape).to(dtype)
-    got.backward(ct)
-    want.backward(ct)
-    torch.testing.assert_close(got, want, **TOL[dtype])
-    for a, r in zip(leaves[0], leaves[1]):
-        torch.testing.assert_close(a.grad, r.grad, **TOL[dtype])
+    # values and gradients against eager; where they differ past the dtype's tolerance, ember must be as
+    # close as eager to float64 (test_norm_pool.check): torch's CPU half backward rounds each term of the
+    # weight and bias sums, ember sums in float32 and rounds once (bfloat16, 41 seeds: ember nearer float64
+    # in every gradient, eager up to 0.06 away from ember)
+    check(_ln, x, w, b, dtype=dtype)
     with torch.no_grad():
         sg = ember.trace(_ln, x, w, b)
         torch.testing.assert_close(sg(x, w, b), _ln(x, w, b), **TOL[dtype])
