@@ -10,7 +10,7 @@ Each table sits between marker comments in RESULTS.md,
 
 and is rewritten from a fresh run of the script that measures it (`fusion.py --size small`,
 `eager_mode.py`, `training.py --size small`, `host_overhead.py`, `gpu_plans.py` (planned for an
-H100, nothing run), all on CPU through Triton's interpreter), stamped with
+H100, nothing run), `save_load.py`, all on CPU through Triton's interpreter), stamped with
 the commit (and whether the tree had uncommitted changes) and the machine. The prose around the
 markers is not touched: it should read the tables, not repeat their numbers. Exits with status 1
 when a table reports an error or a mismatch against eager (the table is written all the same).
@@ -66,6 +66,12 @@ def _gpu_plans() -> str:
     return gpu_plans.format_table(gpu_plans.run("h100"), "h100")
 
 
+def _save_load() -> str:
+    import save_load
+
+    return save_load.format_table(save_load.run())
+
+
 # name -> (the command the table is equivalent to, producer of its text)
 TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "fusion": ("python benchmarks/fusion.py --size small", _fusion),
@@ -73,6 +79,7 @@ TABLES: dict[str, tuple[str, Callable[[], str]]] = {
     "training": ("python benchmarks/training.py --size small", _training),
     "host_overhead": ("python benchmarks/host_overhead.py", _host_overhead),
     "gpu_plans": ("python benchmarks/gpu_plans.py --target h100", _gpu_plans),
+    "save_load": ("python benchmarks/save_load.py", _save_load),
 }
 FAILED = re.compile(r"MISMATCH|\berror:|CHECK FAILED")
 

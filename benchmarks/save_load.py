@@ -171,6 +171,25 @@ def run_case(case: str, root: str, repeats: int = 3) -> dict:
             "steady_call_s": loaded["steady"], "load_phases": loaded["phases"]}
 
 
+def run(cases: list[str] | tuple[str, ...] = CASES, repeats: int = 3) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ember-save-load-") as root:
+        return {"cases": [run_case(case, root, repeats) for case in cases], "torch": torch.__version__}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'case':<12} {'compile':>8} {'load':>7} {'x':>6} | {'compile+1st':>11} {'load+1st':>9} {'x':>5} | "
+             f"{'2nd call':>8} | load phases (s)"]
+    for r in result["cases"]:
+        ph = "  ".join(f"{k} {v:.3f}" for k, v in r["load_phases"].items())
+        ratio = r["compile_s"] / r["load_s"]
+        lines.append(f"{r['name']:<12} {r['compile_s']:>8.3f} {r['load_s']:>7.3f} {ratio:>5.0f}x | "
+                     f"{r['compile_first_call_s']:>11.3f} {r['load_first_call_s']:>9.3f} "
+                     f"{r['compile_first_call_s'] / r['load_first_call_s']:>4.1f}x | {r['steady_call_s']:>8.3f} | {ph}")
+    lines.append("seconds, best of fresh processes per side, from after `import ember`; first calls run kernels "
+                 "under Triton's interpreter (CPU)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the result here")
@@ -182,16 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
         mode, case, root = a.child
         print(json.dumps(_child(mode, case, root)))
         return {}
-    with tempfile.TemporaryDirectory(prefix="ember-save-load-") as root:
-        rows = [run_case(case, root, a.repeats) for case in a.cases.split(",")]
-    print(f"{'case':<12} {'compile':>8} {'load':>7} {'x':>6} | {'compile+1st':>11} {'load+1st':>9} {'x':>5} | "
-          f"{'2nd call':>8} | load phases (s)")
-    for r in rows:
-        ph = "  ".join(f"{k} {v:.3f}" for k, v in r["load_phases"].items())
-        print(f"{r['name']:<12} {r['compile_s']:>8.3f} {r['load_s']:>7.3f} {r['compile_s'] / r['load_s']:>5.0f}x | "
-              f"{r['compile_first_call_s']:>11.3f} {r['load_first_call_s']:>9.3f} "
-              f"{r['compile_first_call_s'] / r['load_first_call_s']:>4.1f}x | {r['steady_call_s']:>8.3f} | {ph}")
-    result = {"cases": rows, "torch": torch.__version__}
+    result = run(a.cases.split(","), a.repeats)
+    print(format_table(result))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1)
