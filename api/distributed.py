@@ -113,24 +113,13 @@ class _GradProgram:
     def __init__(self, loss_module: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]):
         from ..passes.autodiff import grad_graph
         from ..runtime.driver import compile_ir
-        from .static import StaticGraph
-        from .train import refuse_unreached
+        from .train import TracedLoss
 
-        with torch.no_grad():
-            self.static = StaticGraph(loss_module, (x, y))
-        index = {id(t): i for i, t in enumerate(self.tensors(loss_module, x, y))}
-        if any(id(p) not in index for p in params):
-            raise ValueError("compile_step: the optimizer holds parameters the model does not use")
-        self.wrt = [index[id(p)] for p in params]
-        refuse_unreached(self.static.graph, self.wrt, params, loss_module.model)
+        traced = TracedLoss(loss_module, x, y, params)  # (the same trace, inputs and checks as compile_step's)
+        self.static, self.wrt, self.tensors = traced.static, traced.wrt, traced.tensors
         self.n_out = len(self.static.graph.outputs)
         self.compiled = compile_ir(grad_graph(self.static.graph, self.wrt, out_index=0), name="DDP step gradients")
         self.graph = self.compiled.graph
-
-    def tensors(self, loss_module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-        from .train import _StepProgram
-
-        return _StepProgram.tensors(self, loss_module, x, y)  # (the same inputs, read the same way)
 
 
 class DistributedStep:

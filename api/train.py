@@ -68,21 +68,33 @@ def refuse_unreached(graph: Graph, wrt: list[int], params: list[torch.Tensor], m
                          "parameters the loss uses (or set requires_grad=False on these)")
 
 
-class _StepProgram:
+class TracedLoss:
+    """The loss module traced for one batch signature, and the graph inputs `wrt` of the optimizer's
+    parameters (each one the loss must reach: `refuse_unreached`)."""
+
+    def __init__(self, loss_module: _LossOf, x, y, params: list[torch.Tensor]):
+        with torch.no_grad():
+            self.static = StaticGraph(loss_module, (x, y))
+        index = {id(t): i for i, t in enumerate(self.tensors(loss_module, x, y))}
+        if any(id(p) not in index for p in params):
+            raise ValueError("compile_step: the optimizer holds parameters the model does not use")
+        self.wrt = [index[id(p)] for p in params]
+        refuse_unreached(self.static.graph, self.wrt, params, loss_module.model)
+
+    def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
+        """The graph's inputs before hp and states: x, y, the parameters and buffers, the tensors
+        `loss_fn` reaches through closures and globals (read again now), lifted constants."""
+        return ([x, y] + list(module_state(loss_module).values()) + self.static.captured.source_tensors()
+                + self.static.lowered.constants)
+
+
+class _StepProgram(TracedLoss):
     def __init__(self, loss_module: _LossOf, x, y, updates):
         from ..optim.engine import HostScalars, build_graph, compute_dtype
 
-        with torch.no_grad():
-            self.static = StaticGraph(loss_module, (x, y))
         params = [p for _, p in updates]
-        tensors = self.tensors(loss_module, x, y)
-        index = {id(t): i for i, t in enumerate(tensors)}
-        missing = [p for p in params if id(p) not in index]
-        if missing:
-            raise ValueError("compile_step: the optimizer holds parameters the model does not use")
-        self.wrt = [index[id(p)] for p in params]
+        super().__init__(loss_module, x, y, params)
         graph = self.static.graph
-        refuse_unreached(graph, self.wrt, params, loss_module.model)
         joint = grad_graph(graph, self.wrt, out_index=0)  # outputs: loss, mutations, gradients
         n_out = len(graph.outputs)
         dtypes = {compute_dtype(p.dtype) for p in params} | {p.device for p in params}
@@ -119,12 +131,6 @@ class _StepProgram:
         self.donated_buffers = {i for k, i in donate.items() if k < n_out}
         self.graph = self.compiled.graph
         self.n_out = n_out
-
-    def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
-        """The graph's inputs before hp and states: x, y, the parameters and buffers, the tensors
-        `loss_fn` reaches through closures and globals (read again now), lifted constants."""
-        return ([x, y] + list(module_state(loss_module).values()) + self.static.captured.source_tensors()
-                + self.static.lowered.constants)
 
 
 def cached_program(programs: dict, key: tuple, reasons: list[str], make: Callable):

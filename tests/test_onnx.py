@@ -36,6 +36,15 @@ def run(model, *inputs: torch.Tensor) -> list[torch.Tensor]:
     return [torch.from_numpy(y) for y in session.run(None, feeds)]
 
 
+def assert_runs_like_eager(exported, model, x: torch.Tensor) -> None:
+    """The exported model in onnxruntime against `model` in eager on `x`, at the chain tolerance."""
+    (y,) = run(exported, x)
+    with torch.no_grad():
+        ref = model(x)
+    rtol, atol = CHAIN_TOLERANCES[x.dtype if x.is_floating_point() else torch.float32]
+    torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_runs_in_onnxruntime_like_eager(name, tmp_path):
     entry = ZOO[name]
@@ -52,12 +61,7 @@ def test_zoo_model_runs_in_onnxruntime_like_eager(name, tmp_path):
     names = {t.name for t in exported.graph.initializer}
     assert {"p_" + n.replace(".", "_") for n, _ in model.named_parameters()} <= names
     for _ in range(2):  # fresh batches, not the example
-        x, _ = entry.batch()
-        (y,) = run(exported, x)
-        with torch.no_grad():
-            ref = model(x)
-        rtol, atol = CHAIN_TOLERANCES[torch.float32]
-        torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+        assert_runs_like_eager(exported, model, entry.batch()[0])
 
 
 @pytest.mark.parametrize("make,shape", [(MLP, (5, 8)), (lambda: TransformerBlock(causal=True, classes=3), (2, 6, 16))],
@@ -67,12 +71,7 @@ def test_shared_models_like_eager(make, shape):
     in ember, ReduceMax / Exp / ReduceSum here) and a mean-pooled head."""
     model = make().eval()
     exported = ember.export_onnx(model, None, torch.randn(shape))
-    x = torch.randn(shape)
-    (y,) = run(exported, x)
-    with torch.no_grad():
-        ref = model(x)
-    rtol, atol = CHAIN_TOLERANCES[torch.float32]
-    torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+    assert_runs_like_eager(exported, model, torch.randn(shape))
 
 
 def test_graph_is_readable_and_attention_is_one_ir_node():
@@ -183,12 +182,7 @@ def test_half_precision_model_like_eager():
                                 torch.nn.Linear(16, 4)).half().eval()
     x = torch.randn(3, 8, dtype=torch.float16)
     exported = ember.export_onnx(model, None, x)
-    x = torch.randn(3, 8, dtype=torch.float16)
-    (y,) = run(exported, x)
-    with torch.no_grad():
-        ref = model(x)
-    rtol, atol = CHAIN_TOLERANCES[torch.float16]
-    torch.testing.assert_close(y, ref, rtol=rtol, atol=atol)
+    assert_runs_like_eager(exported, model, torch.randn(3, 8, dtype=torch.float16))
 
 
 # -- refusals ---------------------------------------------------------------------------------------------
