@@ -3,9 +3,10 @@
 from . import ops  # noqa: F401  (registers every op)
 from .graph import Graph, Node, Value
 from .interpreter import Interpreter, evaluate
+from .opdef import OpDef
 from .parser import ParseError, parse_graph
 from .printer import format_graph
-from .registry import OPS, OpDef, get_op, register
+from .registry import OPS, get_op, register
 from .types import TensorType
 from .verifier import VerificationError, verify
 

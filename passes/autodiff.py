@@ -37,8 +37,8 @@ from collections.abc import Sequence
 
 from ..ir import Graph, Value, get_op, verify
 from ..ir.ops.extern import INPUT
-from ..ir.registry import zeros
 from ..ir.types import is_float
+from ..ir.vjp import zeros
 from .dce import dce
 from .rewrite import GraphRewriter
 

@@ -10,7 +10,7 @@ from torch import nn
 
 import ember
 from ember.ir import Graph, TensorType, evaluate
-from ember.ir.registry import zeros
+from ember.ir.vjp import zeros
 from ember.passes.autodiff import vjp_graph
 from ember.passes.dce import dce
 from ember.passes.simplify import simplify

@@ -27,7 +27,7 @@ import ember
 from ember.codegen.kernel import kernel_count
 from ember.codegen.onnx import OPSET, OnnxExportError, to_onnx
 from ember.ir import OPS, Graph, TensorType, evaluate
-from ember.ir.registry import Domain
+from ember.ir.domains import Domain
 
 
 def run(model, *inputs: torch.Tensor) -> list[torch.Tensor]:

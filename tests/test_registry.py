@@ -24,9 +24,10 @@ from ember.frontend.capture import capture
 from ember.frontend.decompositions import DECOMPOSITIONS
 from ember.frontend.lowering import LOWERINGS, load_rules, lower
 from ember.ir import OPS, Graph, TensorType, evaluate
+from ember.ir.domains import ALL
 from ember.ir.ops.index import GATHER_OPS
 from ember.ir.ops.window import WINDOW_OPS
-from ember.ir.registry import ALL, flops, is_view, primitive_aten_ops, view_root
+from ember.ir.registry import flops, is_view, primitive_aten_ops, view_root
 from ember.passes.autodiff import vjp_graph
 from ember.runtime import compile_ir
 
