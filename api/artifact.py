@@ -34,7 +34,8 @@ from ..ir import OPS, Graph
 from ..ir.ops.extern import resolve_target
 
 FORMAT = "ember.artifact"
-FORMAT_VERSION = 1
+# 2: a step's hyperparameters are a host-held input its kernels take by value (schedule "host")
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 

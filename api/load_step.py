@@ -41,7 +41,7 @@ class LoadedStep:
         self._grad_dummies: dict[int, torch.Tensor] = {}
         self.optimizer = self._optimizer(program["optimizer"], opt_tensors)
         hp = exe.graph.inputs[2 + len(self._saved)]
-        self._hp = HostScalars(hp.shape[0], hp.dtype, device)
+        self._hp = HostScalars(hp.shape[0], hp.dtype)
 
     def _optimizer(self, saved: dict, opt_tensors: dict[str, torch.Tensor]):
         cls = getattr(ember_optim, saved["class"], None) if saved["class"] in ember_optim.__all__ else None

@@ -74,7 +74,7 @@ def program_files(exe: Executable) -> tuple[dict[str, bytes], Graph]:
     text = format_graph(graph)  # (names every value: the schedule refers to them)
     if format_graph(parse_graph(text)) != text:
         raise NotImplementedError("ember.save: this graph's text does not parse back identically (a bug)")
-    schedules = {t: build_schedule(graph, t, exe.fuse, exe.donate).to_dict() for t in TARGETS}
+    schedules = {t: build_schedule(graph, t, exe.fuse, exe.donate, exe.host).to_dict() for t in TARGETS}
     files = {"graph.ir": text.encode(), "schedule.json": json.dumps(schedules).encode()}
     # the kernels a load must regenerate: made through the load path itself (runtime/restore.py)
     loaded = restore(graph, schedules, exe.donate)

@@ -126,8 +126,9 @@ class _StepProgram(TracedLoss):
         donate = {n_out + k: i for k, i in enumerate(replaced)}
         donate |= {lowered.num_user_outputs + k: i for k, i in enumerate(lowered.mutated_inputs)
                    if joint.outputs[lowered.num_user_outputs + k].type == joint.inputs[i].type}
-        self.compiled = compile_ir(joint, donate=donate)
-        self.hp = HostScalars(hp.shape[0], hp.dtype, params[0].device)
+        # hp stays on the host: kernels take its slots by value (runtime/plan.py `Host`)
+        self.compiled = compile_ir(joint, donate=donate, host=frozenset({joint.inputs.index(hp)}))
+        self.hp = HostScalars(hp.shape[0], hp.dtype)
         self.donated_buffers = {i for k, i in donate.items() if k < n_out}
         self.graph = self.compiled.graph
         self.n_out = n_out

@@ -47,6 +47,19 @@ def ptr_sig(dtype: torch.dtype) -> str:
     return "*" + SIG_NAMES[dtype]
 
 
+# Host scalars (runtime/plan.py `Host`): a single element of a graph input kept on the host (an
+# optimizer's hyperparameters), passed to the kernel by value as a float parameter, not loaded through
+# a pointer: no host-to-device copy before the launch. Triton types a Python float as fp32, so the
+# parameter is annotated with its dtype (kernel.py `render`) and read as a 0-dim value of it.
+HOST_SIGS: dict[torch.dtype, str] = {torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def host_scalar(name: str, dtype: torch.dtype) -> str:
+    """The host scalar parameter `name` as a 0-dim value of `dtype` (exact under the interpreter too,
+    which passes the Python float as it is: an fp64 one rounded to fp32 by an operator would be wrong)."""
+    return f"tl.full([], {name}, {tl_dtype(dtype)})"
+
+
 def int_sig(value: int) -> str:
     """The type Triton's JIT specializes an int argument to (i32 when it fits)."""
     return "i32" if -(2**31) <= value < 2**31 else "i64"
@@ -144,7 +157,7 @@ def offset_expr(base: str, idx: list[str], strides: list[str], zero: str) -> str
 
 @dataclass
 class BlockContext:
-    """What a generator op's `emit` hook (ir/registry.py) sees in a row or matmul kernel: the emitter
+    """What a generator op's `emit` hook (ir/opdef.py) sees in a row or matmul kernel: the emitter
     and the block shape the kernel computes in (the pointwise emitter passes a richer context)."""
 
     e: Emitter

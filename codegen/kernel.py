@@ -47,7 +47,8 @@ class Kernel:
     source: str
     kind: str                      # pointwise | reduction | matmul
     ops: list[str]
-    # (param name, signature type): "*fp32"-style pointers, "int" (typed per launch value) or "constexpr".
+    # (param name, signature type): "*fp32"-style pointers, "int" (typed per launch value), "fp32"/"fp64"
+    # (host scalars, codegen/emitter.py) or "constexpr".
     params: list[tuple[str, str]]
     _interp: Any = field(default=None, repr=False)
     _jit: Any = field(default=None, repr=False)
@@ -247,9 +248,14 @@ def kernel_count() -> int:
     return _made
 
 
+# Parameter kinds spelled as annotations: constexprs, and host scalars' float types (Triton would
+# type any Python float as fp32).
+_ANNOTATED = {"constexpr": "constexpr", "fp32": "float32", "fp64": "float64"}
+
+
 def render(params: list[tuple[str, str]], body: str) -> str:
     """Full module text for a kernel named KERNEL with `params` and an indented `body`."""
-    sig = ", ".join(f"{n}: tl.constexpr" if k == "constexpr" else n for n, k in params)
+    sig = ", ".join(f"{n}: tl.{_ANNOTATED[k]}" if k in _ANNOTATED else n for n, k in params)
     return f"import triton\nimport triton.language as tl\n\n\n@triton.jit\ndef KERNEL({sig}):\n{body}\n"
 
 

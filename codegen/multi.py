@@ -9,7 +9,9 @@ program offsets, fixed at plan time) and selects that member's pointers and size
 order: every full-shape value must be laid out contiguously (`addressable`; the planner runs the
 other members as ordinary pointwise kernels), and single-element inputs (hyperparameters) are
 loaded once per program, not per element. An input that every member reads from one buffer (the
-optimizer's `hp` tensor) is passed as one pointer with a per-member offset.
+optimizer's `hp` tensor on the device) is passed as one pointer with a per-member offset; one held
+on the host (`host`: the optimizer's hyperparameters, codegen/emitter.py host scalars) as a value
+per member, selected like the pointers.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..ir import Value, get_op
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import BlockContext, Emitter, bind_value, interp_params, ptr_sig
+from .emitter import HOST_SIGS, BlockContext, Emitter, bind_value, host_scalar, interp_params, ptr_sig
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 from .pointwise import PointwiseGroup
@@ -53,10 +55,15 @@ def _scalar(group: PointwiseGroup, v: Value) -> bool:
     return v.shape != group.shape
 
 
-def multi_params(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> list[tuple[str, str]]:
-    params = [(f"in{i}_ptr", ptr_sig(v.dtype)) for i, v in enumerate(template.inputs) if shared[i]]
+def multi_params(template: PointwiseGroup, count: int, shared: Sequence[bool],
+                 host: Sequence[bool] | None = None) -> list[tuple[str, str]]:
+    host = host or [False] * len(template.inputs)
+    params = [(f"in{i}_ptr", ptr_sig(v.dtype)) for i, v in enumerate(template.inputs) if shared[i] and not host[i]]
     for k in range(count):
         for i, v in enumerate(template.inputs):
+            if host[i]:
+                params.append((f"m{k}_in{i}_val", HOST_SIGS[v.dtype]))
+                continue
             params += ([] if shared[i] else [(f"m{k}_in{i}_ptr", ptr_sig(v.dtype))]) + [(f"m{k}_in{i}_off", "int")]
         for j, v in enumerate(template.outputs):
             params += [(f"m{k}_out{j}_ptr", ptr_sig(v.dtype)), (f"m{k}_out{j}_off", "int")]
@@ -64,13 +71,16 @@ def multi_params(template: PointwiseGroup, count: int, shared: Sequence[bool]) -
     return params + [("BLOCK", "constexpr")]
 
 
-def params_per_member(template: PointwiseGroup, shared: Sequence[bool]) -> int:
-    return len(multi_params(template, 2, shared)) - len(multi_params(template, 1, shared))
+def params_per_member(template: PointwiseGroup, shared: Sequence[bool], host: Sequence[bool] | None = None) -> int:
+    return len(multi_params(template, 2, shared, host)) - len(multi_params(template, 1, shared, host))
 
 
-def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> Kernel:
+def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool],
+               host: Sequence[bool] | None = None) -> Kernel:
     """The kernel running `template`'s nodes over `count` members; `shared[i]`: input i is one buffer
-    for all members (one pointer parameter, an offset per member)."""
+    for all members (one pointer parameter, an offset per member); `host[i]`: input i is a host
+    scalar in every member (a value parameter per member)."""
+    host = host or [False] * len(template.inputs)
     e = Emitter()
     e.line("pid = tl.program_id(0)")
     ins = [f"in{i}" for i in range(len(template.inputs))]
@@ -78,8 +88,9 @@ def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> 
 
     def member(k: int) -> dict[str, str]:
         sel = {"start": f"m{k}_start" if k else "0", "numel": f"m{k}_numel"}
-        for i, name in enumerate(ins):
-            sel[name] = f"m{k}_in{i}_off" if shared[i] else f"m{k}_in{i}_ptr + m{k}_in{i}_off"
+        for i, (name, v) in enumerate(zip(ins, template.inputs)):
+            sel[name] = (host_scalar(f"m{k}_in{i}_val", v.dtype) if host[i] else
+                         f"m{k}_in{i}_off" if shared[i] else f"m{k}_in{i}_ptr + m{k}_in{i}_off")
         for j, name in enumerate(outs):
             sel[name] = f"m{k}_out{j}_ptr + m{k}_out{j}_off"
         return sel
@@ -91,14 +102,15 @@ def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> 
         for name, expr in member(k).items():
             e.line(f"{name} = tl.where(sel, {expr}, {name})")
     for i, name in enumerate(ins):
-        if shared[i]:
+        if shared[i] and not host[i]:
             e.line(f"{name} = in{i}_ptr + {name}")
     e.line("lin = (pid - start) * BLOCK + tl.arange(0, BLOCK)")
     e.line("mask = lin < numel")
 
     env: dict[Value, str] = {}
     for i, v in enumerate(template.inputs):
-        x = e.tmp(f"tl.broadcast_to(tl.load({ins[i]}), [BLOCK])" if _scalar(template, v)
+        x = e.tmp(f"tl.broadcast_to({ins[i]}, [BLOCK])" if host[i] else
+                  f"tl.broadcast_to(tl.load({ins[i]}), [BLOCK])" if _scalar(template, v)
                   else f"tl.load({ins[i]} + lin, mask=mask, other=0)", "x")
         env[v] = e.tmp(load_cast(e, x, v.dtype), "x") if compute_dtype(v.dtype) != v.dtype else x
     ctx = BlockContext(e, "[BLOCK]")
@@ -113,21 +125,23 @@ def emit_multi(template: PointwiseGroup, count: int, shared: Sequence[bool]) -> 
     for j, v in enumerate(template.outputs):
         e.line(f"tl.store({outs[j]} + lin, {store_cast(e, env[v], v.dtype)}, mask=mask)")
 
-    params = multi_params(template, count, shared) + interp_params(e.text())
+    params = multi_params(template, count, shared, host) + interp_params(e.text())
     ops = template.ops
     prefix = "mt_" + "_".join(dict.fromkeys(ops))[:40] if ops else "mt"
     return make_kernel(prefix, render(params, e.text()), "multi", ops, params)
 
 
 def multi_args(template: PointwiseGroup, members: Sequence[tuple[list[tuple], list[tuple], int]],
-               shared: Sequence[bool], block: int) -> tuple[list, int]:
+               shared: Sequence[bool], block: int, host: Sequence[bool] | None = None) -> tuple[list, int]:
     """(runtime args in param order, programs in the grid). `members`: per member (inputs as
-    (pointer object, offset), outputs as (pointer object, offset), numel)."""
-    args: list = [members[0][0][i][0] for i in range(len(template.inputs)) if shared[i]]
+    (pointer object, offset): a host input's pointer object is its value's placeholder, outputs as
+    (pointer object, offset), numel)."""
+    host = host or [False] * len(template.inputs)
+    args: list = [members[0][0][i][0] for i in range(len(template.inputs)) if shared[i] and not host[i]]
     start = 0
     for k, (ins, outs, numel) in enumerate(members):
         for i, (ptr, off) in enumerate(ins):
-            args += ([] if shared[i] else [ptr]) + [off]
+            args += [ptr] if host[i] else ([] if shared[i] else [ptr]) + [off]
         for ptr, off in outs:
             args += [ptr, off]
         args += [numel] + ([start] if k else [])

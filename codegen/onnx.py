@@ -1,6 +1,6 @@
 """An IR graph as an ONNX model (`ember.export_onnx`, api/export.py).
 
-Each op's entry in the registry may carry an `onnx` rule (ir/registry.py), next to its other rules:
+Each op's entry in the registry may carry an `onnx` rule (ir/opdef.py), next to its other rules:
 
     onnx(b, args: list[str], types: list[TensorType], out: TensorType | list[TensorType], **attrs)
         -> the ONNX name of the node's output (or a list, one per output)

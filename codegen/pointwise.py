@@ -20,7 +20,7 @@ from ..ir import Node, Value, get_op
 from ..ir.kernel_group import pow2
 from ..ir.ops.half import load_cast, store_cast
 from ..ir.types import compute_dtype
-from .emitter import Emitter, bind_value, interp_params, offset_expr, ptr_sig, unravel
+from .emitter import HOST_SIGS, Emitter, bind_value, host_scalar, interp_params, offset_expr, ptr_sig, unravel
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 
@@ -53,9 +53,20 @@ def _arg_names(c: int, count: int) -> list[str]:
     return [f"g{c}_arg{k}" for k in range(count)]
 
 
-def pointwise_params(group: PointwiseGroup) -> list[tuple[str, str]]:
+def hostable(group: PointwiseGroup) -> frozenset[int]:
+    """Inputs that may be host scalars (`emit_pointwise`'s `host`): those of a host scalar dtype the
+    kernel loads itself (an emit hook loads its inputs at indices of its own)."""
+    hooked = [n for n in group.nodes if get_op(n.op).emit is not None]
+    return frozenset(i for i, v in enumerate(group.inputs)
+                     if v.dtype in HOST_SIGS and not any(v in n.inputs for n in hooked))
+
+
+def pointwise_params(group: PointwiseGroup, host: frozenset[int] = frozenset()) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = []
     for i, v in enumerate(group.inputs):
+        if i in host:
+            params.append((f"in{i}_val", HOST_SIGS[v.dtype]))
+            continue
         params += [(f"in{i}_ptr", ptr_sig(v.dtype)), (f"in{i}_off", "int")]
         params += [(f"in{i}_st{d}", "int") for d in range(v.type.rank)]
     for j, v in enumerate(group.outputs):
@@ -69,11 +80,16 @@ def pointwise_params(group: PointwiseGroup) -> list[tuple[str, str]]:
     return params + [("BLOCK", "constexpr")]
 
 
-def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple], flag=None) -> list:
-    """Runtime args in param order. `ins`/`outs`: (pointer object, offset, strides) per value; `flag`:
-    the error flag's pointer object when the group is `checked`."""
+def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple], flag=None,
+                   host: frozenset[int] = frozenset()) -> list:
+    """Runtime args in param order. `ins`/`outs`: (pointer object, offset, strides) per value (a host
+    input's "pointer" is its value's placeholder); `flag`: the error flag's pointer object when the
+    group is `checked`."""
     args: list = []
-    for v, (ptr, off, strides) in zip(group.inputs, ins):
+    for i, (v, (ptr, off, strides)) in enumerate(zip(group.inputs, ins)):
+        if i in host:
+            args.append(ptr)
+            continue
         # Size-1 dims get stride 0, so broadcasting needs no special code in the kernel.
         args += [ptr, off] + [0 if s == 1 else st for s, st in zip(v.shape, strides)]
     for ptr, off, strides in outs:
@@ -92,7 +108,7 @@ def pointwise_args(group: PointwiseGroup, ins: list[tuple], outs: list[tuple], f
 
 
 class _Context:
-    """What an `emit` hook may use (ir/registry.py's module doc)."""
+    """What an `emit` hook may use (ir/opdef.py's module doc)."""
 
     block = "[BLOCK]"
     mask = "mask"
@@ -120,8 +136,9 @@ class _Context:
         self.e.line(f"tl.store(err_ptr + zero, (zero + {code}).to(tl.int32), mask={bad})")
 
 
-def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
-    """The kernel for `group`; `int64` selects 64-bit index math (huge tensors or offsets)."""
+def emit_pointwise(group: PointwiseGroup, int64: bool = False, host: frozenset[int] = frozenset()) -> Kernel:
+    """The kernel for `group`; `int64` selects 64-bit index math (huge tensors or offsets); `host`: the
+    inputs passed by value (host scalars, codegen/emitter.py; a subset of `hostable(group)`)."""
     rank = len(group.shape)
     e = Emitter()
     e.line("pid = tl.program_id(0)")
@@ -134,6 +151,8 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
     env: dict[Value, str] = {}
 
     def load(i: int, v: Value, index: list[str], mask: str) -> str:
+        if i in host:
+            return e.tmp(f"tl.broadcast_to({host_scalar(f'in{i}_val', v.dtype)}, [BLOCK])", "x")
         off = offset_expr(f"in{i}_off", index, [f"in{i}_st{d}" for d in range(v.type.rank)], "zero")
         x = e.tmp(f"tl.load(in{i}_ptr + ({off}), mask={mask}, other=0)", "x")
         if compute_dtype(v.dtype) != v.dtype:
@@ -162,7 +181,7 @@ def emit_pointwise(group: PointwiseGroup, int64: bool = False) -> Kernel:
         off = offset_expr(f"out{j}_off", idx, [f"out{j}_st{d}" for d in range(rank)], "zero")
         e.line(f"tl.store(out{j}_ptr + ({off}), {store_cast(e, env[v], v.dtype)}, mask=mask)")
 
-    params = pointwise_params(group) + interp_params(e.text())
+    params = pointwise_params(group, host) + interp_params(e.text())
     ops = group.ops
     prefix = "pw_" + "_".join(dict.fromkeys(ops))[:40] if ops else "pw"
     return make_kernel(prefix, render(params, e.text()), "pointwise", ops, params)

@@ -32,7 +32,8 @@ from ..ir.ops.reduction import reduced_shape
 from ..ir.row_sweeps import Sweeps, reduction_free, row_sweeps, tile_reductions
 from ..ir.types import compute_dtype
 from .cross_entropy import ROW_HOOKS
-from .emitter import BlockContext, Emitter, bind_value, emit_rows, interp_params, literal, ptr_sig, tl_dtype, unravel
+from .emitter import (HOST_SIGS, BlockContext, Emitter, bind_value, emit_rows, host_scalar, interp_params, literal,
+                      ptr_sig, tl_dtype, unravel)
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 from .scan import scan_tile, with_combines
@@ -48,6 +49,7 @@ class RowLayout:
     loads: list[tuple[Value, str]]       # (input value, "tile" | "row")
     tile_outputs: list[Value]
     row_outputs: list[Value]
+    host: frozenset[int] = frozenset()  # loads passed by value (host scalars: `hostable`, set by the planner)
 
     @property
     def kept(self) -> list[int]:
@@ -76,10 +78,20 @@ def row_layout(group: KernelGroup) -> RowLayout:
     return layout
 
 
+def hostable(layout: RowLayout) -> frozenset[int]:
+    """Loads that may be host scalars (codegen/emitter.py): of a host scalar dtype, and not read by a
+    node that spells its own loads (cross-entropy's target pick, ROW_HOOKS)."""
+    hooked = {v for n in layout.group.nodes if n.op in ROW_HOOKS for v in n.inputs}
+    return frozenset(i for i, (v, _) in enumerate(layout.loads) if v.dtype in HOST_SIGS and v not in hooked)
+
+
 def row_params(layout: RowLayout) -> list[tuple[str, str]]:
     nk, nr = len(layout.kept), len(layout.group.dims)
     p: list[tuple[str, str]] = []
     for i, (v, mode) in enumerate(layout.loads):
+        if i in layout.host:
+            p.append((f"ld{i}_val", HOST_SIGS[v.dtype]))
+            continue
         p += [(f"ld{i}_ptr", ptr_sig(v.dtype)), (f"ld{i}_off", "int")] + [(f"ld{i}_k{d}", "int") for d in range(nk)]
         if mode == "tile":
             p += [(f"ld{i}_r{d}", "int") for d in range(nr)]
@@ -166,12 +178,16 @@ class _RowEmitter:
     # -- loads and nodes --------------------------------------------------------------------------
     def row_load(self, i: int, v: Value) -> str:
         e = self.e
+        if i in self.L.host:
+            return e.tmp(f"tl.broadcast_to({host_scalar(f'ld{i}_val', v.dtype)}, [BM])", "x")
         off = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
         x = e.tmp(f"tl.load(ld{i}_ptr + ({off}), mask=rmask, other=0)", "x")
         return self.up(x, v.dtype)
 
     def tile_load(self, i: int, v: Value) -> str:
         e = self.e
+        if i in self.L.host:
+            return e.tmp(f"tl.broadcast_to({host_scalar(f'ld{i}_val', v.dtype)}, [BM, BR])", "x")
         row = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
         col = " + ".join([f"{r} * ld{i}_r{d}" for d, r in enumerate(self.ridx)] + ["czero"])
         x = e.tmp(f"tl.load(ld{i}_ptr + (({row})[:, None] + ({col})[None, :]), mask=m2, other=0)", "x")

@@ -9,9 +9,10 @@ values of its *scalar slots* for this step (lr, betas, bias corrections, ...).
 graph. The graph's first input is a 1-D tensor `hp` holding every scalar slot of every parameter;
 rules read slots as 0-dim `select` views of it, so hyperparameters that change between steps (lr
 from a scheduler, Adam's bias corrections) are data, never constants: a new step count, learning
-rate or beta reuses the compiled graph, its plan and its kernels; the program keeps its `hp` tensor
-and a step writes the new values into it (`HostScalars`: no tensor made per step; on a GPU one
-asynchronous copy from a pinned buffer). Only a change of structure (a new shape, a flag, a
+rate or beta reuses the compiled graph, its plan and its kernels. `hp` stays on the host whatever
+the device (`compile_ir(..., host={0})`): the kernels take its slots by value, as float parameters
+(runtime/plan.py `Host`), so a step copies nothing to the device; the program keeps its `hp` tensor
+and a step writes the new values into it (`HostScalars`: no tensor made per step). Only a change of structure (a new shape, a flag, a
 parameter gaining or losing its gradient) builds a new graph; the kernels themselves stay cached
 by source in `ember.codegen`.
 
@@ -142,11 +143,11 @@ class _Program:
     """One compiled step graph: output k is stored over input `aliases[k]`. Its `hp` input is one
     tensor kept for the program (`HostScalars`): a step writes the new values into it."""
 
-    def __init__(self, graph: Graph, aliases: list[int], device: torch.device):
-        self.compiled = compile_ir(graph, donate=dict(enumerate(aliases)))
+    def __init__(self, graph: Graph, aliases: list[int]):
+        self.compiled = compile_ir(graph, donate=dict(enumerate(aliases)), host=frozenset({0}))
         self.graph = self.compiled.graph
         self.aliases = aliases
-        self.hp = HostScalars(graph.inputs[0].shape[0], graph.inputs[0].dtype, device)
+        self.hp = HostScalars(graph.inputs[0].shape[0], graph.inputs[0].dtype)
         self.prepared = None  # the plan of the layouts the guard below accepts
         self.counts = (0, True)
 
@@ -167,34 +168,21 @@ class _Program:
 
 
 class HostScalars:
-    """A step's hyperparameters (lr, bias corrections, ...) as one tensor made once: each step
-    writes its values in place (no tensor made per step). On CPU that is a write into the tensor's
-    memory. On a GPU the values go through a pinned host buffer and one asynchronous copy on the
-    current stream; before the buffer is written again, the previous copy must have read it (an
-    event; it has, unless the host runs a whole step ahead of the GPU)."""
+    """A step's hyperparameters (lr, bias corrections, ...) as one CPU tensor made once, whatever the
+    device: each step writes its values in place (no tensor made per step) and the step's graph
+    takes it as a host-held input (compile_ir's `host`): its kernels receive the values, rounded to
+    the tensor's dtype here as `torch.tensor(values, dtype=...)` rounds, as launch arguments. A value
+    is read when its launch is issued, so rewriting the tensor never races a kernel still queued."""
 
-    def __init__(self, n: int, dtype: torch.dtype, device: torch.device):
-        self.device = device
-        self.values: tuple = ()
-        self.tensor = torch.zeros(n, dtype=dtype, device=device)
-        self._host = self.tensor.numpy() if device.type == "cpu" else None
-        self._staging = self._event = None
+    def __init__(self, n: int, dtype: torch.dtype):
+        self.values: list[float] = []
+        self.tensor = torch.zeros(n, dtype=dtype)
+        self._host = self.tensor.numpy()
 
     def set(self, values: list[float]) -> torch.Tensor:
-        if values == self.values:  # (a constant learning rate and no bias correction: nothing to write)
-            return self.tensor
-        if self._host is not None:
-            self._host[:] = values  # rounded to the dtype as torch.tensor(values, dtype=...) rounds
-        else:
-            if self._staging is None:
-                self._staging = torch.empty(self.tensor.shape, dtype=self.tensor.dtype, pin_memory=True)
-                self._event = torch.cuda.Event()
-            else:
-                self._event.synchronize()
-            self._staging.numpy()[:] = values
-            self.tensor.copy_(self._staging, non_blocking=True)
-            self._event.record()
-        self.values = values
+        if values != self.values:  # (a constant learning rate and no bias correction: nothing to write)
+            self._host[:] = values
+            self.values = values
         return self.tensor
 
 
@@ -259,7 +247,7 @@ class FusedStep:
             for u in group:
                 aliases += [n] + [n + 2 + k for k in range(len(u.states))]
                 n += 2 + len(u.states)
-            program = self._programs[key] = _Program(build_graph(group, dtype), aliases, device)
+            program = self._programs[key] = _Program(build_graph(group, dtype), aliases)
             self.num_graphs_built += 1
         return program
 

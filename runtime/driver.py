@@ -28,7 +28,7 @@ class Executable(CompiledGraph):
 
 def compile_ir(graph: Graph, device: torch.device | str | None = None, *, fuse: bool = True,
                name: str | None = None, optimize: bool = True, donate: dict[int, int] | None = None,
-               on_pass: Callable[[str], None] | None = None) -> Executable:
+               host: frozenset[int] = frozenset(), on_pass: Callable[[str], None] | None = None) -> Executable:
     """Compile `graph`: the pass pipeline (unless `optimize=False`: the graph is already optimized),
     then the schedule and, at the first call per input layout, the plan and kernels.
 
@@ -36,13 +36,16 @@ def compile_ir(graph: Graph, device: torch.device | str | None = None, *, fuse: 
     `fuse=False` runs every op as its own kernel; `name` appears in progress reports;
     `donate={output: input}` stores each such output in the memory of that input (the caller gives
     the input up, as with JAX's `donate_argnums`: it holds the output's value after the call);
+    `host={input, ...}`: inputs the caller keeps on the host (CPU, float32 or float64, whatever the
+    device: an optimizer's hyperparameters), whose single elements kernels take by value, with no
+    copy to the device (a kernel reading one through a pointer gets a copy made per call);
     `on_pass(name)` is called as each pass starts."""
     if optimize:
         result = run_pipeline(graph, on_pass=on_pass)
         optimized, snapshots = result.graph, result.snapshots
     else:
         optimized, snapshots = graph, [("input", str(graph))]
-    exe = Executable(optimized, device, fuse, name, donate)
+    exe = Executable(optimized, device, fuse, name, donate, host)
     exe.source_graph = graph
     exe.snapshots = snapshots
     return exe

@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
+from ..codegen.emitter import HOST_SIGS
 from ..codegen.kernel import interpreter_position
 from ..codegen.lru import LRU
 from ..ir import Graph
 from ..ir.ops.extern import call_extern
 from ..ir.ops.index import INDEX_ERRORS
-from .plan import Buf, ExternStep, LaunchStep, Plan, build_plan
+from .plan import Buf, ExternStep, Host, LaunchStep, Plan, build_plan
 from .progress import Progress
 from .schedule import Schedule, build_schedule
 from .views import View, contiguous_strides
@@ -121,10 +122,11 @@ class Prepared:
             if isinstance(step, LaunchStep):
                 launcher = step.kernel.bind(step.grid, step.constexprs, device, step.num_warps, step.num_stages)
                 slots = tuple((k, a.index) for k, a in enumerate(step.args) if isinstance(a, Buf))
-                template = [None if isinstance(a, Buf) else a for a in step.args]
-                self.steps.append((launcher, template, slots, step.kernel.name))
+                values = tuple((k, a.index, a.element) for k, a in enumerate(step.args) if isinstance(a, Host))
+                template = [None if isinstance(a, (Buf, Host)) else a for a in step.args]
+                self.steps.append((launcher, template, slots, values, step.kernel.name))
             else:
-                self.steps.append((None, step, (), step.node.attrs.get("target", "extern")))
+                self.steps.append((None, step, (), (), step.node.attrs.get("target", "extern")))
         # outputs: the buffer itself where the view is all of a buffer the run made (its first use)
         whole: set[int] = set()
         self.outputs: list[tuple[int, View | None]] = []
@@ -165,6 +167,11 @@ class Prepared:
              donate: dict[int, int] | None) -> list[torch.Tensor]:
         plan, device = self.plan, self.device
         bufs: list = list(inputs)
+        host: dict[int, list] = {}
+        for b in plan.host:  # (values on the host: a CPU tensor's `tolist` is one call, no device sync)
+            host[b] = bufs[b].tolist()
+            if plan.host_pointer and bufs[b].device != device:
+                bufs[b] = bufs[b].to(device)
         if self.simple_fill:
             for kind, x in self.fill:
                 bufs.append(arena[x] if kind == "arena" else torch.empty(x.shape, dtype=x.dtype, device=device))
@@ -186,7 +193,7 @@ class Prepared:
         # A long call reports which step it is in (and, interpreted, which program instance): progress.py.
         checks = plan.flag_checks
         with Progress("kernel", len(self.steps), title=f"running {name}", inner=self.inner) as progress:
-            for i, (launcher, template, slots, label) in enumerate(self.steps):
+            for i, (launcher, template, slots, values, label) in enumerate(self.steps):
                 if checks and i in checks:
                     _check_flags(plan, bufs)
                 progress.update(i + 1, label)
@@ -194,6 +201,8 @@ class Prepared:
                     args = template.copy()
                     for k, b in slots:
                         args[k] = bufs[b]
+                    for k, b, e in values:
+                        args[k] = host[b][e]
                     launcher(args)
                 else:
                     _run_extern(template, bufs)
@@ -271,7 +280,8 @@ class CompiledGraph:
     """`cg(inputs) -> outputs`, matching `ember.ir.evaluate(graph, *inputs)`."""
 
     def __init__(self, graph: Graph, device: torch.device | str | None = None, fuse: bool = True,
-                 name: str | None = None, donate: dict[int, int] | None = None):
+                 name: str | None = None, donate: dict[int, int] | None = None,
+                 host: frozenset[int] = frozenset()):
         self.graph = graph
         self.name = name or f"a graph of {len(graph.nodes)} nodes"  # in progress reports
         self.fuse = fuse
@@ -282,6 +292,10 @@ class CompiledGraph:
                 raise TypeError(f"donate: output {k} ({out.type}) cannot be stored over input {j} ({inp.type})")
         if len(set(self.donate.values())) != len(self.donate):
             raise ValueError("donate: an input can take one output")
+        self.host = frozenset(host)
+        for j in self.host:
+            if graph.inputs[j].dtype not in HOST_SIGS or j in self.donate.values():
+                raise TypeError(f"host: input {j} ({graph.inputs[j].type}) must be float32 or float64, not donated")
         self.default_device = torch.device(device or "cpu")
         self._schedules: dict[str, Schedule] = {}
         self._plans: LRU[tuple, Plan] = LRU(MAX_PLANS)  # a caller cycling through layouts re-plans
@@ -294,7 +308,7 @@ class CompiledGraph:
         target = "cpu" if device.type == "cpu" else "cuda"
         if target not in self._schedules:
             with Progress(title=f"scheduling {self.name}"):
-                self._schedules[target] = build_schedule(self.graph, target, self.fuse, self.donate)
+                self._schedules[target] = build_schedule(self.graph, target, self.fuse, self.donate, self.host)
         return self._schedules[target]
 
     @property
@@ -332,7 +346,9 @@ class CompiledGraph:
         for v, t in zip(self.graph.inputs, inputs):
             if tuple(t.shape) != v.shape or t.dtype != v.dtype:
                 raise TypeError(f"input %{v.name}: expected {v.type}, got {t.dtype}{list(t.shape)}")
-        device = self._last_device = inputs[0].device if inputs else self.default_device
+        # the device of the first input not held on the host
+        device = next((t.device for j, t in enumerate(inputs) if j not in self.host), self.default_device)
+        self._last_device = device
         plan = self._last = self.plan_at(device, [t.stride() for t in inputs])
         run = prepared(plan, device)
         self._fast = (tensor_guard(inputs), _precisions(), plan, run)

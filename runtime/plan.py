@@ -47,6 +47,15 @@ class Buf:
     index: int
 
 
+@dataclass(frozen=True)
+class Host:
+    """Placeholder in launch args for element `element` of the host-held input buffer `index` (compile_ir's
+    `host`): the executor passes its value (a Python float), read once per call."""
+
+    index: int
+    element: int
+
+
 @dataclass
 class BufSpec:
     shape: tuple[int, ...]
@@ -103,6 +112,10 @@ class Plan:
     # the kernels' error flag (a buffer index, or None) and the steps before which it is read
     flag: int | None = None
     flag_checks: frozenset[int] = frozenset()
+    # host-held input buffers (compile_ir's `host`), and whether a step reads one of them through a
+    # pointer (then the executor copies it to the device per call) rather than only by value (`Host`)
+    host: frozenset[int] = frozenset()
+    host_pointer: bool = False
 
     @property
     def launches(self) -> list[LaunchStep]:
@@ -133,6 +146,7 @@ class Planner:
         self.entry: int | None = None  # the schedule entry being planned
         for v, strides in zip(graph.inputs, input_strides):
             self.views[v] = View(self._buf(v.shape, v.dtype, "input"), 0, v.shape, tuple(strides))
+        self.plan.host = frozenset(self.views[graph.inputs[j]].buf for j in schedule.host)
         # donated outputs tried in place (`in_place`): each value their buffers hold -> the input index
         self.donated = {v: j for k, j in schedule.donate.items() if k in in_place
                         for v in _view_chain(graph.outputs[k])}
@@ -211,6 +225,17 @@ class Planner:
     def _ptr(v: View) -> tuple:
         return (Buf(v.buf), v.offset, v.strides)
 
+    def _host(self, v: View) -> Host | None:
+        """`v` as a host scalar: a single element (broadcast or not) of a host-held input."""
+        if v.buf in self.plan.host and all(n == 1 or st == 0 for n, st in zip(v.shape, v.strides)):
+            return Host(v.buf, v.offset)
+        return None
+
+    def _pointwise_host(self, group: PointwiseGroup, ins: list[View]) -> tuple[frozenset[int], list[tuple]]:
+        """(inputs `group` takes by value, the (pointer object, offset, strides) of each input)."""
+        host = frozenset(i for i in pointwise.hostable(group) if self._host(ins[i]))
+        return host, [(self._host(v), None, None) if i in host else self._ptr(v) for i, v in enumerate(ins)]
+
     def _launch(self, kernel: codegen.Kernel, ops: list[str], config: LaunchConfig, args, reads: list[View],
                 writes: list[View], **constexprs) -> None:
         constexprs = {**config.constexprs, **constexprs}
@@ -228,10 +253,10 @@ class Planner:
         if config is None:
             return
         in_views = [self.views[v] for v in group.inputs]
-        kernel = codegen.emit_pointwise(group, _wide(out_views[0].numel, in_views + out_views))
+        host, ins = self._pointwise_host(group, in_views)
+        kernel = codegen.emit_pointwise(group, _wide(out_views[0].numel, in_views + out_views), host)
         flag = self._flag() if pointwise.checked(group) else None
-        args = codegen.pointwise_args(group, [self._ptr(v) for v in in_views], [self._ptr(v) for v in out_views],
-                                      flag)
+        args = codegen.pointwise_args(group, ins, [self._ptr(v) for v in out_views], flag, host)
         self._launch(kernel, group.ops, config, args, in_views, out_views)
 
     def copy(self, view: View, dtype: torch.dtype, label: str) -> View:
@@ -268,6 +293,7 @@ class Planner:
         self.entry = None
         self.plan.outputs = [self.torch_view(v) for v in self.graph.outputs]
         self.plan.flag_checks = _flag_checks(self.plan, len(self.graph.inputs))
+        self.plan.host_pointer = _host_pointer(self.plan)
         return self.plan
 
     def group_pointwise(self, g: KernelGroup, config: LaunchConfig | None) -> None:
@@ -305,17 +331,21 @@ class Planner:
                 alone += chunk
                 continue
             template, shared = members[chunk[0][0]], shared_by(chunk)
-            kernel = multi.emit_multi(template, len(chunk), shared)
+            hostable = pointwise.hostable(template)
+            host = [k in hostable and all(self._host(ins[k]) for _, ins, _ in chunk) for k in range(len(shared))]
+            kernel = multi.emit_multi(template, len(chunk), shared, host)
             args, programs = multi.multi_args(
-                template, [([(Buf(v.buf), v.offset) for v in ins], [(Buf(v.buf), v.offset) for v in outs],
-                            math.prod(members[i].shape)) for i, ins, outs in chunk], shared, block)
+                template, [([(self._host(v), None) if host[k] else (Buf(v.buf), v.offset) for k, v in enumerate(ins)],
+                            [(Buf(v.buf), v.offset) for v in outs], math.prod(members[i].shape))
+                           for i, ins, outs in chunk], shared, block, host)
             self._launch(kernel, template.ops, LaunchConfig((programs,), {"BLOCK": block}, config.num_warps), args,
                          [v for _, ins, _ in chunk for v in ins], [v for _, _, outs in chunk for v in outs])
             self.plan.steps[-1].parts = chunk
         for i, ins, outs in alone:
             m, numel = members[i], math.prod(members[i].shape)
-            kernel = codegen.emit_pointwise(m, _wide(numel, ins + outs))
-            args = codegen.pointwise_args(m, [self._ptr(v) for v in ins], [self._ptr(v) for v in outs])
+            host, in_args = self._pointwise_host(m, ins)
+            kernel = codegen.emit_pointwise(m, _wide(numel, ins + outs), host)
+            args = codegen.pointwise_args(m, in_args, [self._ptr(v) for v in outs], None, host)
             self._launch(kernel, m.ops, pointwise.launch_config(numel, self.target), args, ins, outs)
             self.plan.steps[-1].parts = [(i, ins, outs)]
 
@@ -361,7 +391,11 @@ class Planner:
         m, r = math.prod(kept), math.prod(red)
         args: list = []
         loads = [self.views[v] for v, _ in layout.loads]
-        for (v, mode), view in zip(layout.loads, loads):
+        layout.host = frozenset(i for i in row_codegen.hostable(layout) if self._host(loads[i]))
+        for i, ((v, mode), view) in enumerate(zip(layout.loads, loads)):
+            if i in layout.host:
+                args.append(self._host(view))
+                continue
             ks, rs = codegen.row_load_strides(layout, v, mode, view.strides)
             args += [Buf(view.buf), view.offset] + ks + (rs if mode == "tile" else [])
         for v in layout.tile_outputs:
@@ -662,6 +696,18 @@ def _flag_checks(plan: Plan, n_inputs: int) -> frozenset[int]:
     return frozenset(checks)
 
 
+def _host_pointer(plan: Plan) -> bool:
+    """Does any step (or an output) read a host-held input's memory rather than its values by `Host`?"""
+    if not plan.host:
+        return False
+    for step in plan.steps:
+        reads = [a.index for a in step.args if isinstance(a, Buf)] if isinstance(step, LaunchStep) \
+            else [v.buf for v in step.inputs]
+        if plan.host & set(reads):
+            return True
+    return any(v.buf in plan.host for v in plan.outputs)
+
+
 def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:
     """The plan of `schedule` for inputs with these strides on `device`. Donated outputs are stored in
     their inputs' memory where that is safe (`_in_place`); the others are listed in `plan.copies`."""
@@ -676,4 +722,4 @@ def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device:
     return plan
 
 
-__all__ = ["Buf", "BufSpec", "ExternStep", "LaunchStep", "Plan", "build_plan"]
+__all__ = ["Buf", "BufSpec", "ExternStep", "Host", "LaunchStep", "Plan", "build_plan"]

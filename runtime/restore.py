@@ -20,8 +20,10 @@ from .views import contiguous_strides
 def restore(graph: Graph, schedules: dict[str, dict], donate: dict[int, int] | None = None,
             name: str | None = None) -> Executable:
     """`compile_ir(graph, optimize=False)` with the schedule of each target in `schedules` (target ->
-    `Schedule.to_dict()`) taken as saved instead of computed (a target not given is computed as usual)."""
-    exe = Executable(graph, None, True, name, donate)
+    `Schedule.to_dict()`) taken as saved instead of computed (a target not given is computed as usual).
+    The host-held inputs (compile_ir's `host`) are the schedules' own."""
+    host = frozenset(j for d in schedules.values() for j in d.get("host", ()))
+    exe = Executable(graph, None, True, name, donate, host)
     exe.source_graph = graph
     exe.snapshots = [("loaded", str(graph))]
     for target, d in schedules.items():

@@ -55,6 +55,8 @@ class Schedule:
     target: str                  # codegen/launch.py TARGETS
     entries: list[Entry]
     donate: dict[int, int] = field(default_factory=dict)  # output index -> input index
+    # inputs held on the host, whose single elements kernels take by value (runtime/plan.py `Host`)
+    host: frozenset[int] = frozenset()
 
     @property
     def kernels(self) -> list[Entry]:
@@ -82,6 +84,7 @@ class Schedule:
                             "outputs": names(m.outputs), "shape": list(m.shape), "dims": list(m.dims),
                             "whole": m.whole}
         return {"target": self.target, "donate": {str(k): j for k, j in self.donate.items()},
+                "host": sorted(self.host),
                 "entries": [{"kind": e.kind, "nodes": [index[n] for n in e.group.nodes],
                              "scalars": [index[n] for n in e.group.scalars], "inputs": names(e.group.inputs),
                              "outputs": names(e.group.outputs), "shape": list(e.group.shape),
@@ -105,7 +108,8 @@ class Schedule:
                                  for m in e.get("members", [])])
             config = LaunchConfig.from_dict(e["config"]) if e["config"] else None
             entries.append(Entry(i, group, config, group_cost(group, splits(config))))
-        return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()})
+        return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()},
+                        frozenset(d.get("host", ())))
 
 
 def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
@@ -193,8 +197,9 @@ def _order_for_donation(graph: Graph, groups: list[KernelGroup], donate: Mapping
     return [groups[i] for i in order]
 
 
-def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping[int, int] | None = None) -> Schedule:
-    """The schedule of `graph` (after the pass pipeline) for `target`."""
+def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping[int, int] | None = None,
+                   host: frozenset[int] = frozenset()) -> Schedule:
+    """The schedule of `graph` (after the pass pipeline) for `target`; `host`: compile_ir's."""
     graph = strip_gradient_markers(graph)
     # fused: independent same-structure pointwise groups (an optimizer's updates) share one launch
     groups = merge_horizontal(partition(graph)) if fuse else singleton_groups(graph)
@@ -203,4 +208,4 @@ def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping
         groups = _order_for_donation(graph, groups, donate)
     configs = [launch_config(g, target) for g in groups]
     entries = [Entry(i, g, c, group_cost(g, splits(c))) for i, (g, c) in enumerate(zip(groups, configs))]
-    return Schedule(graph, target, entries, donate)
+    return Schedule(graph, target, entries, donate, frozenset(host))

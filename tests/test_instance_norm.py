@@ -93,7 +93,7 @@ def test_other_modes(mode):
 
 @pytest.mark.parametrize("norm", ["instance", "group"])
 def test_half_weight_and_bias_gradients_round_once(norm):
-    """A bfloat16 weight's gradient is a float32 sum rounded once (ir/registry.py `unbroadcast`), as
+    """A bfloat16 weight's gradient is a float32 sum rounded once (ir/vjp.py `unbroadcast`), as
     torch's norm backward kernels do: within half an ulp of the float64 gradient, plus float32's own
     error on the sum (2^-20 of the sum of the terms' magnitudes). Rounding each term first put
     instance_norm's weight gradient up to 1.2 ulps off."""

@@ -33,8 +33,8 @@ from ember.codegen import generated_kernels
 from ember.codegen.kernel import GPU_OPTIONS, record_spec, spec_count
 from ember.codegen.source_cache import load_module
 from ember.ir import Graph, TensorType, parse_graph
-from ember.runtime import compile_graph
-from ember.runtime.plan import Buf, BufSpec, LaunchStep
+from ember.runtime import compile_graph, compile_ir
+from ember.runtime.plan import Buf, BufSpec, Host, LaunchStep
 
 T = TensorType
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -228,6 +228,8 @@ def _jit_specialization(fn, signature: dict[str, str], consts: dict, args: list,
     for name, value, align in zip(runtime, args, aligned):
         if signature[name].startswith("*"):  # a buffer (an index here): a tensor at an aligned address
             kind, attr = "ptr", "D" if align else ""
+        elif signature[name] in ("fp32", "fp64"):  # a host scalar: annotated, never specialized
+            kind, attr = signature[name], ""
         else:
             kind, attr = native_specialize_impl(CUDABackend, value, False, True, True)
         if kind == "constexpr":
@@ -250,6 +252,34 @@ def test_one_kernel_of_each_kind_compiles_for_sm90(kind, monkeypatch):
     assert fragment in jobs[0][0], jobs[0][0]
     error = _compile_one(jobs[0])
     assert error is None, error
+
+
+# Host scalars (runtime/plan.py `Host`): an optimizer's hyperparameters, input 0 held on the host,
+# reach pointwise, multi-tensor and row kernels as float parameters of their dtype, never loaded.
+HOST_KINDS: dict[str, Callable[[torch.dtype], Graph]] = {
+    "pointwise": lambda dt: _graph([((3,), dt), ((4, 5), dt)], lambda g, hp, x: g.add(
+        "mul", [x, g.add("select", [hp], dim=0, index=1)])),
+    "multi": lambda dt: _graph([((3,), dt), ((4, 5), dt), ((7,), dt)], lambda g, hp, x, y: [
+        g.add("mul", [v, g.add("select", [hp], dim=0, index=k)]) for k, v in enumerate((x, y))]),
+    "row": lambda dt: _graph([((3,), dt), ((3, 24), dt)], lambda g, hp, x: _softmax(
+        g, g.add("mul", [x, g.add("select", [hp], dim=0, index=2)]))),
+}
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.float64])
+@pytest.mark.parametrize("kind", list(HOST_KINDS))
+def test_host_scalars_are_float_parameters_on_sm90(kind, dtype):
+    g = HOST_KINDS[kind](dtype)
+    plan = compile_ir(g, "cuda", optimize=False, host=frozenset({0})).plan  # nothing runs
+    (step,) = plan.launches
+    assert not plan.host_pointer and Buf(0) not in step.args
+    assert [a.element for a in step.args if isinstance(a, Host)] == ([0, 1] if kind == "multi" else [1 if kind ==
+                                                                                                    "pointwise" else 2])
+    (job,) = _planned_jobs(plan.steps, plan.bufs)
+    name = {F32: "float32", torch.float64: "float64"}[dtype]
+    assert f"_val: tl.{name}" in job[0], job[0]
+    ptx = _compile(job).asm["ptx"]
+    assert re.search(rf"\.param \.f{dtype.itemsize * 8} ", ptx), ptx[:2000]
 
 
 # split reductions (codegen/row.py `split_plan`): stage 1 (programs per row block and slice, partials)
