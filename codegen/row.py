@@ -32,8 +32,19 @@ from ..ir.ops.reduction import reduced_shape
 from ..ir.row_sweeps import Sweeps, reduction_free, row_sweeps, tile_reductions
 from ..ir.types import compute_dtype
 from .cross_entropy import ROW_HOOKS
-from .emitter import (HOST_SIGS, BlockContext, Emitter, bind_value, emit_rows, host_scalar, interp_params, literal,
-                      ptr_sig, tl_dtype, unravel)
+from .emitter import (
+    HOST_SIGS,
+    BlockContext,
+    Emitter,
+    bind_value,
+    emit_rows,
+    host_scalar,
+    interp_params,
+    literal,
+    ptr_sig,
+    tl_dtype,
+    unravel,
+)
 from .kernel import Kernel, make_kernel, render
 from .launch import LaunchConfig, cdiv, interpreted
 from .scan import scan_tile, with_combines

@@ -12,8 +12,8 @@ from a scheduler, Adam's bias corrections) are data, never constants: a new step
 rate or beta reuses the compiled graph, its plan and its kernels. `hp` stays on the host whatever
 the device (`compile_ir(..., host={0})`): the kernels take its slots by value, as float parameters
 (runtime/plan.py `Host`), so a step copies nothing to the device; the program keeps its `hp` tensor
-and a step writes the new values into it (`HostScalars`: no tensor made per step). Only a change of structure (a new shape, a flag, a
-parameter gaining or losing its gradient) builds a new graph; the kernels themselves stay cached
+and a step writes the new values into it (`HostScalars`: no tensor made per step). Only a change
+of structure (a new shape, a flag, a parameter gaining or losing its gradient) builds a new graph; the kernels themselves stay cached
 by source in `ember.codegen`.
 
 The graph goes through the driver (`ember.runtime.compile_ir`: passes, schedule, plan); the fusion
