@@ -13,8 +13,8 @@ rate or beta reuses the compiled graph, its plan and its kernels. `hp` stays on 
 the device (`compile_ir(..., host={0})`): the kernels take its slots by value, as float parameters
 (runtime/plan.py `Host`), so a step copies nothing to the device; the program keeps its `hp` tensor
 and a step writes the new values into it (`HostScalars`: no tensor made per step). Only a change
-of structure (a new shape, a flag, a parameter gaining or losing its gradient) builds a new graph; the kernels themselves stay cached
-by source in `ember.codegen`.
+of structure (a new shape, a flag, a parameter gaining or losing its gradient) builds a new graph;
+the kernels themselves stay cached by source in `ember.codegen`.
 
 The graph goes through the driver (`ember.runtime.compile_ir`: passes, schedule, plan); the fusion
 pass makes each parameter's whole update one pointwise group, and horizontal fusion
