@@ -8,6 +8,10 @@ Two flavors, told apart by `reference=`:
   the body, so it fuses with its neighbours like any pointwise op (and into row and matmul kernels as
   a prologue or epilogue). Inputs are promoted to one floating dtype (torch's promotion; integers to
   the default dtype) and broadcast; the result has that dtype.
+- a **row body**: a Triton body with row reductions `tl.sum/max/min(expr, axis=-1, keep_dims=True)`
+  or lengths `x.shape[k]` is a composite instead: its pointwise parts become Triton-body ops of their
+  own and its reductions ember's (ir/ops/custom_row.py), so it is one row kernel with its neighbours.
+  Its gradient is still the derivative of `reference` (or `vjp`): the parts have none.
 - a **torch body** (no `reference`): `fn` is made of torch ops ember lowers; the op is a composite
   whose decomposition is `fn`'s IR (a custom normalization becomes one row kernel with its
   neighbours).
@@ -40,8 +44,10 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 from ..codegen.lru import LRU
 from ..frontend.lower_custom import add_rule, trace_ir
 from ..ir import OPS, Graph, TensorType
-from ..ir.ops.custom import ATTR_TYPES, RESERVED, TritonBody, register_composite, register_pointwise
+from ..ir.ops.custom import ATTR_TYPES, RESERVED, TritonBody, register_composite, register_part, register_pointwise
+from ..ir.ops.custom_row import RowProgram
 from ..passes.decompose import decompose
+from ..runtime.driver import compile_ir
 
 NAMESPACE = "ember_custom"
 _TRACES_KEPT = 64  # traced IR graphs per op (one per input signature)
@@ -55,6 +61,7 @@ class CustomOp:
         self.fn, self.reference, self.user_vjp = fn, reference, vjp
         self.triton = reference is not None
         self.body = TritonBody(fn) if self.triton else None
+        self.program = RowProgram(self.body) if self.triton and self.body.row else None
         params = list(inspect.signature(fn).parameters.values())
         if any(p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
             raise TypeError(f"custom op {fn.__name__}: takes positional parameters only (no *args, **kwargs)")
@@ -76,7 +83,13 @@ class CustomOp:
         self.library_op.register_fake(self._fake)
         self.library_op.register_autograd(self._backward, setup_context=self._setup)
         self.op = getattr(getattr(torch.ops, NAMESPACE), self.name).default
-        if self.triton:
+        if self.program is not None:
+            for k, part in enumerate(self.program.parts):
+                part.op = _unique_name(f"{self.name}_part{k}")
+                register_part(part.op, part.body, _KernelImpl(part.op), self._final_vjp if part.final else None)
+            self.opdef = register_composite(self.name, self.arity, None, self._reference_call, self._row_decompose,
+                                            self._ir_vjp, doc=f"custom op (Triton row body {self.body.name})")
+        elif self.triton:
             self.opdef = register_pointwise(self.name, self.body, self._reference_call, self._ir_vjp)
         else:
             self.opdef = register_composite(self.name, self.arity, self._infer, self._fresh_call, self._decompose,
@@ -108,7 +121,8 @@ class CustomOp:
         return args[:self.arity], dict(zip(self.attrs, args[self.arity:]))
 
     def __repr__(self) -> str:
-        return f"<ember custom op {self.name} ({'Triton' if self.triton else 'torch'} body)>"
+        flavor = "Triton row" if self.program else "Triton" if self.triton else "torch"
+        return f"<ember custom op {self.name} ({flavor} body)>"
 
     # -- torch: eager implementation, fake implementation, autograd ---------------------------------
     def _reference_call(self, *xs: torch.Tensor, **attrs: Any) -> torch.Tensor:
@@ -190,6 +204,23 @@ class CustomOp:
     def _decompose(self, g: Graph, /, *inputs: Any, **attrs: Any) -> Any:
         return g.inline(self._body_graph([v.type for v in inputs], attrs), list(inputs), label=self.name)[0]
 
+    def _row_decompose(self, g: Graph, /, *inputs: Any, **attrs: Any) -> Any:
+        def build(types, what):
+            body = Graph()
+            xs = [body.add_input(t) for t in types]
+            body.set_outputs([self.program.build(body, xs, attrs)])  # (the op's type: the final part's)
+            return body
+
+        key = ("row", *(v.type for v in inputs), *attrs.items())
+        template = self._traced(key, build, [v.type for v in inputs], f"custom op {self.name}")
+        return g.inline(template, list(inputs), label=self.name)[0]
+
+    def _final_vjp(self, g: Graph, inputs: list, out: Any, ct: Any, /, **attrs: Any) -> list:
+        """The VJP of a row body's final part (ir/ops/custom_row.py): the op's, for its first inputs (the
+        op's tensors); none for the reductions it reads (so none reaches the steps before it)."""
+        grads = self._ir_vjp(g, inputs[:self.arity], out, ct, **{k: attrs[k] for k in self.attrs})
+        return grads + [None] * (len(inputs) - self.arity)
+
     def _ir_vjp(self, g: Graph, inputs: list, out: Any, ct: Any, /, **attrs: Any) -> list:
         types = [v.type for v in inputs] + [out.type, ct.type]
 
@@ -210,6 +241,25 @@ class CustomOp:
         for i, gr in zip(wrt, grads):
             result[i] = gr
         return result
+
+
+class _KernelImpl:
+    """The reference implementation of a row body's part (a pointwise Triton-body op with no torch
+    form): its own kernel, compiled by ember for each input signature. The reference interpreter and
+    constant folding call it; the op's `reference` checks the whole op."""
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self._exes: LRU[tuple, Any] = LRU(_TRACES_KEPT)
+
+    def __call__(self, *xs: torch.Tensor, **attrs: Any) -> torch.Tensor:
+        key = (*((tuple(x.shape), x.dtype, x.device) for x in xs), *attrs.items())
+        exe = self._exes.get(key)
+        if exe is None:
+            g = Graph()
+            g.set_outputs([g.add(self.op, [g.add_input(TensorType(tuple(x.shape), x.dtype)) for x in xs], **attrs)])
+            exe = self._exes[key] = compile_ir(g, name=self.op)
+        return exe([x.contiguous() for x in xs])[0]
 
 
 def custom_op(fn: Callable | None = None, *, reference: Callable | None = None, vjp: Callable | None = None,

@@ -1,7 +1,8 @@
-"""Custom ops: a Triton-language pointwise op with a straight-through gradient, and a torch-body row
-op (an RMS norm), each fused with its neighbours. Run: python examples/custom_op.py
+"""Custom ops: a Triton-language pointwise op with a straight-through gradient, a torch-body row op
+(an RMS norm) and a Triton-language row op (a softmax with a temperature), all fused with their
+neighbours into one row kernel. Run: python examples/custom_op.py
 
-docs/custom_ops.md explains both flavors; tests/test_custom_op.py runs this file's `main`.
+docs/custom_ops.md explains the flavors; tests/test_custom_op.py runs this file's `main`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,17 @@ def rms_norm(x, eps=1e-6):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
 
 
+# A Triton row body: `tl.max` / `tl.sum` along the last dim (axis=-1, keep_dims=True) become ember's
+# own row reductions, the rest Triton-body pointwise parts; its gradient is `reference`'s derivative.
+@ember.custom_op(reference=lambda x, t: torch.softmax(x / t, -1))
+def softmax_t(x, t=1.0):
+    z = x / t
+    e = tl.exp(z - tl.max(z, axis=-1, keep_dims=True))
+    return e / tl.sum(e, axis=-1, keep_dims=True)
+
+
 def layer(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return rms_norm(ste_sign(x * 0.5) * w + x, eps=1e-5)
+    return softmax_t(rms_norm(ste_sign(x * 0.5) * w + x, eps=1e-5), t=0.5)
 
 
 def main() -> dict:

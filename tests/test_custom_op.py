@@ -295,14 +295,15 @@ def test_torch_library_op_without_autograd_is_refused_under_grad(library_ops):
         ember.compile(fn)(x.requires_grad_())
 
 
-def test_the_example_fuses_both_ops_into_one_kernel():
+def test_the_example_fuses_its_ops_into_one_kernel():
     """examples/custom_op.py: sign (Triton body, straight-through VJP) -> scale -> residual -> RMS norm
-    (torch body, an `eps` attribute): one row kernel naming both ops; output and gradients as eager's."""
+    (torch body, an `eps` attribute) -> softmax (Triton row body): one row kernel naming the three ops;
+    output and gradients as eager's."""
     path = Path(__file__).resolve().parents[1] / "examples" / "custom_op.py"
     spec = importlib.util.spec_from_file_location("custom_op_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     result = example.main()
     assert len(result["kernels"]) == 1 and example.ste_sign.name in result["kernels"][0]
-    assert result["custom_ops"] == [[example.ste_sign.name, example.rms_norm.name]]
+    assert result["custom_ops"] == [[example.ste_sign.name, example.rms_norm.name, example.softmax_t.name]]
     assert max(result["errors"]) < 1e-5, result["errors"]
