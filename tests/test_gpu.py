@@ -7,7 +7,8 @@ Covered on CUDA against eager CUDA PyTorch: fused patterns, small models trained
 mode, every zoo model (tests/zoo.py: embeddings, scatter-add, conv forward / input-grad / weight-grad,
 pooling, attention, norms) through `ember.compile` forward + backward + ember.optim.AdamW and through
 `compile_step` + AdamW (the horizontal multi-tensor update), a long-row cumsum, a float16
-channels_last conv with its gradients, and out-of-range embedding indices (the error flag).
+channels_last conv with its gradients, out-of-range embedding indices (the error flag), and an AdamW
+step whose hyperparameters reach the kernels as launch arguments (host scalars).
 Kept small: most of the run is Triton compile time, one compile per distinct kernel.
 """
 
@@ -163,3 +164,27 @@ def test_out_of_range_embedding_index_raises_on_gpu(cuda):
     # a training step: raises before any parameter or optimizer state is written (the executor reads the
     # flags before the first step that writes a donated buffer)
     bad_token_step_changes_nothing(cuda)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hyperparameters_reach_gpu_kernels_as_arguments(cuda, dtype):
+    # runtime/plan.py `Host`: the step's `hp` stays a CPU tensor; its values are launch arguments (fp32
+    # or fp64 parameters), so no step copies them to the device, and a learning rate changing every step
+    # (bias corrections too) reaches the kernels the next launch
+    params = [torch.nn.Parameter(torch.randn(s, device=cuda, dtype=dtype)) for s in [(64, 33), (33,), (5, 7)]]
+    ref = copy.deepcopy(params)
+    opt = ember.optim.AdamW(params, lr=1e-2, eps=1e-3, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, eps=1e-3, weight_decay=0.1, foreach=False)
+    scheds = [torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.5) for o in (opt, ref_opt)]
+    for _ in range(3):
+        for p, r in zip(params, ref):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        opt.step()
+        ref_opt.step()
+        for s in scheds:
+            s.step()
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach(), r.detach())
+    (program,) = opt.engine.programs()
+    assert program.hp.tensor.device.type == "cpu" and not program.compiled.plan.host_pointer
