@@ -25,6 +25,13 @@ broadcast of rank 0's buffers before each forward. So:
   features that change the reduction are refused: communication hooks, mixed precision, buffer hooks,
   delayed all-reduce, and a step inside `no_sync()` (it has no averaging to skip: the step updates
   the parameters at every call).
+  Parameters the loss does not reach (api/train.py `TracedLoss`) follow DDP's `find_unused_parameters=True`:
+  which parameters each process used is all-reduced at every step; one used by another process gets the
+  average with this process's share zero, one no process used keeps `.grad` None and the optimizer skips
+  it. Without `find_unused_parameters`, or when the model's output reaches a parameter the loss does not
+  (DDP then waits for a gradient that never comes), eager DDP fails at the next iteration ("Expected to
+  have finished reduction in the prior iteration"): refused (`DDPError`), as is `static_graph` (whose own
+  handling of unused parameters is not reproduced).
 """
 
 from __future__ import annotations
@@ -106,20 +113,74 @@ def average_gradients(grads: list[torch.Tensor], group) -> list[torch.Tensor]:
     return out
 
 
+def _output_reached(model: nn.Module, x: torch.Tensor, params: list[torch.Tensor]) -> list[bool]:
+    """For each parameter: whether the model's output reaches it, what DDP's find_unused_parameters
+    search (from the forward's output tensors, not the loss) marks used."""
+    from ..frontend.capture import module_state
+    from ..ir.types import is_float
+    from ..passes.autodiff import reaching_inputs
+    from .static import StaticGraph
+
+    with torch.no_grad():
+        static = StaticGraph(model, (x,))
+    tensors = [x] + list(module_state(model).values()) + static.captured.source_tensors() + static.lowered.constants
+    index = {id(t): i for i, t in enumerate(tensors)}
+    outs = [k for k, v in enumerate(static.graph.outputs[:static.lowered.num_user_outputs]) if is_float(v.dtype)]
+    return reaching_inputs(static.graph, [index[id(p)] for p in params], outs) if outs else [False] * len(params)
+
+
 class _GradProgram:
     """The forward, loss and backward of one step signature: inputs as compile_step's step graph
-    before its hyperparameters; outputs the loss, updated buffers, then one gradient per parameter."""
+    before its hyperparameters; outputs the loss, updated buffers, then one gradient per parameter the
+    loss reaches (`reached`, per optimizer parameter)."""
 
-    def __init__(self, loss_module: nn.Module, x: torch.Tensor, y: torch.Tensor, params: list[torch.Tensor]):
+    def __init__(self, ddp: nn.Module, loss_module: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 params: list[torch.Tensor]):
         from ..passes.autodiff import grad_graph
         from ..runtime.driver import compile_ir
         from .train import TracedLoss
 
-        traced = TracedLoss(loss_module, x, y, params)  # (the same trace, inputs and checks as compile_step's)
-        self.static, self.wrt, self.tensors = traced.static, traced.wrt, traced.tensors
+        traced = TracedLoss(loss_module, x, y)  # (the same trace, inputs and checks as compile_step's)
+        self.static, self.tensors = traced.static, traced.tensors
+        # DDP's reducer waits for a gradient of every parameter of the module that requires grad
+        module_params = [p for p in loss_module.model.parameters() if p.requires_grad]
+        unreached = [p for p, r in zip(module_params, traced.reached(module_params)) if not r]
+        if unreached:
+            _check_unused(ddp, loss_module.model, x, unreached, traced.names(unreached))
+        self.reached = traced.reached(params)
+        self.wrt = traced.inputs([p for p, r in zip(params, self.reached) if r])
         self.n_out = len(self.static.graph.outputs)
         self.compiled = compile_ir(grad_graph(self.static.graph, self.wrt, out_index=0), name="DDP step gradients")
         self.graph = self.compiled.graph
+
+
+def _check_unused(ddp: nn.Module, model: nn.Module, x: torch.Tensor, unreached: list[torch.Tensor],
+                  names: str) -> None:
+    """Refuse parameters the loss does not reach where eager DDP fails on them, or handles them in a way
+    `DistributedStep` does not reproduce (static_graph)."""
+    where = f"ember.compile_step(DistributedDataParallel): the loss does not reach parameter(s) {names}"
+    if getattr(ddp, "static_graph", False):
+        raise DDPError(f"{where}, and DDP was built with static_graph=True, whose handling of unused parameters "
+                       "compile_step does not reproduce. Build DDP with find_unused_parameters=True instead")
+    why = None
+    if not ddp.find_unused_parameters:
+        why = "DDP was built without find_unused_parameters=True"
+    elif any(_output_reached(model, x, unreached)):
+        why = ("the model's output depends on some of them: DDP's find_unused_parameters search starts from the "
+               "output, not the loss, so it waits for their gradients")
+    if why is not None:
+        raise DDPError(f"{where}, and {why}: eager DDP fails on this (at the next iteration: 'Expected to have "
+                       "finished reduction in the prior iteration'). Build DDP with find_unused_parameters=True "
+                       "and leave the unused parameters out of the model's output, or out of the model")
+
+
+def _used_anywhere(reached: list[bool], group) -> list[bool]:
+    """Whether any process's loss reaches each parameter (DDP's all-reduced `local_used_map`)."""
+    import torch.distributed as dist
+
+    used = torch.tensor(reached, dtype=torch.int32)
+    dist.all_reduce(used, group=group)
+    return [bool(u) for u in used.tolist()]
 
 
 class DistributedStep:
@@ -159,14 +220,22 @@ class DistributedStep:
             key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
                    tuple(map(id, params)))
             program = cached_program(self._programs, key, self.recompile_reasons,
-                                     lambda: _GradProgram(self.loss_module, x, y, params))
+                                     lambda: _GradProgram(ddp, self.loss_module, x, y, params))
             self.last = program
             tensors = program.tensors(self.loss_module, x, y)
             outs = program.compiled(tensors)
             lowered = program.static.lowered
             n_user, mutated = lowered.num_user_outputs, lowered.mutated_inputs
             write_back([tensors[i] for i in mutated], outs[n_user:n_user + len(mutated)])  # batch-norm statistics
-            grads = average_gradients(outs[program.n_out:], ddp.process_group)
+            local = iter(outs[program.n_out:])
+            grads = [next(local) if r else None for r in program.reached]
+            if ddp.find_unused_parameters:  # (every step, as DDP does; on every process alike)
+                # used elsewhere: this process's share is zero; used nowhere: no .grad, the optimizer skips it
+                used = _used_anywhere(program.reached, ddp.process_group)
+                grads = [(torch.zeros_like(p) if g is None else g) if u else None
+                         for p, g, u in zip(params, grads, used)]
+            averaged = iter(average_gradients([g for g in grads if g is not None], ddp.process_group))
+            grads = [None if g is None else next(averaged) for g in grads]
             saved = [p.grad for p in params]
             try:  # the optimizer reads `.grad`; the caller's gradients are put back after the update
                 for p, g in zip(params, grads):

@@ -40,6 +40,8 @@ class LoadedStep:
         self._structure = program["updates"]
         self._grad_dummies: dict[int, torch.Tensor] = {}
         self.optimizer = self._optimizer(program["optimizer"], opt_tensors)
+        # the parameters the loss does not reach: no update, no state (compile_step's TracedLoss)
+        self._skip = {id(self._saved[i - 2]) for i in program.get("unreached", [])}
         hp = exe.graph.inputs[2 + len(self._saved)]
         self._hp = HostScalars(hp.shape[0], hp.dtype)
 
@@ -85,7 +87,7 @@ class LoadedStep:
                 raise
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> torch.Tensor:
-        updates = self._updates(advanced)
+        updates = self._updates(advanced, self._skip)
         structure = [[rule_name(u.rule), json.loads(json.dumps(u.flags)), len(u.scalars)] for u, _ in updates]
         if structure != self._structure:
             raise ValueError(f"{self.name} step: the optimizer's updates no longer have the saved structure "

@@ -28,18 +28,15 @@ def step_program(step: CompiledStep, x: torch.Tensor, y: torch.Tensor) -> tuple[
     opt = step.optimizer
     had = {id(p) for p in opt.state}
     advanced: list[dict] = []
-    with torch.no_grad():
-        updates = step._updates(advanced)
-    if advanced:
-        torch._foreach_sub_([state["step"] for state in advanced], 1)
-    for p in [p for p in opt.state if id(p) not in had]:
-        del opt.state[p]
-    structure = tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates)
-    key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), step.loss_module.model.training, structure)
-    program = step._programs.get(key)
-    if program is None:
+    try:
         with torch.no_grad():
-            program = step._programs[key] = _StepProgram(step.loss_module, x, y, updates)
+            program, updates = step._program(x, y, advanced)
+    finally:
+        if advanced:
+            torch._foreach_sub_([state["step"] for state in advanced], 1)
+        for p in [p for p in opt.state if id(p) not in had]:
+            del opt.state[p]
+    structure = tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates)
     return program, [[rule_name(r), json.loads(json.dumps(flags)), n] for r, flags, n in structure]
 
 
@@ -82,6 +79,7 @@ def step_files(step: CompiledStep, x: torch.Tensor, y: torch.Tensor) -> dict[str
         "device": x.device.type, "state": list(cap.state_names), "sources": len(cap.sources), "lifted": lifted,
         "num_user_outputs": lowered.num_user_outputs, "mutated_inputs": list(lowered.mutated_inputs),
         "donated_buffers": sorted(program.donated_buffers), "n_out": n_out,
+        "unreached": program.skipped,  # parameters the loss does not reach: no update, as in eager
         "donate": {str(k): j for k, j in program.compiled.donate.items()}, "training": step.loss_module.model.training,
         "updates": structure, "optimizer": {"class": type(opt).__name__, "groups": groups, "values": opt_values}}
     assert graph.inputs[len(tensors)].name == "hp"  # then the optimizer states, in update order

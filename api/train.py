@@ -16,13 +16,16 @@ its gradient where shapes allow. Outputs (new parameters, new optimizer state, u
 as batch-norm running statistics) are donated outputs (runtime/schedule.py): each is stored by its
 kernel into the tensor it replaces, so a step copies nothing (`step.copies` counts exceptions).
 
-One graph per (input shapes/dtypes/devices, training flag, optimizer structure); it is rebuilt when
-one of those changes.
+Parameters the loss does not reach (a layer computed but unused, a path through `.detach()`) are left
+alone as eager leaves them: no gradient, no update, no optimizer state, no step count (`TracedLoss`).
+
+One trace per (input shapes/dtypes/devices, training flag), retraced when a Python value it read changes;
+one graph per trace and optimizer structure (the updated parameters and their rules).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -55,31 +58,49 @@ def _fit(g: Graph, v: Value, like: Value) -> Value:
     return v if v.shape == like.shape else g.add("reshape", [v], shape=like.shape)
 
 
-def refuse_unreached(graph: Graph, wrt: list[int], params: list[torch.Tensor], model: nn.Module) -> None:
-    """Parameters the loss does not depend on get no gradient in eager (`.grad` stays None) and torch's
-    optimizers skip them, while a compiled update would still apply weight decay and momentum to a
-    zero gradient: refused, naming them, rather than a silently different step."""
-    unreached = [p for p, r in zip(params, reaching_inputs(graph, wrt)) if not r]
-    if unreached:
-        names = {id(p): n for n, p in model.named_parameters()}
-        listed = ", ".join(names.get(id(p), f"a {tuple(p.shape)} tensor") for p in unreached)
-        raise ValueError(f"compile_step: the loss does not depend on parameter(s) {listed}: eager autograd "
-                         "leaves their .grad None and the optimizer skips them. Give the optimizer only the "
-                         "parameters the loss uses (or set requires_grad=False on these)")
-
-
 class TracedLoss:
-    """The loss module traced for one batch signature, and the graph inputs `wrt` of the optimizer's
-    parameters (each one the loss must reach: `refuse_unreached`)."""
+    """The loss module traced for one batch signature; which graph input each parameter is (`inputs`)
+    and which parameters the loss reaches (`reached`).
 
-    def __init__(self, loss_module: _LossOf, x, y, params: list[torch.Tensor]):
+    A parameter the loss does not depend on (a layer computed but unused, one used only through
+    `.detach()`) gets no gradient in eager: `loss.backward()` leaves its `.grad` None, and torch's
+    optimizers skip such a parameter: no update (no weight decay, no momentum), no state created, its
+    step count not advanced. The steps do the same: it stays out of the gradient graph's outputs and of
+    the update (its value still feeds the forward), and its optimizer state is not touched."""
+
+    def __init__(self, loss_module: _LossOf, x, y):
         with torch.no_grad():
             self.static = StaticGraph(loss_module, (x, y))
-        index = {id(t): i for i, t in enumerate(self.tensors(loss_module, x, y))}
-        if any(id(p) not in index for p in params):
+        self._index = {id(t): i for i, t in enumerate(self.tensors(loss_module, x, y))}
+        self._model = loss_module.model
+        self._reached: dict[tuple[int, ...], list[bool]] = {}  # per list of parameters (their ids)
+
+    def inputs(self, params: list[torch.Tensor]) -> list[int]:
+        """The graph input of each parameter."""
+        if any(id(p) not in self._index for p in params):
+            # (not a graph input: it may still have been read, e.g. baked into the graph, so that the
+            # loss depends on it without a gradient path: no step could match eager's)
             raise ValueError("compile_step: the optimizer holds parameters the model does not use")
-        self.wrt = [index[id(p)] for p in params]
-        refuse_unreached(self.static.graph, self.wrt, params, loss_module.model)
+        return [self._index[id(p)] for p in params]
+
+    def reached(self, params: list[torch.Tensor]) -> list[bool]:
+        """For each parameter: whether the loss depends on it through ops that carry a gradient, i.e.
+        whether eager's `loss.backward()` gives it a `.grad` (`passes.autodiff.reaching_inputs`)."""
+        key = tuple(map(id, params))
+        hit = self._reached.get(key)
+        if hit is None:
+            hit = reaching_inputs(self.static.graph, self.inputs(params)) if params else []
+            if not any(hit):  # eager's backward raises (the loss needs no gradient) or updates nothing
+                raise ValueError("compile_step: the loss depends on none of the parameters to train "
+                                 f"({self.names(params)}): eager's loss.backward() would leave every .grad "
+                                 "None and the optimizer would update nothing")
+            self._reached[key] = hit
+        return hit
+
+    def names(self, params: list[torch.Tensor]) -> str:
+        """The parameters by their names in the model (for messages)."""
+        names = {id(p): n for n, p in self._model.named_parameters()}
+        return ", ".join(names.get(id(p), f"a {tuple(p.shape)} tensor") for p in params) or "none"
 
     def tensors(self, loss_module: _LossOf, x, y) -> list[torch.Tensor]:
         """The graph's inputs before hp and states: x, y, the parameters and buffers, the tensors
@@ -88,12 +109,16 @@ class TracedLoss:
                 + self.static.lowered.constants)
 
 
-class _StepProgram(TracedLoss):
-    def __init__(self, loss_module: _LossOf, x, y, updates):
+class _StepProgram:
+    """The step graph of one trace and one update structure: `wrt`, the graph inputs of the updated
+    parameters (those the loss reaches); `skipped`, those of the parameters it leaves alone."""
+
+    def __init__(self, traced: TracedLoss, updates, skipped: list[int]):
         from ..optim.engine import HostScalars, build_graph, compute_dtype
 
         params = [p for _, p in updates]
-        super().__init__(loss_module, x, y, params)
+        self.traced, self.static, self.tensors = traced, traced.static, traced.tensors
+        self.wrt, self.skipped = traced.inputs(params), skipped
         graph = self.static.graph
         joint = grad_graph(graph, self.wrt, out_index=0)  # outputs: loss, mutations, gradients
         n_out = len(graph.outputs)
@@ -156,15 +181,18 @@ class CompiledStep:
                             "rules are compiled into the step; got " + type(optimizer).__name__)
         self.loss_module = _LossOf(model, loss_fn)
         self.optimizer = optimizer
+        self._traces: dict[tuple, TracedLoss] = {}
         self._programs: dict[tuple, _StepProgram] = {}
         self._grad_dummies: dict[int, torch.Tensor] = {}
         self.last: _StepProgram | None = None
         self.recompile_reasons: list[str] = []
 
-    def _updates(self, advanced: list[dict]) -> list:
-        """This step's ParamUpdate per parameter (advances the optimizer's step counters; the states
-        that have one are appended to `advanced`)."""
-        params = [(group, p) for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+    def _updates(self, advanced: list[dict], skip: Collection[int] = ()) -> list:
+        """This step's ParamUpdate per parameter that requires grad, except those whose id is in `skip`
+        (the loss does not reach them: `TracedLoss`): it advances their step counters (the states
+        that have one are appended to `advanced`) and creates their state on a first step."""
+        params = [(group, p) for group in self.optimizer.param_groups for p in group["params"]
+                  if p.requires_grad and id(p) not in skip]
         saved = [p.grad for _, p in params]
         for _, p in params:
             # The rules read only shapes from the gradient: the real one lives inside the graph.
@@ -193,13 +221,28 @@ class CompiledStep:
                     torch._foreach_sub_([state["step"] for state in advanced], 1)
                 raise
 
+    def _program(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> tuple[_StepProgram, list]:
+        """The program for batches like (x, y) and this step's updates (`_updates`: only of the
+        parameters the loss reaches; the others keep their values and state, as in eager)."""
+        sig = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training)
+        old = self._traces.get(sig)
+        traced = cached_program(self._traces, sig, self.recompile_reasons, lambda: TracedLoss(self.loss_module, x, y))
+        if old is not None and traced is not old:  # a retrace: the graphs built on the stale trace go too
+            self._programs = {k: p for k, p in self._programs.items() if p.traced is not old}
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        unreached = [p for p, r in zip(params, traced.reached(params)) if not r]
+        updates = self._updates(advanced, {id(p) for p in unreached})
+        # (the updated parameters' inputs in the key: a new set of them, same rules, is another graph)
+        key = sig + (tuple(traced.inputs([p for _, p in updates])),
+                     tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = _StepProgram(traced, updates, traced.inputs(unreached))
+        return program, updates
+
     def _run(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> torch.Tensor:
         with torch.no_grad():
-            updates = self._updates(advanced)
-            key = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
-                   tuple((u.rule, u.flags, len(u.scalars)) for u, _ in updates))
-            program = cached_program(self._programs, key, self.recompile_reasons,
-                                     lambda: _StepProgram(self.loss_module, x, y, updates))
+            program, updates = self._program(x, y, advanced)
             self.last = program
             # the hyperparameters' values written into the program's own tensor (no tensor per step)
             hp = program.hp.set([float(s) for u, _ in updates for s in u.scalars])

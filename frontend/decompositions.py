@@ -25,8 +25,9 @@ compares every output and the gradients):
   (torch's CPU branch flattens per-channel scale and shift with `as_strided`, which ember runs as an
   extern: 5 launches where ember's is one row kernel).
 - Results that do not depend on an input autograd differentiates (`fill`, `zero`, a `repeat` with no
-  elements) are wrapped in `ember::zero_gradient(result, input)` (IR `zero_gradient`): eager's result
-  requires grad (with a zero gradient), and the IR's activity analysis would otherwise see a constant.
+  elements, `bernoulli`'s draws: `rand < p` goes through a bool) are wrapped in
+  `ember::zero_gradient(result, input)` (IR `zero_gradient`): eager's result requires grad (with a
+  zero gradient), and the IR's activity analysis would otherwise see a constant.
 """
 
 from __future__ import annotations
@@ -219,6 +220,14 @@ def functional_instance_norm(x: torch.Tensor, running_mean: torch.Tensor | None 
 
 _TORCH_REPEAT = get_decompositions([aten.repeat.default])[aten.repeat.default]
 _TORCH_LOG_SOFTMAX = get_decompositions([aten._log_softmax.default])[aten._log_softmax.default]
+_TORCH_BERNOULLI = get_decompositions([aten.bernoulli.default])[aten.bernoulli.default]
+
+
+def _bernoulli(x: torch.Tensor, *, generator=None) -> torch.Tensor:
+    """torch's decomposition (`rand < x`, through a bool), attached to `x`: eager's result requires grad
+    with a zero gradient, so a parameter reached only through it still gets a `.grad` (that an
+    optimizer's weight decay and momentum act on: compile_step, api/train.py)."""
+    return zero_gradient(_TORCH_BERNOULLI(x, generator=generator), x)
 
 
 def _log_softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
@@ -242,6 +251,7 @@ _EMBER = {
     aten.fill.Scalar: _fill_scalar,
     aten.zero.default: _zero,
     aten.repeat.default: _repeat,
+    aten.bernoulli.default: _bernoulli,
     aten.index_fill.int_Scalar: _index_fill,
     aten.index_fill.int_Tensor: _index_fill,
     aten.native_group_norm.default: _native_group_norm,

@@ -146,11 +146,11 @@ def active_outputs(graph: Graph, wrt: Sequence[int]) -> list[int]:
     return [k for k, v in enumerate(graph.outputs) if v in active]
 
 
-def reaching_inputs(graph: Graph, wrt: Sequence[int], out_index: int = 0) -> list[bool]:
-    """For each input in `wrt`: whether output `out_index` depends on it through ops that carry a
-    gradient (`_active` read backwards). Where it does not, eager autograd leaves the input's `.grad`
-    None (not zeros) and torch's optimizers skip it."""
-    needed = {graph.outputs[out_index]}
+def reaching_inputs(graph: Graph, wrt: Sequence[int], out_index: int | Sequence[int] = 0) -> list[bool]:
+    """For each input in `wrt`: whether output `out_index` (or any of a list of outputs) depends on it
+    through ops that carry a gradient (`_active` read backwards). Where it does not, eager autograd
+    leaves the input's `.grad` None (not zeros) and torch's optimizers skip it."""
+    needed = {graph.outputs[i] for i in ([out_index] if isinstance(out_index, int) else out_index)}
     for node in reversed(graph.nodes):
         if any(v in needed for v in node.outputs if is_float(v.dtype) or v.dtype.is_complex):
             carried = get_op(node.op).active_inputs

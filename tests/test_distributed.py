@@ -44,6 +44,53 @@ class Net(nn.Module):
         return self.fc2(torch.relu(self.norm(self.fc1(x))))
 
 
+class SideNet(nn.Module):
+    """`a` trained; `b` computed, reaching the loss only where `use_b`; `c` only through .detach()."""
+
+    def __init__(self, use_b: bool, pooled: bool = False):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.use_b, self.pooled = use_b, pooled
+
+    def forward(self, x):
+        side = self.b(x)
+        out = self.a(x) + self.c(x).detach()
+        if self.pooled:  # b in the output, not in the loss (a BERT-style pooler)
+            return out, side
+        return out + side if self.use_b else out
+
+
+def _side_scenarios(rank: int) -> dict:
+    """Parameters the loss does not reach, with find_unused_parameters=True: b is used on rank 1 only
+    (DDP averages its gradient with rank 0's share zero), c nowhere (no .grad: the optimizer skips it).
+    Eager DDP against compile_step; the refusals where eager DDP fails."""
+    torch.manual_seed(rank)
+    model = SideNet(use_b=rank == 1)
+    torch.manual_seed(200 + rank)
+    data = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(STEPS)]
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=0.1)  # a skipped parameter would move by these
+    out: dict = {}
+    for name in ("eager", "compile_step"):
+        net = copy.deepcopy(model)
+        ddp = DDP(net, find_unused_parameters=True)
+        if name == "eager":
+            opt = torch.optim.SGD(ddp.parameters(), **sgd)
+            call = _eager_step(ddp, opt)
+        else:
+            opt = ember.optim.SGD(ddp.parameters(), **sgd)
+            call = ember.compile_step(ddp, F.cross_entropy, opt)
+        out[name] = _train(net, call, data)
+        out[name]["with_state"] = [n for n, p in net.named_parameters() if p in opt.state]
+    out["initial"] = _state(DDP(copy.deepcopy(model)).module)
+    opt = ember.optim.SGD(model.parameters(), lr=0.1)
+    out["refused"] = {
+        "no_find_unused": _refusal(lambda: ember.compile_step(DDP(model), F.cross_entropy, opt)(*data[0])),
+        "pooled": _refusal(lambda: ember.compile_step(DDP(SideNet(False, pooled=True), find_unused_parameters=True),
+                                                      lambda out, y: F.cross_entropy(out[0], y), opt)(*data[0])),
+    }
+    return out
+
+
 # -- the worker (runs in each spawned process) ---------------------------------------------------------
 def _state(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -148,6 +195,7 @@ def _scenarios(rank: int) -> dict:
         out["refused"]["no_sync"] = _refusal(lambda: step(*data[0]))
     out["refused_state"] = _state(net)  # the refused calls changed nothing
     out["initial"] = _state(DDP(copy.deepcopy(model)).module)
+    out["side"] = _side_scenarios(rank)
     return out
 
 
@@ -223,6 +271,24 @@ def test_compile_step_of_ddp_averages_gradients_like_eager_ddp(ranks):
     for r in ranks:  # .grad untouched, as compile_step without DDP
         assert len(r["grads_left"]) == STEPS * 6 and not any(r["grads_left"])
     assert_like_eager(ranks, "compile_step_of_compiled")  # the step compiles the module inside ember.compile
+
+
+def test_compile_step_of_ddp_skips_unused_parameters_as_eager_ddp_does(ranks):
+    for rank, res in enumerate(r["side"] for r in ranks):
+        for step, (got, want) in enumerate(zip(res["compile_step"]["states"], res["eager"]["states"])):
+            for key in want:
+                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6,
+                                           msg=lambda m: f"rank {rank}, {key} after step {step}: {m}")
+        torch.testing.assert_close(res["compile_step"]["loss"], res["eager"]["loss"], rtol=1e-5, atol=1e-6)
+        # c: no gradient on any process: untouched, no momentum state; b: updated on both (used on rank 1)
+        assert res["compile_step"]["with_state"] == res["eager"]["with_state"] == ["a.weight", "a.bias", "b.weight",
+                                                                                  "b.bias"]
+        final = res["compile_step"]["states"][-1]
+        assert all(torch.equal(final[k], res["initial"][k]) for k in ("c.weight", "c.bias"))
+        assert not torch.equal(final["b.weight"], res["initial"]["b.weight"])
+        assert "find_unused_parameters=True" in res["refused"]["no_find_unused"]
+        assert "c.weight, c.bias" in res["refused"]["no_find_unused"]
+        assert "the model's output depends on some of them" in res["refused"]["pooled"]
 
 
 def test_torch_compile_of_ddp_with_the_ember_backend(ranks):

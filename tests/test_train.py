@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from models import TransformerBlock
+from testing import assert_step_trains_like
 from torch import nn
 
 import ember
@@ -133,25 +134,124 @@ def test_digits_example_reaches_95_percent():
     assert abs(metrics["reloaded_loss"] - metrics["loss"]) < 1e-6
 
 
-def test_compile_step_refuses_parameters_the_loss_does_not_reach():
-    # eager leaves such a parameter's .grad None and torch's SGD skips it; a compiled update applied weight
-    # decay and momentum to a zero gradient instead (b moved 0.011 in two steps): now refused, by name
-    class Side(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+class Side(nn.Module):
+    """`a` trained; `b` computed but reaching the loss only while `use_b`; `c` only through .detach()."""
 
-        def forward(self, x):
-            self.b(x)  # computed, never reaches the loss
-            return self.a(x) + self.c(x).detach()
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(4, 3)
+        self.use_b = False
 
-    model = Side()
-    before = copy.deepcopy(model.state_dict())
-    step = ember.compile_step(model, F.cross_entropy, ember.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1))
-    with pytest.raises(ValueError, match=r"b\.weight, b\.bias, c\.weight, c\.bias") as info:
-        step(torch.randn(5, 4), torch.randint(0, 3, (5,)))
-    assert "a.weight" not in str(info.value)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    def forward(self, x):
+        side = self.b(x)  # computed either way
+        out = self.a(x) + self.c(x).detach()
+        return out + side if self.use_b else out
+
+
+SIDE_OPTIMIZERS = {  # weight decay and momentum: a skipped parameter would otherwise still move
+    "sgd": (ember.optim.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=0.1)),
+    "adamw": (ember.optim.AdamW, torch.optim.AdamW, dict(lr=1e-2, weight_decay=0.1, eps=1e-3)),
+}
+
+
+def train_side(opt_name, uses_b, warm_up=False):
+    """Side trained by compile_step and by the eager loop on the same fresh batches, one batch per entry
+    of `uses_b` (the model's use_b during it), loss and parameters compared after every step. `warm_up`:
+    one eager step with b reached first, its optimizer state loaded into ember's optimizer."""
+    ember_cls, torch_cls, kwargs = SIDE_OPTIMIZERS[opt_name]
+    ref = Side()
+    ref_opt = torch_cls(ref.parameters(), **kwargs)
+    if warm_up:
+        ref.use_b = True
+        F.cross_entropy(ref(torch.randn(5, 4)), torch.randint(0, 3, (5,))).backward()
+        ref_opt.step()
+    model = copy.deepcopy(ref)
+    opt = ember_cls(model.parameters(), **kwargs)
+    opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
+    before = {k: (v.clone(), copy.deepcopy(opt.state.get(v))) for k, v in model.named_parameters()}
+    step = ember.compile_step(model, F.cross_entropy, opt)
+    for use_b in uses_b:
+        model.use_b = ref.use_b = use_b
+        batch = (torch.randn(5, 4), torch.randint(0, 3, (5,)))
+        assert_step_trains_like(step, model, ref, ref_opt, [batch], F.cross_entropy)
+    # the optimizer states: for the same parameters as torch's, equal to them
+    assert len(opt.state) == len(ref_opt.state)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert (p in opt.state) == (q in ref_opt.state), name
+        for key, t in ref_opt.state.get(q, {}).items():
+            torch.testing.assert_close(opt.state[p][key], t, msg=f"{name}: {key}")
+    return model, opt, step, before
+
+
+@pytest.mark.parametrize("opt_name", sorted(SIDE_OPTIMIZERS))
+def test_compile_step_skips_parameters_the_loss_does_not_reach_as_eager_does(opt_name):
+    # eager leaves b's and c's .grad None and torch's optimizers skip them: no weight decay, no momentum,
+    # no state. The step graph leaves them out of its gradients and its update (c still feeds the forward).
+    model, opt, step, before = train_side(opt_name, [False] * 4)
+    for name in ("b.weight", "b.bias", "c.weight", "c.bias"):
+        p = dict(model.named_parameters())[name]
+        assert torch.equal(p, before[name][0]) and p not in opt.state, name
+    assert not torch.equal(model.a.weight, before["a.weight"][0])
+    assert len(step.last.wrt) == 2 and len(step.last.skipped) == 4  # gradients of a.weight, a.bias only
     ref = Side()  # the parameters eager gives no gradient: the same four
     F.cross_entropy(ref(torch.randn(5, 4)), torch.randint(0, 3, (5,))).backward()
     assert [n for n, p in ref.named_parameters() if p.grad is None] == ["b.weight", "b.bias", "c.weight", "c.bias"]
+
+
+@pytest.mark.parametrize("opt_name", sorted(SIDE_OPTIMIZERS))
+def test_compile_step_leaves_the_earlier_state_of_an_unreached_parameter_alone(opt_name):
+    # b has state (a momentum buffer; AdamW's moments and step 1) from an eager step that reached it, loaded
+    # into ember's optimizer; while the loss does not reach b, torch skips it: its state and values stay
+    # (train_side compares every state with torch's); once it does again (a retrace: use_b is a Python
+    # value the trace read), it steps on from there.
+    model, opt, step, before = train_side(opt_name, [False, False, True, False], warm_up=True)
+    assert model.c.weight not in opt.state and len(step.recompile_reasons) == 2
+    if opt_name == "adamw":
+        assert float(opt.state[model.b.weight]["step"]) == 2 and float(opt.state[model.a.weight]["step"]) == 5
+
+
+def test_a_parameter_reached_only_through_a_zero_gradient_is_updated_as_in_eager():
+    # bernoulli's derivative is zero, but eager records it: q.grad is zeros (not None), so SGD applies weight
+    # decay and momentum to q (the IR's `rand < p` goes through a bool: frontend/decompositions.py attaches q)
+    class Sampled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.q = nn.Linear(4, 3), nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return self.a(x) + 0 * torch.bernoulli(torch.sigmoid(self.q))  # (the draws differ: their value is not used)
+
+    model = Sampled()
+    ref, start = copy.deepcopy(model), model.q.detach().clone()
+    ember_cls, torch_cls, kwargs = SIDE_OPTIMIZERS["sgd"]
+    step = ember.compile_step(model, F.cross_entropy, ember_cls(model.parameters(), **kwargs))
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
+    assert_step_trains_like(step, model, ref, torch_cls(ref.parameters(), **kwargs), batches, F.cross_entropy)
+    assert not torch.equal(model.q, start)
+
+
+def test_compile_step_refuses_a_loss_that_reaches_no_parameter():
+    model = Side()
+    step = ember.compile_step(model, F.cross_entropy, ember.optim.SGD(model.c.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"none of the parameters to train \(c\.weight, c\.bias\)"):
+        step(torch.randn(5, 4), torch.randint(0, 3, (5,)))
+
+
+def test_a_saved_step_resumes_bit_exactly_with_unreached_parameters_left_alone(tmp_path):
+    # the artifact records which parameters the step leaves alone; the loaded step updates the same ones
+    model = Side()
+    step = ember.compile_step(model, F.cross_entropy, ember.optim.AdamW(model.parameters(), lr=1e-2, eps=1e-3))
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(4)]
+    for batch in batches[:2]:
+        step(*batch)
+    ember.save(step, str(tmp_path / "step"), *batches[0])
+    loaded = ember.load(str(tmp_path / "step"))
+    untouched = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("a.")}
+    want = torch.stack([step(*batch) for batch in batches[2:]])
+    torch.testing.assert_close(torch.stack([loaded(*batch) for batch in batches[2:]]), want, rtol=0, atol=0)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        if k in untouched:
+            assert torch.equal(v, untouched[k]), k
+    state = loaded.optimizer.state_dict()["state"]  # a.weight and a.bias only, 4 steps each
+    assert len(state) == 2 and [s["step"].item() for s in state.values()] == [4.0, 4.0]
