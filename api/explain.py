@@ -129,9 +129,9 @@ def _kernels(schedule: Schedule, plan: Plan, gpu: GpuSpec | None = None) -> list
         else:
             c = entry.cost
             if entry.kind == "multi":  # a launch runs some of the entry's members (split by layout or size)
-                c = group_cost(multi_group([entry.group.members[i] for i, _, _ in step.parts]))
+                c = group_cost(multi_group([entry.group.members[i] for i, _, _ in step.parts]), 1, schedule.host_values)
             if step.split_stage:  # a split reduction's partials or their combine: that launch's share
-                c = split_costs(entry.group, splits(entry.config))[step.split_stage - 1]
+                c = split_costs(entry.group, splits(entry.config), schedule.host_values)[step.split_stage - 1]
             rows.append(KernelInfo(len(rows), entry.kind, entry.ops, entry.group.shape, c.bytes_read,
                                    c.bytes_written, c.flops, entry.group, _launch_text(step),
                                    **_launch_fields(step, schedule.target)))

@@ -8,7 +8,8 @@ several programs of one launch load (matmul's A tile once per N block, a broadca
 block) counts once, as a cache would serve it; a looped row kernel's sweeps over rows too long to
 keep count once each (`row_read_bytes`). tests/test_cost_bytes.py checks every rule against the
 bytes the generated kernels load and store under Triton's interpreter. Layout groups are views and
-cost nothing; externs count what torch reads and writes.
+cost nothing; externs count what torch reads and writes. A single element of a host-held input
+(`host`: compile_ir's, an optimizer's hyperparameters) is a launch argument, not a load: no bytes.
 """
 
 from __future__ import annotations
@@ -123,6 +124,11 @@ def value_read_bytes(v: Value) -> int:
     return distinct_elements(v) * v.dtype.itemsize
 
 
+def _hosted(v: Value, host: frozenset[Value]) -> bool:
+    """Is `v` one element of a host-held graph input (a kernel argument, runtime/plan.py `Host`)?"""
+    return bool(host) and storage_root(v) in host and distinct_elements(v) == 1
+
+
 def _is_row(group: KernelGroup, v: Value) -> bool:
     """A [rows] value of a row group (reduction results and what follows) rather than a [rows, cols]
     tile: codegen/row.py's `RowLayout.is_row`."""
@@ -131,7 +137,7 @@ def _is_row(group: KernelGroup, v: Value) -> bool:
                                                reduced_shape(g.shape, g.dims, False)) or v.type.numel == 1)
 
 
-def row_read_bytes(group: KernelGroup) -> int:
+def row_read_bytes(group: KernelGroup, host: frozenset[Value] = frozenset()) -> int:
     """Bytes a row kernel loads, following the row emitter (codegen/row.py) load by load.
 
     Inputs are loaded as tiles or as rows (by the value that uses them). A row is loaded once and
@@ -149,7 +155,7 @@ def row_read_bytes(group: KernelGroup) -> int:
     for n in group.nodes:
         mode = "row" if _is_row(group, n.out) else "tile"
         for v in n.inputs:
-            if v not in members and v.producer not in scalars:
+            if v not in members and v.producer not in scalars and not _hosted(v, host):
                 loads.add((v, ("row" if _is_row(group, v) else "tile") if get_op(n.op).kind == "reduction" else mode))
     rows: set[Value] = set()   # row values in registers
     tiles: set[Value] = set()  # tile values of the current sweep
@@ -157,7 +163,7 @@ def row_read_bytes(group: KernelGroup) -> int:
 
     def operand(v: Value, tile: bool) -> None:
         nonlocal read
-        if v.producer in scalars or v in rows:
+        if v.producer in scalars or v in rows or _hosted(v, host):
             return
         if (v, "row") in loads and not tile:
             rows.add(v)
@@ -246,15 +252,15 @@ def _partial_itemsize(group: KernelGroup) -> int:
     return size
 
 
-def split_costs(group: KernelGroup, splits: int) -> tuple[KernelCost, KernelCost]:
+def split_costs(group: KernelGroup, splits: int, host: frozenset[Value] = frozenset()) -> tuple[KernelCost, KernelCost]:
     """The two launches of a split reduction (a row or reduction group planned with `splits` slices
     per row, codegen/row.py `split_plan`): stage 1 reads what the group reads and writes [S, M]
     partials; stage 2 reads them (and a row group's row loads, for its epilogue) and writes the outputs."""
-    whole = group_cost(group)
+    whole = group_cost(group, 1, host)
     if group.kind == "row":
         m = math.prod(s for d, s in enumerate(group.shape) if d not in group.dims)
         row_loads = {v for n in group.nodes if n not in tile_reductions(group) and _is_row(group, n.out)
-                     for v in n.inputs if v in group.inputs}
+                     for v in n.inputs if v in group.inputs and not _hosted(v, host)}
     else:
         m, row_loads = group.nodes[0].out.type.numel, set()
     part = splits * m * _partial_itemsize(group)
@@ -262,19 +268,20 @@ def split_costs(group: KernelGroup, splits: int) -> tuple[KernelCost, KernelCost
             KernelCost(group, part + sum(value_read_bytes(v) for v in row_loads), whole.bytes_written, 0))
 
 
-def group_cost(group: KernelGroup, splits: int = 1) -> KernelCost:
-    """The group's bytes and flops; `splits` > 1: run as a split reduction (`split_costs`, both stages)."""
+def group_cost(group: KernelGroup, splits: int = 1, host: frozenset[Value] = frozenset()) -> KernelCost:
+    """The group's bytes and flops; `splits` > 1: run as a split reduction (`split_costs`, both stages);
+    `host`: the graph's host-held inputs (`Schedule.host_values`)."""
     if splits > 1:
-        one, two = split_costs(group, splits)
+        one, two = split_costs(group, splits, host)
         return KernelCost(group, one.bytes_read + two.bytes_read, one.bytes_written + two.bytes_written, one.flops)
     if group.kind == "layout" and is_view(group.nodes[0].op):
         return KernelCost(group, 0, 0, 0)  # a view: offsets and strides, no data moves
     if group.kind == "multi":  # one launch over pointwise or row members (passes/horizontal.py): theirs, summed
-        costs = [group_cost(m) for m in group.members]
+        costs = [group_cost(m, 1, host) for m in group.members]
         return KernelCost(group, sum(c.bytes_read for c in costs), sum(c.bytes_written for c in costs),
                           sum(c.flops for c in costs))
     if group.kind == "row":
-        read = row_read_bytes(group)
+        read = row_read_bytes(group, host)
     elif group.kind == "matmul":  # both operands, then what the epilogue loads (an operand again, too)
         mm = group.nodes[0]
         tail = {v for n in group.nodes[1:] for v in n.inputs}
@@ -292,7 +299,7 @@ def group_cost(group: KernelGroup, splits: int = 1) -> KernelCost:
     elif group.kind == "layout":  # cat: each piece, as often as it appears
         read = sum(value_read_bytes(v) for v in group.nodes[0].inputs)
     else:
-        read = sum(_pointwise_read_bytes(group, v) for v in group.inputs)
+        read = sum(_pointwise_read_bytes(group, v) for v in group.inputs if not _hosted(v, host))
         read += window_read_bytes([n for n in group.nodes if n.op in WINDOW_OPS])
     written = sum(v.type.nbytes for v in group.outputs)
     if group.kind == "attention":  # the kernel stores every output (an unused logsumexp too)

@@ -22,7 +22,7 @@ import networkx as nx
 from ..codegen import attention, conv, matmul, multi, multi_row, pointwise, reduction, row, scatter
 from ..codegen import scan as scan_codegen
 from ..codegen.launch import LaunchConfig
-from ..ir import Graph, Node, get_op
+from ..ir import Graph, Node, Value, get_op
 from ..ir.kernel_group import KernelGroup
 from ..ir.registry import is_view
 from ..passes.cost import KernelCost, group_cost, storage_root
@@ -57,6 +57,11 @@ class Schedule:
     donate: dict[int, int] = field(default_factory=dict)  # output index -> input index
     # inputs held on the host, whose single elements kernels take by value (runtime/plan.py `Host`)
     host: frozenset[int] = frozenset()
+
+    @property
+    def host_values(self) -> frozenset[Value]:
+        """The host-held inputs as values (passes/cost.py `group_cost`'s `host`)."""
+        return frozenset(self.graph.inputs[j] for j in self.host)
 
     @property
     def kernels(self) -> list[Entry]:
@@ -96,6 +101,8 @@ class Schedule:
     def from_dict(d: dict, graph: Graph) -> Schedule:
         """The schedule `to_dict` wrote, over `graph` (the same graph, e.g. parsed back from its text)."""
         values = {v.name: v for v in graph.inputs} | {v.name: v for n in graph.nodes for v in n.outputs}
+        host = frozenset(d.get("host", ()))
+        host_values = frozenset(graph.inputs[j] for j in host)
         entries = []
         for i, e in enumerate(d["entries"]):
             group = KernelGroup(e["kind"], [graph.nodes[k] for k in e["nodes"]], [values[n] for n in e["inputs"]],
@@ -107,9 +114,8 @@ class Schedule:
                                              [graph.nodes[k] for k in m["scalars"]], m.get("whole", False))
                                  for m in e.get("members", [])])
             config = LaunchConfig.from_dict(e["config"]) if e["config"] else None
-            entries.append(Entry(i, group, config, group_cost(group, splits(config))))
-        return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()},
-                        frozenset(d.get("host", ())))
+            entries.append(Entry(i, group, config, group_cost(group, splits(config), host_values)))
+        return Schedule(graph, d["target"], entries, {int(k): j for k, j in d["donate"].items()}, host)
 
 
 def launch_config(group: KernelGroup, target: str) -> LaunchConfig | None:
@@ -207,5 +213,6 @@ def build_schedule(graph: Graph, target: str, fuse: bool = True, donate: Mapping
     if donate:
         groups = _order_for_donation(graph, groups, donate)
     configs = [launch_config(g, target) for g in groups]
-    entries = [Entry(i, g, c, group_cost(g, splits(c))) for i, (g, c) in enumerate(zip(groups, configs))]
+    host_values = frozenset(graph.inputs[j] for j in host)
+    entries = [Entry(i, g, c, group_cost(g, splits(c), host_values)) for i, (g, c) in enumerate(zip(groups, configs))]
     return Schedule(graph, target, entries, donate, frozenset(host))

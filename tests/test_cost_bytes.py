@@ -120,7 +120,7 @@ def counted_vs_cost(exe: Executable, launches) -> dict[int, tuple[tuple[int, int
     assert set(counted) == {e.index for e in exe.schedule.kernels}, "every kernel entry launched"
     result = {}
     for i, (read, written) in counted.items():
-        cost = group_cost(exe.schedule.entries[i].group)
+        cost = group_cost(exe.schedule.entries[i].group, 1, exe.schedule.host_values)
         result[i] = ((read, written), (cost.bytes_read, cost.bytes_written))
     return result
 
