@@ -4,6 +4,8 @@
                          size and sha256 of every other file (nothing else is trusted before these match)
     program.json         how a call maps onto the graph: input signature, weight names, outputs, donation
     graph.ir             the optimized IR graph as text (ir/printer.py; parsed back by ir/parser.py)
+    autodiff.ir          a function's graph before the passes, with its gradient markers (detach, no_grad):
+                         what a loaded function differentiates when an input requires grad (optional)
     schedule.json        the kernel groups and launch configs per target (runtime/schedule.py to_dict)
     weights.safetensors  parameters, buffers, closed-over tensors and lifted constants (no pickle)
     optimizer.safetensors  a training step's optimizer state tensors (moments, step counts)

@@ -9,8 +9,11 @@ the saved sources byte for byte. A failure raises `ArtifactError` naming the fil
 
 A loaded function takes the caller's arguments only (parameters, buffers and constants come from the
 artifact) and checks them against the saved signature: structure, each tensor's shape, dtype and
-device, each non-tensor value. It computes no gradients (an input that requires grad under grad mode
-is refused). A loaded training step: api/load_step.py.
+device, each non-tensor value. When an input or a saved tensor (`state_dict()`'s, made to require grad)
+requires grad under grad mode, it differentiates `autodiff.ir` (the trace before the passes, gradient
+markers kept) with ember's IR autodiff, as `ember.compile` does (runtime/autograd.py): every kernel is
+again ember's own, generated from the IR. A program that updates its inputs in place is saved without
+it, and refuses gradients. A loaded training step: api/load_step.py.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from torch.utils import _pytree as pytree
 
 from ..frontend.aliasing import alias_groups
 from ..frontend.lowering import RandomSeed
-from ..ir import ParseError, VerificationError, parse_graph, verify
+from ..ir import Graph, ParseError, VerificationError, parse_graph, verify
 from ..ir.types import DTYPE_NAMES, NAME_DTYPES
+from ..passes.autodiff import active_outputs
+from ..runtime.autograd import AutogradGraph
 from ..runtime.driver import Executable
 from ..runtime.outputs import write_back
 from ..runtime.restore import kernel_sources, restore
@@ -44,7 +49,7 @@ def load(path: str, device: torch.device | str | None = None) -> Any:
 
             return LoadedStep(path, program, exe, weights, read_tensors(files, "optimizer.safetensors", device),
                               device)
-        return LoadedFunction(path, program, exe, weights, device)
+        return LoadedFunction(path, program, exe, weights, device, differentiable_graph(files, exe))
     except (KeyError, IndexError, TypeError) as e:  # (only a forged program.json that matches its hash gets here)
         raise ArtifactError(f"ember.load: program.json does not describe graph.ir ({type(e).__name__}: {e})") \
             from None
@@ -79,6 +84,25 @@ def executable(files: dict[str, bytes], program: dict, device: torch.device) -> 
             raise ArtifactError(f"ember.load: kernel {folder}{name}.py {why}; the artifact does not match its "
                                 f"graph (edited, or written by another ember)")
     return exe
+
+
+def differentiable_graph(files: dict[str, bytes], exe: Executable) -> Graph | None:
+    """`autodiff.ir` parsed and checked as graph.ir is, over the same inputs; None when not saved."""
+    if "autodiff.ir" not in files:
+        return None
+    try:
+        graph = parse_graph(files["autodiff.ir"].decode())
+    except (UnicodeDecodeError, ParseError) as e:
+        raise ArtifactError(f"ember.load: autodiff.ir cannot be read: {e}") from None
+    check_graph(graph, "autodiff.ir")
+    try:
+        verify(graph)
+    except (VerificationError, ValueError, TypeError, RuntimeError) as e:
+        raise ArtifactError(f"ember.load: autodiff.ir does not verify: {e}") from None
+    if [v.type for v in graph.inputs] != [v.type for v in exe.graph.inputs] \
+            or len(graph.outputs) < len(exe.graph.outputs):
+        raise ArtifactError("ember.load: autodiff.ir does not take graph.ir's inputs")
+    return graph
 
 
 def read_tensors(files: dict[str, bytes], name: str, device: torch.device) -> dict[str, torch.Tensor]:
@@ -143,8 +167,10 @@ class LoadedFunction:
     `graph` the optimized IR; `compiled` the executable (its `kernels`, `schedule`)."""
 
     def __init__(self, path: str, program: dict, exe: Executable, weights: dict[str, torch.Tensor],
-                 device: torch.device):
+                 device: torch.device, autodiff: Graph | None = None):
         self.path, self.name, self.device = path, program.get("name", "fn"), device
+        self._autodiff = autodiff
+        self._autograd: dict[tuple, AutogradGraph] = {}
         self.compiled, self.graph = exe, exe.graph
         self._signature = program["signature"]
         self._n_user = sum("tensor" in s for s in self._signature)
@@ -176,17 +202,34 @@ class LoadedFunction:
             elif leaf != decode_value(want["value"]) or type(leaf) is not type(decode_value(want["value"])):
                 raise TypeError(f"{self.name}() argument {i}: the artifact was saved for the value "
                                 f"{decode_value(want['value'])!r}, got {leaf!r}")
-        if torch.is_grad_enabled() and any(t.requires_grad for t in user):
-            raise RuntimeError(f"{self.name}(): a loaded artifact computes no gradients; call it under "
-                               f"torch.no_grad() or with inputs that do not require grad")
         if any(i < self._n_user for i in self._mutated) and alias_groups(user):
             raise ValueError(f"{self.name}(): the program updates an input in place, and the inputs share memory")
         inputs = user + fresh(self._saved)
-        with torch.no_grad():
-            outs = self.compiled(inputs)
-            write_back([inputs[i] for i in self._mutated], outs[self._n_out:self._n_out + len(self._mutated)])
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            if self._autodiff is None:
+                raise RuntimeError(f"{self.name}(): this artifact computes no gradients (its program updates an "
+                                   f"input in place); call it under torch.no_grad() or with tensors that do not "
+                                   f"require grad")
+            outs = self._differentiable(inputs)(inputs)
+        else:
+            with torch.no_grad():
+                outs = self.compiled(inputs)
+                write_back([inputs[i] for i in self._mutated], outs[self._n_out:self._n_out + len(self._mutated)])
         leaves = [outs[v] if kind == "tensor" else v for kind, v in self._outputs]
         return pytree.tree_unflatten(leaves, self._out_spec)
+
+    def _differentiable(self, inputs: list[torch.Tensor]) -> AutogradGraph:
+        """The forward/backward pair of `autodiff.ir` for the inputs that require grad now (one per such
+        set), as api/static.py makes it: its differentiable outputs are the float results a gradient
+        can reach (a detached one does not require grad, as in eager)."""
+        graph = self._autodiff
+        wrt = tuple(i for i, t in enumerate(inputs) if t.requires_grad and t.is_floating_point())
+        outs = tuple(i for i in active_outputs(graph, wrt) if i < self._n_out
+                     and (graph.outputs[i].dtype.is_floating_point or graph.outputs[i].dtype.is_complex))
+        ag = self._autograd.get((wrt, outs))
+        if ag is None:
+            ag = self._autograd[wrt, outs] = AutogradGraph(graph, wrt, outs)
+        return ag
 
     def __repr__(self) -> str:
         return f"<ember.load({self.path!r}): {self.name}, {self.compiled.num_kernels} kernel(s) on {self.device}>"

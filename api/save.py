@@ -163,7 +163,24 @@ def function_files(sg: StaticGraph, args: tuple, kwargs: dict) -> dict[str, byte
                "num_user_outputs": lowered.num_user_outputs, "mutated_inputs": list(lowered.mutated_inputs),
                "donate": {str(k): j for k, j in sg.compiled.donate.items()}}
     assert len(graph.inputs) == len(cap.tensor_positions) + len(tensors) + sum("seed" in e for e in lifted)
+    autodiff = autodiff_text(sg, graph)
+    if autodiff is not None:
+        files["autodiff.ir"] = autodiff.encode()
     files["program.json"] = json.dumps(program, indent=1).encode()
     files["weights.safetensors"] = safetensors_bytes(tensors)
     return files
+
+
+def autodiff_text(sg: StaticGraph, graph: Graph) -> str | None:
+    """The graph a loaded function differentiates (api/load.py): the trace before the passes, whose
+    gradient markers (detach, no_grad) the optimized graph no longer has, over the same inputs. None
+    (the loaded function then refuses gradients) for a program that updates its inputs in place (its
+    gradient history needs the trace's write-back rules) or whose text does not parse back."""
+    if sg.lowered.mutated_inputs:
+        return None
+    text = format_graph(sg.graph)
+    parsed = parse_graph(text)
+    if format_graph(parsed) != text or [v.type for v in parsed.inputs] != [v.type for v in graph.inputs]:
+        return None
+    return text
 
