@@ -39,7 +39,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..ir.ops import scatter as _scatter  # noqa: F401  (registers ember::sort_index)
 from ..ir.registry import primitive_aten_ops
-from .gradient_ops import zero_gradient
+from .gradient_ops import no_derivative, zero_gradient
 
 aten = torch.ops.aten
 
@@ -230,6 +230,23 @@ def _bernoulli(x: torch.Tensor, *, generator=None) -> torch.Tensor:
     return zero_gradient(_TORCH_BERNOULLI(x, generator=generator), x)
 
 
+def _underivable(op: str, name: str):
+    """aten::`name` by torch's decomposition, each floating input attached with `ember::no_derivative`:
+    torch has no derivative for it (its backward raises), while the decomposition's ops have one (a
+    silent zero); so a gradient that must reach an input raises here too."""
+    table = get_decompositions([op])
+    decomposed = table[op]
+
+    def underivable(*args, **kwargs):
+        out = decomposed(*args, **kwargs)
+        for x in args:
+            if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()):
+                out = no_derivative(out, x, name)
+        return out
+
+    return underivable
+
+
 def _log_softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor:
     """torch's decomposition, `(x - max) - log(sum(exp(x - max)))` in the computation dtype, with the
     max detached. log_softmax does not depend on the max, and eager's backward does not
@@ -256,6 +273,8 @@ _EMBER = {
     aten.index_fill.int_Tensor: _index_fill,
     aten.native_group_norm.default: _native_group_norm,
     aten._log_softmax.default: _log_softmax,
+    aten.heaviside.default: _underivable(aten.heaviside.default, "heaviside"),
+    aten.floor_divide.default: _underivable(aten.floor_divide.default, "floor_divide"),
 }
 
 

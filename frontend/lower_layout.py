@@ -50,6 +50,11 @@ def _zero_gradient(L, node, a):
     return L.add("zero_gradient", [a.value, a.like])
 
 
+@register(torch.ops.ember.no_derivative.default)
+def _no_derivative(L, node, a):
+    return L.add("no_derivative", [a.value, a.like], name=a.op)
+
+
 @register(*overloads(aten.expand, "default"), *overloads(aten.expand_copy, "default"))
 def _expand(L, node, a):
     return L.expand(a.self, out_shape(node))

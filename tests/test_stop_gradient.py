@@ -236,3 +236,48 @@ def test_ir_autodiff_of_the_markers():
     stripped = strip_gradient_markers(g)
     assert not {"stop_gradient", "untracked_update"} & {n.op for n in stripped.nodes}
     torch.testing.assert_close(evaluate(stripped, xs, ys)[0], out)
+
+
+# Ops torch cannot differentiate (their backward raises) whose decompositions could: `no_derivative`
+# makes ember raise as eager does instead of returning the decomposition's silent zero gradient.
+UNDERIVABLE = {
+    "heaviside": lambda w, v: torch.heaviside(w, v),
+    "floor_divide": lambda w, v: torch.floor_divide(w, v.abs() + 0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(UNDERIVABLE))
+def test_a_gradient_through_an_op_torch_cannot_differentiate_raises_like_eager(name):
+    op = UNDERIVABLE[name]
+    w, v = torch.randn(6), torch.randn(6)
+    w[0] = 0.0  # heaviside's `values` branch
+    f = lambda w, v: (op(w, v) * 2 + w).sum()  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(ember.compile(f)(w, v), f(w, v))  # values are unchanged
+    for wrt in (0, 1):
+        args = [w.clone(), v.clone()]
+        args[wrt].requires_grad_()
+        with pytest.raises(RuntimeError, match=f"derivative for aten::{name} is not implemented"):
+            f(*args).backward()
+        with pytest.raises(RuntimeError, match=f"derivative for aten::{name} is not implemented"):
+            ember.compile(f)(*args).backward()
+    # a gradient that does not pass through it is fine, in both
+    x, ref = torch.randn(6, requires_grad=True), None
+    g = lambda x, w, v: (op(w, v) * x).sum()  # noqa: E731
+    ember.compile(g)(x, w, v).backward()
+    ref = x.detach().clone().requires_grad_()
+    g(ref, w, v).backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+
+
+def test_compile_step_raises_where_eager_backward_raises():
+    model = nn.Linear(4, 4)
+    loss_fn = lambda out, y: (torch.heaviside(out, y) + out).sum()  # noqa: E731
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="derivative for aten::heaviside is not implemented"):
+        loss_fn(model(x), y).backward()
+    step = ember.compile_step(model, loss_fn, ember.optim.SGD(model.parameters(), lr=0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="derivative for aten::heaviside is not implemented"):
+        step(x, y)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))

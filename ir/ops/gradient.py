@@ -6,6 +6,10 @@
   autograd does not record (made under `torch.no_grad()` or through a detached alias such as
   `.data`). Eager keeps the tensor's autograd history, so the gradient passes to the value before the
   update unchanged, while later reads see the updated value.
+- `zero_gradient(value, like)`: `like` attached with a zero gradient (fill, zero_).
+- `no_derivative(value, like) {name}`: an op torch has no derivative for (`heaviside`, `floor_divide`)
+  whose decomposition would otherwise differentiate: a gradient that must reach `like` raises, as
+  eager's backward does, instead of silently taking the decomposition's (zero) derivative.
 
 Both are views of their first input (kind "layout", so `materialize_outputs` treats an output that is
 one of them over an input as aliasing it). They survive the pass pipeline for `passes.autodiff`, and
@@ -42,4 +46,17 @@ register(OpDef("zero_gradient", "layout", lambda types: types[0], lambda value, 
                vjp=lambda g, inputs, out, ct: [ct, None], active_inputs=(0, 1), onnx=_first,
                doc="the value of `value`, attached to `like` with a zero gradient (fill, zero_)"))
 
-GRADIENT_MARKERS = ("stop_gradient", "untracked_update", "zero_gradient")
+
+
+def _no_derivative_vjp(g, inputs, out, ct, needs, name):
+    if needs[1]:
+        raise NotImplementedError(f"the derivative for aten::{name} is not implemented (eager PyTorch's backward "
+                                  f"raises the same)")
+    return [ct, None]
+
+
+register(OpDef("no_derivative", "layout", lambda types, name: types[0], lambda value, like, name: value, arity=2,
+               view=True, vjp=_no_derivative_vjp, vjp_needs=True, active_inputs=(0, 1), onnx=_first,
+               doc="the value of `value`; a gradient reaching `like` raises (an op torch cannot differentiate)"))
+
+GRADIENT_MARKERS = ("stop_gradient", "untracked_update", "zero_gradient", "no_derivative")
