@@ -108,7 +108,7 @@ def test_every_sampled_kind_declares_domains_and_cost():
 def test_views_are_the_layout_ops_the_runtime_folds_into_strides():
     views = {n for n in OPS if is_view(n)}
     assert views == {"reshape", "permute", "expand", "slice", "select", "flip",
-                     "stop_gradient", "untracked_update", "zero_gradient"}
+                     "stop_gradient", "untracked_update", "zero_gradient", "no_derivative"}
     g = Graph()
     x = g.add_input(TensorType((4, 6), F32))
     v = g.add("flip", [g.add("slice", [g.add("permute", [x], dims=(1, 0))], dim=0, start=1, end=5, step=2)],
