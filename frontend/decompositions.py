@@ -36,6 +36,7 @@ import torch
 from torch._decomp import core_aten_decompositions, get_decompositions
 from torch._prims_common import get_computation_dtype
 from torch.fx.experimental.symbolic_shapes import statically_known_true
+from torch.utils import _pytree as pytree
 
 from ..ir.ops import scatter as _scatter  # noqa: F401  (registers ember::sort_index)
 from ..ir.registry import primitive_aten_ops
@@ -239,7 +240,7 @@ def _underivable(op: str, name: str):
 
     def underivable(*args, **kwargs):
         out = decomposed(*args, **kwargs)
-        for x in args:
+        for x in pytree.tree_leaves((args, kwargs)):
             if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()):
                 out = no_derivative(out, x, name)
         return out
@@ -275,6 +276,7 @@ _EMBER = {
     aten._log_softmax.default: _log_softmax,
     aten.heaviside.default: _underivable(aten.heaviside.default, "heaviside"),
     aten.floor_divide.default: _underivable(aten.floor_divide.default, "floor_divide"),
+    aten._chunk_cat.default: _underivable(aten._chunk_cat.default, "_chunk_cat"),
 }
 
 

@@ -3,9 +3,12 @@
 Each sample runs three ways against eager PyTorch on its own copy of the inputs:
 
 - `forward`: `ember.compile` on inputs that do not require grad (the inference graph);
-- `gradient`: `ember.compile` on inputs that require grad (ops that support autograd): outputs, then
-  `torch.autograd.grad` of the differentiable outputs with the same random cotangents, against every
-  floating input that requires grad;
+- `gradient`: `ember.compile` on inputs that require grad: outputs, then `torch.autograd.grad` of the
+  differentiable outputs with the same random cotangents, against every floating input that requires
+  grad. Where eager has no derivative (its backward raises "the derivative ... is not implemented", or
+  an op without autograd returns outputs that do not require grad), ember must not invent one: it
+  raises too, or its outputs do not require grad either (a user's sum of such an output with others
+  would otherwise get a gradient eager never gives);
 - `eager`: the op called under `with ember.eager():`.
 
 Every outcome is `pass`, `mismatch` (a value, dtype, shape, structure, gradient or mutated input
@@ -400,11 +403,17 @@ def _check_gradient(op, ref_sample, cand, pristine, seed: int, random_op: bool, 
         ref_leaves = _grad_outputs(ref_out, ref_sample)
         keep = _differentiable(ref_leaves)
         if not keep:
-            return Outcome("skip", "no differentiable output")
+            return _no_derivative_like_eager(op, cand, seed, "eager's outputs do not require grad", False)
         cots = [torch.randn_like(ref_leaves[k]) for k in keep]
+    except Exception as e:
+        return Outcome("skip", f"eager raises: {error_outcome(e).detail}")
+    try:
         ref_grads = torch.autograd.grad([ref_leaves[k] for k in keep], wrt_ref, cots, allow_unused=True,
                                         retain_graph=True)
     except Exception as e:
+        if "derivative" in str(e) and "not implemented" in str(e):
+            return _no_derivative_like_eager(op, cand, seed, f"eager's backward raises: {str(e).splitlines()[0]}",
+                                             True)
         return Outcome("skip", f"eager raises: {error_outcome(e).detail}")
 
     def run64() -> tuple:  # outputs, inputs after the call, gradients: all in float64
@@ -439,6 +448,27 @@ def _check_gradient(op, ref_sample, cand, pristine, seed: int, random_op: bool, 
     return Outcome("pass", note="; ".join(notes))
 
 
+def _no_derivative_like_eager(op, cand, seed: int, why: str, must_raise: bool) -> Outcome:
+    """Eager has no derivative here (`why`). Its backward raises (`must_raise`): ember's must raise too.
+    Its outputs do not require grad (a constant to autograd): ember's may, with a zero gradient."""
+    wrt = [t for t in _tensors(cand) if t.requires_grad and t.is_floating_point()]
+    try:
+        _seed(seed)
+        leaves = _grad_outputs(_ember_compiled(op)(cand.input, cand.args, cand.kwargs), cand)
+        keep = _differentiable(leaves)
+        if not keep and not must_raise:
+            return Outcome("pass", note=f"no gradient, as in eager ({why})")
+        grads = torch.autograd.grad([leaves[k] for k in keep], wrt, [torch.randn_like(leaves[k]) for k in keep],
+                                    allow_unused=True) if keep else ()
+    except Exception as e:
+        return Outcome("pass", note=f"raises like eager ({why}): {error_outcome(e).detail}")
+    if must_raise:
+        raise Mismatch(f"{why}; ember returns a gradient")
+    if all(g is None or not g.any() for g in grads):
+        return Outcome("pass", note=f"zero gradient ({why})")
+    raise Mismatch(f"{why}; ember returns a nonzero gradient")
+
+
 def _zeros(grads: tuple, wrt: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
 
@@ -460,8 +490,13 @@ def run_op(op, limit_samples: int | None = None, timeout: float | None = 60.0, s
     """Every sample (up to `limit_samples`) of `op` through the `checks`; one result each."""
     # copies: eager's, ember.compile's, ember.eager()'s, the random probe's, the float64 reference's
     forward = [make_samples(op, False, seed, limit_samples) for _ in range(5)]
-    grad_ok = "gradient" in checks and supports_grad(op)
-    grads = [make_samples(op, True, seed, limit_samples) for _ in range(3)] if grad_ok else None
+    grads = None
+    if "gradient" in checks:  # (an op without autograd too: ember must not differentiate it either)
+        try:
+            grads = [make_samples(op, True, seed, limit_samples) for _ in range(3)]
+        except Exception:
+            if supports_grad(op):
+                raise
     results = []
     for i, (ref, cand, eag, probe, pristine) in enumerate(zip(*forward)):
         start = time.perf_counter()
