@@ -10,7 +10,8 @@ Either way the input's version counter moves, as after an in-place op, so autogr
 it saved having changed.
 
 A plan runs through its `Prepared` form (made once): launches bound at plan time, internal
-temporaries in a reused arena (up to `ARENA_MAX_BYTES` per plan), outputs made per call.
+temporaries sharing one slab by lifetime (runtime/memory.py), kept in a reused arena when it is at
+most `ARENA_MAX_BYTES`, outputs made per call.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..codegen.lru import LRU
 from ..ir import Graph
 from ..ir.ops.extern import call_extern
 from ..ir.ops.index import INDEX_ERRORS
+from .memory import plan_memory
 from .plan import Buf, ExternStep, Host, LaunchStep, Plan, build_plan
 from .progress import Progress
 from .schedule import Schedule, build_schedule
@@ -79,9 +81,10 @@ def prepared(plan: Plan, device: torch.device) -> Prepared:
 class Prepared:
     """A plan made ready to run (the host path, docs/architecture.md): each launch bound once
     (`Kernel.bind`: the kernel, grid, constexprs and launch config kept) with its args as a template
-    where only buffer slots are filled per call; the internal temporaries held in a reused *arena*.
+    where only buffer slots are filled per call; the internal temporaries are views of one slab
+    (runtime/memory.py: placed by lifetime), held with the slab in a reused *arena*.
 
-    The arena holds the "alloc" buffers no output, extern call or alias reaching an output can
+    The slab holds the "alloc" buffers no output, extern call or alias reaching an output can
     see: a result handed to the caller is never one of them, so a later call never overwrites it.
     Arenas are taken from a free list for the call and put back after it (a thread running the same
     plan meanwhile takes another or makes a new one); on a GPU, per stream (a kernel still running
@@ -91,27 +94,23 @@ class Prepared:
     def __init__(self, plan: Plan, device: torch.device):
         self.plan, self.device = plan, device
         n_in = self.n_inputs = sum(1 for b in plan.bufs if b.kind == "input")
-        escaping = {v.buf for v in plan.outputs}
-        for step in plan.steps:
-            if isinstance(step, ExternStep):  # an extern may return (a view of) its input
-                escaping |= {v.buf for v in step.inputs}
-        changed = True
-        while changed:  # an alias shares its base's memory both ways
-            changed = False
-            for i, spec in enumerate(plan.bufs):
-                if spec.kind == "alias" and (i in escaping) != (spec.base in escaping):
-                    escaping |= {i, spec.base}
-                    changed = True
-        self.arena_specs: list[tuple[tuple[int, ...], torch.dtype]] = []
-        # per non-input buffer: ("arena", slot) | ("alloc", spec) | ("flag", spec) | ("alias", spec) | ("none",)
+        # The private temporaries share one slab by lifetime (runtime/memory.py); a slab of up to
+        # ARENA_MAX_BYTES is kept in the arena with its views made once, a larger one made per call.
+        self.memory = memory = plan_memory(plan)
+        self.slab_bytes = memory.slab_bytes
+        self.keep_slab = memory.slab_bytes <= ARENA_MAX_BYTES
+        # the arena: the slab (kept), then a view of it per private temporary: (offset, shape, dtype)
+        self.arena_specs: list[tuple[int, tuple[int, ...], torch.dtype]] = []
+        # per non-input buffer: ("arena", slot) | ("slab", offset, shape, dtype) | ("alloc", spec) |
+        # ("flag", spec) | ("alias", spec) | ("none",)
         self.fill: list[tuple] = []
-        held = 0
         for i, spec in enumerate(plan.bufs[n_in:], n_in):
-            size = math.prod(spec.shape) * spec.dtype.itemsize
-            if spec.kind == "alloc" and i not in escaping and held + size <= ARENA_MAX_BYTES:
-                held += size
-                self.fill.append(("arena", len(self.arena_specs)))
-                self.arena_specs.append((spec.shape, spec.dtype))
+            offset = memory.offsets.get(i)
+            if offset is not None and self.keep_slab:
+                self.fill.append(("arena", len(self.arena_specs) + 1))
+                self.arena_specs.append((offset, spec.shape, spec.dtype))
+            elif offset is not None:
+                self.fill.append(("slab", offset, spec.shape, spec.dtype))
             elif spec.kind in ("alloc", "flag", "alias"):
                 self.fill.append((spec.kind, spec))
             else:
@@ -146,7 +145,8 @@ class Prepared:
         self.inner = interpreter_position if device.type == "cpu" else None
 
     def _new_arena(self) -> list[torch.Tensor]:
-        return [torch.empty(shape, dtype=dtype, device=self.device) for shape, dtype in self.arena_specs]
+        slab = new_slab(self.slab_bytes if self.keep_slab else 0, self.device)
+        return [slab] + [_slab_view(slab, *spec) for spec in self.arena_specs]
 
     def run(self, inputs: list[torch.Tensor], name: str = "a graph",
             donate: dict[int, int] | None = None) -> list[torch.Tensor]:
@@ -176,10 +176,13 @@ class Prepared:
             for kind, x in self.fill:
                 bufs.append(arena[x] if kind == "arena" else torch.empty(x.shape, dtype=x.dtype, device=device))
         else:
+            slab = None if self.keep_slab else new_slab(self.slab_bytes, device)
             for f in self.fill:
                 kind = f[0]
                 if kind == "arena":
                     bufs.append(arena[f[1]])
+                elif kind == "slab":
+                    bufs.append(_slab_view(slab, *f[1:]))
                 elif kind == "alloc":
                     bufs.append(torch.empty(f[1].shape, dtype=f[1].dtype, device=device))
                 elif kind == "flag":
@@ -234,6 +237,17 @@ class Prepared:
             for k, j in stored:
                 outs[k] = inputs[j]
         return outs
+
+
+def new_slab(nbytes: int, device: torch.device) -> torch.Tensor:
+    """The bytes of a plan's private temporaries (runtime/memory.py); tests fill it with garbage."""
+    return torch.empty(nbytes, dtype=torch.uint8, device=device)
+
+
+def _slab_view(slab: torch.Tensor, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A temporary's tensor: its bytes of the slab (runtime/memory.py), contiguous."""
+    n = math.prod(shape) * dtype.itemsize
+    return slab[offset:offset + n].view(dtype).view(shape)
 
 
 def _precisions() -> tuple[str, bool]:
