@@ -34,6 +34,7 @@ from ..ir.types import COMPILABLE_DTYPES
 from ..passes.cost import compulsory_bytes, group_cost, split_costs
 from ..passes.horizontal import multi_group
 from ..runtime.autotune import no_timing
+from ..runtime.memory import plan_memory
 from ..runtime.plan import ExternStep, LaunchStep, Plan
 from ..runtime.schedule import Schedule, build_schedule, splits
 from .compiled import CompiledFunction
@@ -209,4 +210,4 @@ def explain(fn: Callable, *args: Any, passes: bool = False, target: str | None =
         unfused_bytes=sum(e.cost.bytes_moved for e in unfused),
         fallbacks=[FallbackInfo(t, reasons[t], c) for t, c in counts.items()],
         graph=graph, static_graph=sg, show_passes=passes, guards=guards, schedule=schedule,
-        gpu=gpu)
+        gpu=gpu, memory=plan_memory(plan))

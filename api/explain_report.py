@@ -112,6 +112,7 @@ class ExplainReport:
     guards: str | None = None                # an ember.compile'd function's programs and recompile reasons
     schedule: Any = field(default=None, repr=False)  # the runtime's schedule (runtime/schedule.py)
     gpu: Any = None                          # the GPU planned for by name (codegen/targets.GpuSpec), if any
+    memory: Any = None                       # the plan's temporaries (runtime/memory.py MemoryPlan)
 
     @property
     def estimate_us(self) -> float | None:
@@ -192,6 +193,9 @@ class ExplainReport:
         ]
         lines = ["Totals"] + _table(["", "kernels", "bytes", "vs compulsory"], rows, {1, 2, 3})
         lines.append(f"  flops: {_fmt_count(self.flops)}")
+        if self.memory is not None and self.memory.offsets:
+            lines.append(f"  temporaries: {len(self.memory.offsets)} in a {_fmt_bytes(self.memory.slab_bytes)} slab "
+                         f"shared by lifetime ({_fmt_bytes(self.memory.separate_bytes)} one by one: runtime/memory.py)")
         if self.gpu is not None:
             lines.append(f"  roofline estimate on {self.gpu.name}: {self.estimate_us:.1f} us (bytes at "
                          f"{self.gpu.bandwidth / 1e12:.2f} TB/s or flops at peak, whichever is longer, plus a "

@@ -102,3 +102,15 @@ def test_forward_and_backward_with_a_shared_slab_match_eager(garbage_slabs):
     ref(x).square().sum().backward()
     for (n, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_explain_reports_the_slab():
+    def chain(x, w):
+        for _ in range(4):
+            x = torch.tanh(x) @ w
+        return x
+
+    report = ember.explain(chain, torch.randn(32, 32), torch.randn(32, 32))
+    mem = report.memory
+    assert len(mem.offsets) >= 3 and mem.slab_bytes < mem.separate_bytes
+    assert f"temporaries: {len(mem.offsets)} in a {mem.slab_bytes // 1024}.0 KB slab" in str(report)
