@@ -69,6 +69,7 @@ from ember.api.explain import _METADATA_OPS, _read_bytes  # noqa: E402
 from ember.codegen import kernel as kernel_module  # noqa: E402
 from ember.passes.cost import group_cost, is_kernel  # noqa: E402
 from ember.passes.fusion import partition  # noqa: E402
+from ember.runtime.memory import plan_memory  # noqa: E402
 
 MB = 1024 * 1024
 # eps 1e-4 rather than torch's 1e-8: Adam's first update is lr * g / (|g| + eps), whose sensitivity to the
@@ -366,8 +367,10 @@ def measure(name: str, size: str = "small", device: str | torch.device = "cpu", 
         outside = CountOps()  # a second step, counted
         with outside:
             step(x, y)
+        temps = plan_memory(step.last.compiled.plan)  # the step's temporaries (runtime/memory.py)
         row["ember_step"] = {
             "kernels": step.num_kernels, "bytes": graph_bytes(step.graph),
+            "temporaries_slab_bytes": temps.slab_bytes, "temporaries_separate_bytes": temps.separate_bytes,
             "copies": outside.copies, "copy_bytes": outside.copy_bytes, "torch_ops": outside.kernels,
             "saved_bytes": None, "saved_activation_bytes": None,
             "loss_close": bool(torch.allclose(loss, ref_loss.detach(), rtol=RTOL, atol=ATOL)),
@@ -517,6 +520,9 @@ def format_table(result: dict[str, Any]) -> str:
     sizes = "; ".join(f"{k} {v}" for k, v in result["sizes"].items())
     text += ["", "kernels per step against eager's: " + "; ".join(
         f"{r['model']}: static {_ratios(r, 'ember_static')}, step {_ratios(r, 'ember_step')}" for r in result["rows"])]
+    temps = [(r["model"], r["ember_step"]) for r in result["rows"] if r.get("ember_step")]
+    text += ["temporaries of the ember step (shared by lifetime, runtime/memory.py; one by one): " + "; ".join(
+        f"{m}: {_b(d['temporaries_slab_bytes'])} ({_b(d['temporaries_separate_bytes'])})" for m, d in temps)]
     text += ["", f"{result['date']}  {result['device']}  {result['machine']}  torch {result['torch']}  "
                  f"triton {result['triton']}",
              f"size={result['size']} (mlp: batch, features, hidden, classes; transformer: batch, seq, dim, heads, "
