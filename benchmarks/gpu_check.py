@@ -11,7 +11,9 @@
    matmul 4096^3 fp16 (vs cuBLAS: torch.matmul), causal attention B8 H16 S1024 D64 fp16 (vs torch's
    SDPA, flash), x.sum() over 8192x4096, cross-entropy over a 32000 vocabulary, LayerNorm fp16, an
    AdamW step on 12 tensors (ember.optim.AdamW vs torch's foreach AdamW and its compiled step), and
-   the fusion suite (benchmarks/fusion.py's patterns: geomean of torch.compile time / ember time).
+   the fusion suite (benchmarks/fusion.py's patterns: geomean of torch.compile time / ember time), and
+   save/load (benchmarks/save_load.py, fresh processes: compile + first call over `ember.load` + first
+   call, with Triton's cache warm on both sides, the goal's figure, and cold on both).
    Each case next to its goal from the issue (>= 85% of copy bandwidth, >= 0.7x cuBLAS, >= 0.7x flash
    SDPA, >= 1.1x torch.compile geomean). Cases not started within `--budget` seconds are skipped.
 
@@ -49,7 +51,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import ember  # noqa: E402
 
-GOALS = {"of_copy": 0.85, "vs_cublas": 0.7, "vs_flash_sdpa": 0.7, "geomean_vs_torch_compile": 1.1}
+GOALS = {"of_copy": 0.85, "vs_cublas": 0.7, "vs_flash_sdpa": 0.7, "geomean_vs_torch_compile": 1.1,
+         "first_call_vs_compile": 10.0}
 
 
 @dataclass
@@ -283,6 +286,24 @@ def case_fusion_suite(s: Setup) -> dict[str, Any]:
     return {"shape": size, "goal": ("geomean_vs_torch_compile", GOALS["geomean_vs_torch_compile"]), **row}
 
 
+def case_save_load(s: Setup) -> dict[str, Any]:
+    """Compile + first call against `ember.load` + first call in fresh processes (benchmarks/save_load.py):
+    with Triton's cache warm on both sides (what ember's compile and load cost: the goal), and on a GPU
+    also cold on both (every kernel compiled by Triton in each process)."""
+    import save_load
+
+    cases = ["mlp"] if s.smoke else ["mlp", "transformer"]
+    device = "cuda" if s.device.type == "cuda" else "cpu"
+    ratio = lambda r: r["compile_first_call_s"] / r["load_first_call_s"]  # noqa: E731
+    warm = save_load.run(cases, 1, device, cold=False)
+    row: dict[str, Any] = {"ms": {"ember": None, "eager": None, "torch_compile": None}, "warm": warm,
+                           "first_call_vs_compile": min(ratio(r) for r in warm["cases"])}
+    if not s.smoke:
+        cold = save_load.run(cases, 1, device, cold=True)
+        row["cold"], row["cold_first_call_vs_compile"] = cold, min(ratio(r) for r in cold["cases"])
+    return {"shape": cases, "goal": ("first_call_vs_compile", GOALS["first_call_vs_compile"]), **row}
+
+
 CASES: dict[str, Callable[[Setup], dict[str, Any]]] = {
     "fusion_bandwidth": case_fusion_bandwidth,
     "matmul": case_matmul,
@@ -292,6 +313,7 @@ CASES: dict[str, Callable[[Setup], dict[str, Any]]] = {
     "layernorm": case_layernorm,
     "adamw": case_adamw,
     "fusion_suite": case_fusion_suite,
+    "save_load": case_save_load,
 }
 
 

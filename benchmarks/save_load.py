@@ -1,6 +1,7 @@
 """Load-and-first-call of an `ember.save` artifact against compile-and-first-call, in fresh processes.
 
     python benchmarks/save_load.py [--json PATH] [--cases mlp,transformer,mlp_step] [--repeats 3]
+                                   [--device cuda] [--cold-triton-cache]
 
 Per case, the parent saves the artifact (and the inputs) once; then fresh interpreters (the best of
 `--repeats` each, alternating), timed from
@@ -19,8 +20,13 @@ pre-norm blocks: causal attention with 4 heads, GELU MLP; d=64, batch 2 x 32 tok
 (the mlp with a mean-squared-error loss, AdamW, one training step). Kernels run under Triton's
 interpreter on CPU: a first call pays the interpreter's one-time setup (process-wide, and an AST
 rewrite per kernel) on both sides, and the on-disk kernel source cache is warm for both.
+On a GPU (`--device cuda`) a first call compiles each kernel with Triton unless Triton's on-disk cache
+holds it: by default the children share the cache (warmed by the parent's own first call, so both
+sides find every kernel compiled: what ember's compile and load cost); `--cold-triton-cache` gives
+every child an empty one (both sides compile every kernel with Triton). benchmarks/gpu_check.py runs both.
 JSON: `{"cases": [{"name", "compile_s", "load_s", "compile_first_call_s", "load_first_call_s",
-"steady_call_s", "load_phases"}]}` (`*_first_call_s`: from the start to the end of the first call).
+"steady_call_s", "load_phases"}], "device", "cold_triton_cache"}` (`*_first_call_s`: from the start to
+the end of the first call).
 """
 
 from __future__ import annotations
@@ -62,14 +68,16 @@ class Block(nn.Module):
         return self.mlp(x + self.proj(a.transpose(1, 2).reshape(b, t, d)))
 
 
-def build(case: str):
-    """(model, example inputs) of a case, the same in every process (seeded)."""
+def build(case: str, device: str = "cpu"):
+    """(model, example inputs) of a case on `device`, the same in every process (seeded)."""
     torch.manual_seed(0)
     if case == "transformer":
-        return nn.Sequential(Block(), Block()).eval(), (torch.randn(2, 32, 64),)
-    if case == "mlp_step":
-        return MLP(), (torch.randn(8, 64), torch.randn(8, 64))
-    return MLP().eval(), (torch.randn(8, 64),)
+        model, args = nn.Sequential(Block(), Block()).eval(), (torch.randn(2, 32, 64),)
+    elif case == "mlp_step":
+        model, args = MLP(), (torch.randn(8, 64), torch.randn(8, 64))
+    else:
+        model, args = MLP().eval(), (torch.randn(8, 64),)
+    return model.to(device), tuple(a.to(device) for a in args)
 
 
 def _step(model):
@@ -78,28 +86,28 @@ def _step(model):
     return ember.compile_step(model, nn.functional.mse_loss, ember.optim.AdamW(model.parameters(), lr=1e-3))
 
 
-def child_compile(case: str, root: str) -> dict:
+def child_compile(case: str, root: str, device: str = "cpu") -> dict:
     """Compile (capture, lowering, passes, schedule, plan and kernels for these inputs), then call."""
     import ember
     from ember.api.save_step import step_program
     from ember.runtime.restore import contiguous_plan
 
-    model, args = build(case)
+    model, args = build(case, device)
     start = time.perf_counter()
     if case.endswith("_step"):
         step = _step(model)
         program, _ = step_program(step, *args)  # (the program the first step would build)
-        contiguous_plan(program.compiled, "cpu")
+        contiguous_plan(program.compiled, device)
         call = lambda: step(*args)
     else:
         with torch.no_grad():
             sg = ember.trace(model, *args)
-        contiguous_plan(sg.compiled, "cpu")
+        contiguous_plan(sg.compiled, device)
         call = lambda: sg(*args)
     return _calls(start, call)
 
 
-def child_load(case: str, root: str) -> dict:
+def child_load(case: str, root: str, device: str = "cpu") -> dict:
     """`ember.load` by phases (no model code: `build` is not called), then call."""
     import ember  # noqa: F401
     from ember.api import load as L
@@ -127,42 +135,51 @@ def child_load(case: str, root: str) -> dict:
 
 def _calls(start: float, call) -> dict:
     """Seconds to be ready (`ready`), to the end of the first call (`first`), and of a second call."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     ready = time.perf_counter()
     with torch.no_grad():
         call()
+        sync()
         first = time.perf_counter()
         call()
+        sync()
     return {"ready": ready - start, "first": first - start, "steady": time.perf_counter() - first}
 
 
-def _child(mode: str, case: str, root: str) -> dict:
+def _child(mode: str, case: str, root: str, device: str = "cpu") -> dict:
     import ember  # noqa: F401
 
     # The heap after `import ember` (torch, triton) moves out of the collector's generations: otherwise a
     # full collection (~0.3 s here) lands at an arbitrary point of either side's timed work.
     gc.collect()
     gc.freeze()
-    return (child_compile if mode == "compile" else child_load)(case, root)
+    return (child_compile if mode == "compile" else child_load)(case, root, device)
 
 
-def _run_child(mode: str, case: str, root: str) -> dict:
+def _run_child(mode: str, case: str, root: str, device: str = "cpu", cold: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run([sys.executable, __file__, "--child", mode, case, root], check=True, env=env,
-                         capture_output=True, text=True, timeout=1200)
+    with tempfile.TemporaryDirectory(prefix="ember-triton-cache-") as cache:
+        if cold:  # this child compiles every kernel with Triton
+            env["TRITON_CACHE_DIR"] = cache
+        out = subprocess.run([sys.executable, __file__, "--child", mode, case, root, device], check=True, env=env,
+                             capture_output=True, text=True, timeout=1200)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_case(case: str, root: str, repeats: int = 3) -> dict:
+def run_case(case: str, root: str, repeats: int = 3, device: str = "cpu", cold: bool = False) -> dict:
     import ember
 
-    model, args = build(case)
+    model, args = build(case, device)
     if case.endswith("_step"):
         ember.save(_step(model), os.path.join(root, case), *args)
     else:
         ember.save(model, os.path.join(root, case), *args)
     torch.save(args, os.path.join(root, case + ".pt"))
+    if not cold and device != "cpu":  # warm the shared Triton cache (the interpreter keeps none)
+        _run_child("compile", case, root, device)
     # the best of `repeats` fresh processes per side, alternating (load from other processes hits both alike)
-    runs = [(_run_child("compile", case, root), _run_child("load", case, root)) for _ in range(repeats)]
+    runs = [(_run_child("compile", case, root, device, cold), _run_child("load", case, root, device, cold))
+            for _ in range(repeats)]
     compiled = {k: min(c[k] for c, _ in runs) for k in ("ready", "first", "steady")}
     loaded = {k: min(r[k] for _, r in runs) for k in ("ready", "first", "steady")}
     loaded["phases"] = {k: min(r["phases"][k] for _, r in runs) for k in runs[0][1]["phases"]}
@@ -171,9 +188,11 @@ def run_case(case: str, root: str, repeats: int = 3) -> dict:
             "steady_call_s": loaded["steady"], "load_phases": loaded["phases"]}
 
 
-def run(cases: list[str] | tuple[str, ...] = CASES, repeats: int = 3) -> dict:
+def run(cases: list[str] | tuple[str, ...] = CASES, repeats: int = 3, device: str = "cpu",
+        cold: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="ember-save-load-") as root:
-        return {"cases": [run_case(case, root, repeats) for case in cases], "torch": torch.__version__}
+        return {"cases": [run_case(case, root, repeats, device, cold) for case in cases],
+                "torch": torch.__version__, "device": device, "cold_triton_cache": cold}
 
 
 def format_table(result: dict) -> str:
@@ -185,8 +204,12 @@ def format_table(result: dict) -> str:
         lines.append(f"{r['name']:<12} {r['compile_s']:>8.3f} {r['load_s']:>7.3f} {ratio:>5.0f}x | "
                      f"{r['compile_first_call_s']:>11.3f} {r['load_first_call_s']:>9.3f} "
                      f"{r['compile_first_call_s'] / r['load_first_call_s']:>4.1f}x | {r['steady_call_s']:>8.3f} | {ph}")
+    cache = ", each process with an empty Triton cache" if result.get("cold_triton_cache") else \
+        ", Triton's cache shared and warm"
+    device = result.get("device", "cpu")
+    where = "under Triton's interpreter (CPU)" if device == "cpu" else f"on {device}{cache}"
     lines.append("seconds, best of fresh processes per side, from after `import ember`; first calls run kernels "
-                 "under Triton's interpreter (CPU)")
+                 + where)
     return "\n".join(lines)
 
 
@@ -195,13 +218,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per side; the best is kept")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # internal: mode case root
+    ap.add_argument("--device", default="cpu", help="where the cases run (cuda: Triton compiles on first call)")
+    ap.add_argument("--cold-triton-cache", action="store_true", help="every process with an empty Triton cache")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # internal: mode case root device
     a = ap.parse_args(argv)
     if a.child:
-        mode, case, root = a.child
-        print(json.dumps(_child(mode, case, root)))
+        mode, case, root, device = a.child
+        print(json.dumps(_child(mode, case, root, device)))
         return {}
-    result = run(a.cases.split(","), a.repeats)
+    result = run(a.cases.split(","), a.repeats, a.device, a.cold_triton_cache)
     print(format_table(result))
     if a.json:
         with open(a.json, "w") as f:
