@@ -6,8 +6,10 @@ changes the traced program: the pytree structure of (args, kwargs); every tensor
 dims not marked dynamic), dtype, device and requires_grad; every non-tensor argument's value (baked
 into the graph); for modules, every submodule's `training` flag and the names and metadata of the
 parameters and buffers; which of these tensors share memory (`f(t, t)`, overlapping views: see
-frontend/aliasing.py). `describe_changes` names each difference ("input 0 (x): dtype changed
-float32 -> float16", "module training flag changed: Net True -> False").
+frontend/aliasing.py); the `torch.autocast` regions the call runs in (capture records their casts) and
+which submodules have hooks (capture refuses them, so a hook registered later is not skipped silently).
+`describe_changes` names each difference ("input 0 (x): dtype changed float32 -> float16", "module
+training flag changed: Net True -> False").
 
 Parameters and buffers are graph *inputs*, read from the module at every call, never constants. So:
 
@@ -33,10 +35,10 @@ from typing import Any
 
 import torch
 
-from ..frontend.capture import module_state
+from ..frontend.capture import HOOK_DICTS, global_hook_dicts, module_state
 from ..frontend.sources import Guards
 from ..runtime.executor import tensor_guard
-from .signature import Key, TensorMeta, named_leaves, signature_key
+from .signature import Key, TensorMeta, autocast_state, named_leaves, signature_key
 from .symbolic import Dim, SymbolicTrace
 
 try:  # CPython's dict version tags, as Dynamo reads them (api: FastGuard)
@@ -54,6 +56,7 @@ class CallSignature:
     training: tuple[bool, ...]                   # the training flag of each of fn.modules()
     state: tuple[tuple[str, TensorMeta], ...]    # parameters and buffers, by name
     aliases: tuple[tuple[int, ...], ...]         # indices into `tensor_names` of tensors sharing memory
+    context: tuple = ((), ())                    # `call_context`: autocast regions, hooked submodules
     names: tuple[str, ...] = field(default=(), compare=False)       # readable name of each leaf
     modules: tuple[str, ...] = field(default=(), compare=False)     # name of each of fn.modules()
     state_refs: tuple[Any, ...] = field(default=(), compare=False)  # weakrefs, for identity
@@ -74,7 +77,7 @@ class CallSignature:
         if dynamic:
             leaves = tuple(m._replace(shape=tuple(None if (i, d) in dynamic else s for d, s in enumerate(m.shape)))
                            if isinstance(m, TensorMeta) else m for i, m in enumerate(leaves))
-        return (self.spec, leaves, self.training, self.state, self.aliases)
+        return (self.spec, leaves, self.training, self.state, self.aliases, self.context)
 
     def replaced(self, module: torch.nn.Module | None) -> list[str]:
         """Parameters/buffers of `module` that are no longer the objects this signature saw."""
@@ -88,14 +91,14 @@ class CallSignature:
 
 def call_signature(fn: Callable, args: tuple, kwargs: dict, key: Key | None = None) -> CallSignature:
     """The signature of a call (`key`: its `signature_key`, when already computed)."""
-    spec, leaves, training, state, aliases = key if key is not None else signature_key(fn, args, kwargs)
+    spec, leaves, training, state, aliases, context = key if key is not None else signature_key(fn, args, kwargs)
     names = tuple(n for n, _ in named_leaves(args, kwargs, fn))
     modules: tuple = ()
     refs: tuple = ()
     if isinstance(fn, torch.nn.Module):
         modules = tuple(n or type(fn).__name__ for n, _ in fn.named_modules())
         refs = tuple(weakref.ref(t) for t in module_state(fn).values())
-    return CallSignature(spec, leaves, training, state, aliases, names, modules, refs)
+    return CallSignature(spec, leaves, training, state, aliases, context, names, modules, refs)
 
 
 def _dt(d: torch.dtype) -> str:
@@ -136,6 +139,10 @@ def _aliases(sig: CallSignature) -> str:
     return "; ".join(" and ".join(names[i] for i in g) for g in sig.aliases) or "none"
 
 
+def _autocast(state: tuple) -> str:
+    return ", ".join(f"{d} {_dt(t)}" for d, t in state) or "off"
+
+
 def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
     """Every difference between two call signatures, one readable line each."""
     if old.spec != new.spec or len(old.leaves) != len(new.leaves):
@@ -154,6 +161,10 @@ def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
                    + (f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""))
     if old.aliases != new.aliases:
         out.append(f"inputs sharing memory changed: {_aliases(old)} -> {_aliases(new)}")
+    if old.context[0] != new.context[0]:
+        out.append(f"autocast changed: {_autocast(old.context[0])} -> {_autocast(new.context[0])}")
+    if old.context[1] != new.context[1]:
+        out.append(f"modules with hooks changed: {list(old.context[1])} -> {list(new.context[1])}")
     if old.state != new.state:
         was, now = dict(old.state), dict(new.state)
         added, removed = [n for n in now if n not in was], [n for n in was if n not in now]
@@ -167,7 +178,8 @@ def describe_changes(old: CallSignature, new: CallSignature) -> list[str]:
 
 def size_changes(old: CallSignature, new: CallSignature) -> set[Dim] | None:
     """The dims whose sizes differ, when sizes of same-rank tensors are all that differ; else None."""
-    if old.spec != new.spec or old.training != new.training or old.state != new.state or old.aliases != new.aliases:
+    if (old.spec != new.spec or old.training != new.training or old.state != new.state or old.aliases != new.aliases
+            or old.context != new.context):
         return None
     dims: set[Dim] = set()
     for i, (a, b) in enumerate(zip(old.leaves, new.leaves)):
@@ -229,7 +241,8 @@ class FastGuard:
     which makes a new fast guard for the next call.
     """
 
-    __slots__ = ("key", "sg", "names", "types", "consts", "tensor_pos", "state", "dicts", "versions", "check")
+    __slots__ = ("key", "sg", "names", "types", "consts", "tensor_pos", "state", "dicts", "versions", "check",
+                 "autocast")
 
     @classmethod
     def make(cls, cf: Any, key: Key, sg: Any, args: tuple, kwargs: dict) -> FastGuard | None:
@@ -244,6 +257,8 @@ class FastGuard:
             if _dict_version is None:
                 return None
             dicts = [d for m in module.modules() for d in (m.__dict__, m._parameters, m._buffers, m._modules)]
+            # a hook registered since (capture refuses hooks: the full path retraces and says so)
+            dicts += [getattr(m, h) for m in module.modules() for h in HOOK_DICTS] + global_hook_dicts()
         g = cls()
         g.key, g.sg = key, sg
         g.names = tuple(kwargs)
@@ -254,6 +269,7 @@ class FastGuard:
         g.dicts = dicts
         g.versions = [_dict_version(d) for d in dicts]
         g.check = tensor_guard([values[i] for i in g.tensor_pos] + g.state)
+        g.autocast = key[5][0]
         return g
 
     def match(self, cf: Any, args: tuple, kwargs: dict) -> Any:
@@ -272,6 +288,8 @@ class FastGuard:
             if values[i] != v:
                 return MISS
         if self.dicts and list(map(_dict_version, self.dicts)) != self.versions:
+            return MISS
+        if autocast_state() != self.autocast:  # the trace baked in the autocast casts (or their absence)
             return MISS
         tensors = [values[i] for i in self.tensor_pos]
         state = self.state

@@ -16,7 +16,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..frontend.aliasing import alias_groups
-from ..frontend.capture import module_state
+from ..frontend.capture import hooked_modules, module_state
 
 
 def fn_name(fn: Callable) -> str:
@@ -113,7 +113,23 @@ def leaf_key(x: Any) -> Hashable:
     return TensorMeta.of(x) if isinstance(x, torch.Tensor) else const_key(x)
 
 
-Key = tuple  # (spec, leaf keys, module training flags, parameters/buffers, aliasing): see signature_key
+Key = tuple  # (spec, leaf keys, module training flags, parameters/buffers, aliasing, context): see signature_key
+
+# Device types whose autocast state a trace bakes in (capture runs under the caller's autocast).
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_state() -> tuple:
+    """(device type, dtype) of each autocast region the call runs in: `torch.autocast` changes the ops
+    capture records (casts to its dtype), so a program traced outside it cannot serve a call inside."""
+    return tuple((d, torch.get_autocast_dtype(d)) for d in AUTOCAST_DEVICES if torch.is_autocast_enabled(d))
+
+
+def call_context(fn: Callable) -> tuple:
+    """The state outside the arguments a trace depends on: the autocast regions, and the submodules
+    with hooks (capture refuses them, frontend/capture.py: a hook registered after a trace must not
+    be skipped silently)."""
+    return autocast_state(), hooked_modules(fn if isinstance(fn, torch.nn.Module) else None)
 
 
 def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Key:
@@ -121,7 +137,8 @@ def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Key:
 
     (str(pytree spec), `leaf_key` of each leaf, the `training` flag of each of `fn.modules()`,
     ((parameter or buffer name, TensorMeta), ...), groups of indices of the tensors sharing memory
-    (the call's tensors, then the parameters/buffers)); api/guards.py names each part that changed."""
+    (the call's tensors, then the parameters/buffers), `call_context`); api/guards.py names each part
+    that changed."""
     leaves, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     training: tuple = ()
@@ -137,7 +154,7 @@ def signature_key(fn: Callable, args: tuple, kwargs: dict) -> Key:
         tensors += named.values()
     # a trace of f(t, t) reads one placeholder for both; an in-place update must reach every alias
     aliases = alias_groups(tensors) if len(tensors) > 1 else ()
-    return (str(spec), tuple(leaf_key(x) for x in leaves), training, state, aliases)
+    return (str(spec), tuple(leaf_key(x) for x in leaves), training, state, aliases, call_context(fn))
 
 
 def _show(v: Any) -> str:

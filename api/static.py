@@ -35,7 +35,7 @@ from ..runtime.driver import compile_ir
 from ..runtime.outputs import write_back
 from ..runtime.progress import Progress, note
 from .distributed import refuse_ddp
-from .signature import ExampleCall, check_arity, check_devices, fn_name, named_leaves, signature_key
+from .signature import ExampleCall, call_context, check_arity, check_devices, fn_name, named_leaves, signature_key
 
 logger = logging.getLogger("ember")
 
@@ -144,6 +144,12 @@ class StaticGraph:
         if why is not None:
             raise ValueError(f"{fn_name(self.fn)}(): {why} since tracing, and the traced graph depends on it "
                              f"(ember.compile traces again when such a value changes)")
+        context = call_context(self.fn)
+        if context != self.key[5]:  # the autocast casts are in the graph; hooks would not run
+            (was_cast, was_hooked), (cast, hooked) = self.key[5], context
+            raise ValueError(f"{fn_name(self.fn)}(): traced with autocast {list(was_cast) or 'off'} and hooks on "
+                             f"{list(was_hooked) or 'no module'}, called with autocast {list(cast) or 'off'} and "
+                             f"hooks on {list(hooked) or 'no module'} (ember.compile traces again when they change)")
         check_devices(self._named_tensors(args, kwargs))
         state = module_state(self._module)
         if list(state) != self.captured.state_names:

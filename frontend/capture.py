@@ -16,6 +16,7 @@ updates autograd does not record) as IR-visible ops.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,63 @@ def _check_static(gm: torch.fx.GraphModule) -> None:
                 raise CaptureError(data_dependent_message(node.meta.get("ember_call"), node.target))
 
 
+# nn.Module's hook dicts: forward (pre-)hooks are Python run at capture only, backward hooks never run
+# (ember differentiates the captured graph itself), so a module that has any is refused (`check_hooks`).
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+_GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
+                 "_global_backward_hooks")
+
+
+def global_hook_dicts() -> list[dict]:
+    """`register_module_forward_hook` & co.: hooks every module call runs."""
+    from torch.nn.modules import module as nn_module
+
+    return [getattr(nn_module, name) for name in _GLOBAL_HOOKS]
+
+
+@functools.cache
+def _traceable_hooks() -> tuple[type, ...]:
+    """torch's own forward pre-hooks that recompute a weight from parameters (legacy weight_norm,
+    spectral_norm, pruning): tensor code without other effects, traced into the graph like the
+    forward, so they run at every call."""
+    import importlib
+
+    def module(name: str) -> Any:  # (torch.nn.utils.weight_norm is also the name of a function there)
+        return importlib.import_module(f"torch.nn.utils.{name}")
+
+    return module("weight_norm").WeightNorm, module("spectral_norm").SpectralNorm, module("prune").BasePruningMethod
+
+
+def _has_hooks(dicts: list[dict]) -> bool:
+    traceable = _traceable_hooks()
+    return any(not isinstance(h, traceable) for d in dicts if d for h in d.values())
+
+
+def hooked_modules(module: torch.nn.Module | None) -> tuple[str, ...]:
+    """Names of the submodules of `module` with forward or backward hooks ("<global>": module hooks
+    registered for every module), but for `_traceable_hooks`."""
+    if module is None:
+        return ()
+    names = tuple(n or type(module).__name__ for n, m in module.named_modules()
+                  if _has_hooks([getattr(m, d, None) for d in HOOK_DICTS]))
+    return names + (("<global>",) if _has_hooks(global_hook_dicts()) else ())
+
+
+def check_hooks(module: torch.nn.Module | None) -> None:
+    """Refuse a module with hooks: capture would run a forward hook once (on fake tensors), not at every
+    call, and the compiled backward never calls a backward hook: both would be silently skipped."""
+    hooked = hooked_modules(module)
+    if hooked:
+        kinds = dict(module.named_modules()) if module is not None else {}
+        where = ", ".join(f"`{n}` ({type(kinds[n]).__name__})" if n in kinds else n for n in hooked[:3])
+        raise CaptureError(
+            f"ember.compile: module hooks (register_forward_hook, register_forward_pre_hook, "
+            f"register_full_backward_hook, ...) on {where} are not supported: a forward hook "
+            f"would run once, on fake tensors, when the program is traced, and a backward hook never. Remove "
+            f"the hooks, or run the model with torch.compile(model, backend=\"ember\") (Dynamo traces hooks) "
+            f"or under ember.eager()")
+
+
 def module_state(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
     if module is None:
         return {}
@@ -143,6 +201,7 @@ class SymbolicTraceError(RuntimeError):
 def capture(fn: Callable, args: tuple, kwargs: dict | None = None) -> Captured:
     """Trace `fn(*args, **kwargs)` into an fx graph of functional aten ops (see module doc)."""
     module = fn if isinstance(fn, torch.nn.Module) else None
+    check_hooks(module)
     leaves, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs or {})))
     positions = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
     constants = {i: x for i, x in enumerate(leaves) if not isinstance(x, torch.Tensor)}

@@ -50,13 +50,30 @@ class CaptureError(RuntimeError):
 
 _DATA = torch._C.TensorBase.__dict__["data"]
 _DETACH = {torch.Tensor.detach, torch.detach}
+_TENSOR_HOOKS = {torch.Tensor.register_hook, torch.Tensor.register_post_accumulate_grad_hook}
 # C++ composites make_fx cannot intercept, captured as ember's decompositions write them (they return
 # NotImplemented where torch's composite must run): InstanceNorm as one row kernel (with running
 # statistics: plus one kernel updating them; eval mode: one pointwise kernel).
 _REWRITES = {torch.instance_norm: instance_norm, torch.nn.functional.instance_norm: functional_instance_norm,
              torch.nn.functional.linear_cross_entropy: lambda *a, **k: _reference_linear_cross_entropy(*a, **k),
              # SDPA as the CPU flash op on any device (meta, CUDA): the fused attention kernels
-             torch.nn.functional.scaled_dot_product_attention: scaled_dot_product_attention}
+             torch.nn.functional.scaled_dot_product_attention: scaled_dot_product_attention,
+             torch.nn.functional.interpolate: lambda *a, **k: _empty_interpolate(*a, **k)}
+
+
+def _empty_interpolate(input: Any, *args: Any, **kwargs: Any) -> Any:
+    """`F.interpolate` of an input without elements. torch's meta for upsample_nearest passes an int to
+    `torch._check` there (TypeError: cond must be a bool), even for a valid empty batch; eager's
+    kernel, on an empty real tensor of the shape (no tracing mode), gives the result's shape or
+    eager's own error. The result has no elements either (its batch is 0), still in the graph."""
+    if not isinstance(input, torch.Tensor) or input.numel() != 0:
+        return NotImplemented
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        shape = torch.nn.functional.interpolate(torch.empty(tuple(input.shape), dtype=input.dtype), *args,
+                                                **kwargs).shape
+    return input.new_zeros(shape) + input.sum()
 
 
 def _reference_linear_cross_entropy(*args: Any, options: Any = None, **kwargs: Any) -> Any:
@@ -146,6 +163,12 @@ class CaptureMode(TorchFunctionMode):
             return self._untracked(torch.Tensor.copy_, (target, value), {}, [target], [target, value])
         if func in _DETACH:
             return self._detach(args[0], args[0])
+        if func in _TENSOR_HOOKS:  # the hook would be registered on a traced tensor, and never called
+            raise CaptureError(
+                f"ember.trace: `Tensor.{func.__name__}` inside a compiled program is not supported: ember "
+                f"differentiates the captured graph itself, so a hook registered while tracing would never be "
+                f"called. Register hooks outside the compiled function, or use torch.compile(backend=\"ember\") "
+                f"or ember.eager()")
         grad = torch.is_grad_enabled()
         inputs = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         rewrite = _REWRITES.get(func)

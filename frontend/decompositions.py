@@ -23,7 +23,9 @@ compares every output and the gradients):
   filled value's gradient counted repeated indices several times; negative indices failed),
   `fill.Tensor` (through `aten.copy`, which autograd cannot differentiate) and `native_group_norm`
   (torch's CPU branch flattens per-channel scale and shift with `as_strided`, which ember runs as an
-  extern: 5 launches where ember's is one row kernel).
+  extern: 5 launches where ember's is one row kernel), `_native_batch_norm_legit_no_training` (torch's
+  calls the mutable `_native_batch_norm_legit`, whose decomposition is dropped, so AOTAutograd's
+  inference graph of an eval-mode BatchNorm held a mutable op and the Dynamo backend failed).
 - Results that do not depend on an input autograd differentiates (`fill`, `zero`, a `repeat` with no
   elements, `bernoulli`'s draws: `rand < p` goes through a bool) are wrapped in
   `ember::zero_gradient(result, input)` (IR `zero_gradient`): eager's result requires grad (with a
@@ -262,8 +264,21 @@ def _log_softmax(x: torch.Tensor, dim: int, half_to_float: bool) -> torch.Tensor
     result = shifted - torch.log(torch.sum(torch.exp(shifted), dim, keepdim=True))
     return result if half_to_float else result.to(result_dtype)
 
+def _batch_norm_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
+    """Eval-mode batch norm, functional. torch's decomposition calls the mutable
+    `_native_batch_norm_legit` (training=False, nothing written), which the table drops (mutable ops'
+    decompositions are dropped): it then reached AOTAutograd's inference graphs whole, and
+    `torch.compile(backend="ember")` of a BatchNorm model in eval under no_grad failed."""
+    from torch._decomp.decompositions import native_batch_norm_helper
+
+    out, mean, rstd, _, _ = native_batch_norm_helper(input, weight, bias, running_mean, running_var, False,
+                                                     momentum, eps, True)
+    return out, mean, rstd
+
+
 # ember's own decompositions (see the module doc for why each replaces torch's).
 _EMBER = {
+    aten._native_batch_norm_legit_no_training.default: _batch_norm_no_training,
     aten._safe_softmax.default: _safe_softmax,
     aten.fill.Tensor: _fill_tensor,
     aten.fill.Scalar: _fill_scalar,
