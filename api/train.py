@@ -38,6 +38,7 @@ from ..runtime.driver import compile_ir
 from ..runtime.outputs import write_back
 from .distributed import DistributedStep, is_ddp, refuse_ddp
 from .module import CompiledModule
+from .signature import call_context
 from .static import StaticGraph
 
 
@@ -224,7 +225,10 @@ class CompiledStep:
     def _program(self, x: torch.Tensor, y: torch.Tensor, advanced: list[dict]) -> tuple[_StepProgram, list]:
         """The program for batches like (x, y) and this step's updates (`_updates`: only of the
         parameters the loss reaches; the others keep their values and state, as in eager)."""
-        sig = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training)
+        # (autocast changes the traced ops; a hook registered since must be refused, not skipped: the
+        # call context, as ember.compile's key has it, api/signature.py)
+        sig = (tuple((t.shape, t.dtype, t.device) for t in (x, y)), self.loss_module.model.training,
+               call_context(self.loss_module.model))
         old = self._traces.get(sig)
         traced = cached_program(self._traces, sig, self.recompile_reasons, lambda: TracedLoss(self.loss_module, x, y))
         if old is not None and traced is not old:  # a retrace: the graphs built on the stale trace go too

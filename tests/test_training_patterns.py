@@ -520,3 +520,32 @@ def test_step_inplace_ops_and_batchnorm():
     model = _check_step(lambda: BNNet(0.3), lambda m: ember.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy,
                         _batches(2))
     assert int(model.bn.num_batches_tracked) == 2
+
+
+def test_step_traces_again_under_autocast_and_refuses_a_later_hook():
+    """Regressions: compile_step's trace key held only the batch and the training flag, so a step traced
+    outside `torch.autocast` kept running in float32 inside it, and a forward hook registered after the
+    first step was silently skipped."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    ref = copy.deepcopy(model)
+    step = ember.compile_step(model, F.cross_entropy, ember.optim.SGD(model.parameters(), lr=0.1))
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    [(x, y)], [(x2, y2)] = _batches(2)
+    step(x, y)
+    F.cross_entropy(ref(x), y).backward()
+    ref_opt.step()
+    ref_opt.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = step(x2, y2)
+        ref_loss = F.cross_entropy(ref(x2), y2)
+    ref_loss.backward()
+    ref_opt.step()
+    bf16 = CHAIN_TOLERANCES[torch.bfloat16]
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=bf16[0], atol=bf16[1])
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=bf16[0], atol=bf16[1])
+    assert len(step._traces) == 2
+    model[1].register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(Exception, match="hook"):
+        step(x, y)
