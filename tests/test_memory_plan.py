@@ -82,7 +82,7 @@ def _train(name: str, share: bool, monkeypatch) -> tuple[list[torch.Tensor], dic
     return losses, copy.deepcopy(model.state_dict())
 
 
-@pytest.mark.parametrize("name", ["gpt", "resnet"])
+@pytest.mark.parametrize("name", ["gpt", pytest.param("resnet", marks=pytest.mark.slow)])
 def test_training_with_a_shared_slab_is_bit_identical(name, garbage_slabs, monkeypatch):
     shared_losses, shared_state = _train(name, True, monkeypatch)
     alone_losses, alone_state = _train(name, False, monkeypatch)
