@@ -1,7 +1,7 @@
 """Fuzzing: random programs (tests/programs.py, `fuzz_programs`) through ember against eager PyTorch.
 
     python benchmarks/fuzz.py --programs 10000 [--seed S] [--json out.json] [--time-limit SECONDS]
-                              [--timeout S] [--deep]
+                              [--timeout S] [--deep] [--no-nn]
 
 Draws programs from the same hypothesis strategy the tests use (seeded, generation only: no
 shrinking) and classifies each as tests/program_checks.py does: pass / mismatch / error (eager
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per program")
     ap.add_argument("--max-steps", type=int, default=10)
     ap.add_argument("--deep", action="store_true", help="also unfused and reference interpreter")
+    ap.add_argument("--no-nn", dest="nn", action="store_false",
+                    help="without the conv/pool/embedding/loss/index/norm/attention steps (the earlier mix)")
     args = ap.parse_args(argv)
 
     warnings.filterwarnings("ignore")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             failures = [r for r in records if r["status"] not in ("pass", "error") or
                         (r["status"] == "error" and not r["eager_error"])]
-            data = {"summary": s, "seed": args.seed, "deep": args.deep, "max_steps": args.max_steps,
+            data = {"summary": s, "seed": args.seed, "deep": args.deep, "nn": args.nn, "max_steps": args.max_steps,
                     "machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "finished": final, "failures": failures,
                     "expected_errors": [{k: r[k] for k in ("index", "detail", "eager_error", "note")} for r in records
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     @seed(args.seed)
     @settings(max_examples=args.programs, phases=[Phase.generate], database=None, deadline=None,
               suppress_health_check=list(HealthCheck), print_blob=False)
-    @given(fuzz_programs(args.max_steps))
+    @given(fuzz_programs(args.max_steps, nn=args.nn))
     def sweep(case) -> None:
         if args.time_limit and time.perf_counter() - start > args.time_limit:
             raise _TimeUp

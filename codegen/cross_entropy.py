@@ -19,7 +19,10 @@ def emit_pick(em, node: Node) -> str:
     e = em.e
     x, index = node.inputs
     i = em.L.loads.index((x, "tile"))
-    t = em.operand(index, False)
+    if em.L.is_row(index):
+        t = em.operand(index, False)
+    else:  # the row dims all have size 1 (R == 1): the index is spelled like a tile, of one column
+        t = e.tmp(f"tl.reduce(tl.where(m2, {em.operand(index, True)}, 0), 1, tl.standard._sum_combine)", "t")
     ok = e.tmp(f"({t} >= 0) & ({t} < R)", "ok")
     col = e.tmp(f"tl.where({ok}, {t}, 0) + rzero", "i")  # rzero: the kernel's index width
     row = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(em.kidx)]) + " + rzero"

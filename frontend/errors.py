@@ -351,7 +351,9 @@ def user_error(e: Exception, caller: types.FrameType | None) -> Exception | None
     where, inside, call = _located(e)
     extern = getattr(e, "ember_extern", None)  # torch's own error for an op ember hands to torch
     ours = _raised_in_ember(e)
-    if (ours and isinstance(e, _INTERNAL)) or not (inside or ours or extern):
+    # (an index out of range found by a kernel is the user's error: runtime/executor._check_flags)
+    if (ours and isinstance(e, _INTERNAL) and not getattr(e, "ember_data_error", False)) \
+            or not (inside or ours or extern):
         return None
     cls = _exception_type(e)
     where = where or user_frame(caller)

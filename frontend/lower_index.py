@@ -51,6 +51,7 @@ def _embedding(L, node, a):
     w, idx = a.weight, _index(L, a.indices)
     if a.get("scale_grad_by_freq") or a.get("sparse") or w.type.rank != 2:
         raise Fallback("embedding with scale_grad_by_freq or sparse gradients")
+    _check_not_empty(w, 0, idx)
     out = _as_slice(L, w, idx, 0) or L.add("index", [w, idx], dim=0, wrap=False)
     pad = a.get("padding_idx", -1)
     if pad is not None and pad >= 0:  # the padding row gets no gradient (eager's embedding_backward)
@@ -65,8 +66,16 @@ def _index_select(L, node, a):
     if x.type.rank == 0 or idx.type.rank > 1:
         raise Fallback("index_select of a 0-dim tensor")
     d = norm_dim(a.dim, x.type.rank)
+    _check_not_empty(x, d, idx)
     idx = L.reshape(idx, (idx.type.numel,))
     return _as_slice(L, x, idx, d) or L.add("index_select", [x, idx], dim=d)
+
+
+def _check_not_empty(x: Value, dim: int, idx: Value) -> None:
+    """Eager's index_select (embedding's too) refuses indices into an empty dim before reading them
+    (RuntimeError; an index kernel would flag every index as out of range: IndexError)."""
+    if x.shape[dim] == 0 and idx.type.numel > 0:
+        raise RuntimeError("index_select(): self indexing axis dim should be positive")
 
 
 def gather(L, x: Value, dim: int, idx: Value) -> Value:

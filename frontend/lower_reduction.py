@@ -200,5 +200,12 @@ def _gather(L, node, a):
         from .lower_index import gather
 
         return gather(L, x, d, idx)
-    idx = L.add("check_index", [idx], size=x.type.shape[d], error="target")  # out of range: an error, never 0
+    # out of range: an error, never 0; eager's type by the user's call (torch.gather: RuntimeError,
+    # a loss's target: IndexError)
+    error = "gather" if node.meta.get("ember_call") in ("torch.gather", "Tensor.gather") else "target"
+    idx = L.add("check_index", [idx], size=x.type.shape[d], error=error)
+    if x.type.shape[d] == 1:  # x is its own row: `_picked` would never read the index, nor check it
+        from .lower_index import gather
+
+        return gather(L, x, d, idx) if x.dtype == torch.bool else L.add("pick", [x, idx], dims=(d,))
     return L.cast(_picked(L, x, idx, d), x.dtype)

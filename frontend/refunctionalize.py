@@ -12,6 +12,7 @@ the graph once more under functionalization turns every such write into a `slice
 from __future__ import annotations
 
 import torch
+from torch.fx import traceback as fx_traceback
 
 from .tracing import make_fx
 
@@ -31,6 +32,33 @@ def inner_mutations(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     return found
 
 
+# The user's line and torch call of each node (frontend/errors.py Watch): errors name them, and
+# lowering reads the call (torch.gather vs a loss's target). A re-trace carries them over through
+# fx's node-meta replay, which copies a node's meta["custom"] to the nodes traced from it.
+_USER_META = ("ember_where", "ember_call")
+
+
+def _keeping_user_meta(gm: torch.fx.GraphModule):
+    for n in gm.graph.nodes:
+        kept = {k: n.meta[k] for k in _USER_META if k in n.meta}
+        if kept:
+            n.meta["custom"] = {**(n.meta.get("custom") or {}), **kept}
+
+    def run(*args):
+        with fx_traceback.preserve_node_meta():
+            return torch.fx.Interpreter(gm).run(*args)
+
+    return run
+
+
+def _restore_user_meta(gm: torch.fx.GraphModule) -> None:
+    for n in gm.graph.nodes:
+        custom = n.meta.get("custom") or {}
+        for k in _USER_META:
+            if k in custom:
+                n.meta.setdefault(k, custom[k])
+
+
 def refunctionalize(gm: torch.fx.GraphModule, rounds: int = 4) -> torch.fx.GraphModule:
     """`gm` itself when it is functional apart from input write-backs, else `gm` re-traced under
     `torch.func.functionalize`, with ember's decompositions (the functional ops this produces,
@@ -43,8 +71,9 @@ def refunctionalize(gm: torch.fx.GraphModule, rounds: int = 4) -> torch.fx.Graph
             return gm
         fakes = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]
         with torch.no_grad():
-            gm = make_fx(torch.func.functionalize(gm, remove="mutations"), tracing_mode="real",
+            gm = make_fx(torch.func.functionalize(_keeping_user_meta(gm), remove="mutations"), tracing_mode="real",
                          decomposition_table=DECOMPOSITIONS, _allow_non_fake_inputs=True)(*fakes)
+        _restore_user_meta(gm)
         gm.graph.eliminate_dead_code()  # copy_ into inputs is impure, so input mutations survive
     left = inner_mutations(gm)
     if left:

@@ -169,8 +169,11 @@ class _Partitioner:
             return _broadcasts_to(node.out.shape, row.shape) and node.out not in self.outputs \
                 and all(u in members and u.out.shape not in rows for u in self.users.get(node.out, []))
         if node.op == "reshape":  # keepdim <-> squeezed spellings of one row are the same values
+            # (never of the group's shape: where the row dims all have size 1, a keepdim row is spelled
+            # like a tile, and the row emitter would take that tile for a row)
             shapes = {node.inputs[0].shape, node.out.shape}
-            return shapes <= rows or (whole and node.out.type.numel == 1 == node.inputs[0].type.numel)
+            return row.shape not in shapes and (
+                shapes <= rows or (whole and node.out.type.numel == 1 == node.inputs[0].type.numel))
         if kind == "scan":  # a tile op along the row's one dim
             return _scan_in_row(node) and node.inputs[0].shape == row.shape and row.dims == (node.attrs["dim"],)
         if node.op == "pick":  # a row's one element, loaded directly (ir/ops/cross_entropy.py)

@@ -269,7 +269,9 @@ def _check_flags(plan: Plan, bufs: list) -> None:
     code = int(bufs[plan.flag][0])
     if code:
         kind, message = INDEX_ERRORS[code]
-        raise kind(message)
+        err = kind(message)
+        err.ember_data_error = True  # the user's data, not ember's bug (frontend/errors.user_error)
+        raise err
 
 
 def _run_extern(step: ExternStep, bufs: list) -> None:

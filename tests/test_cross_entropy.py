@@ -151,3 +151,34 @@ def test_class_dim_in_the_middle_and_unbatched(shape):
         torch.testing.assert_close(got, want, **TOL[torch.float32])
         torch.testing.assert_close(xe.grad, xr.grad, **TOL[torch.float32])
         assert "pick" in [n.op for n in ember.trace(fn, x, t).graph.nodes]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (3, 1, 2), (1, 1, 1)])
+def test_one_class_along_a_middle_dim(shape):
+    """Found by benchmarks/fuzz.py (finding 5 in the fuzz notes): with one class along dim 1 the row
+    dims have size 1, so the keepdim row (the target index, the log-probabilities reshaped) has the
+    row group's shape and is a tile to the row emitter: the fused reshape and `pick`'s index used to
+    fail with "row value ... used before its definition"."""
+    x, target = torch.randn(shape), torch.zeros(shape[:1] + shape[2:], dtype=torch.long)
+
+    def f(x, target):
+        return (F.nll_loss(torch.log_softmax(x, 1), target, reduction="none"),
+                F.cross_entropy(x, target, label_smoothing=0.1))
+
+    for got, want in zip(ember.compile(f)(x, target), f(x, target)):
+        torch.testing.assert_close(got, want)
+
+
+def test_one_class_target_out_of_range_raises():
+    """Found by benchmarks/fuzz.py (finding 8 in the fuzz notes): with one class the target logit is
+    the row itself, so the checked target was never read and its check was dead code: ember
+    returned a loss where eager raises."""
+    x = torch.randn(3, 1)
+    for t in (torch.tensor([0, 1, 0]), torch.tensor([0, 0, -1])):
+        for fn in (F.cross_entropy, F.nll_loss, ember.compile(F.cross_entropy), ember.compile(F.nll_loss)):
+            with pytest.raises(IndexError):
+                fn(x, t)
+    with pytest.raises(RuntimeError):
+        ember.compile(lambda x: torch.gather(x > 0, 1, torch.tensor([[0], [1], [0]])))(x)
+    t = torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(ember.compile(F.cross_entropy)(x, t), F.cross_entropy(x, t))

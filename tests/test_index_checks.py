@@ -46,12 +46,20 @@ def test_one_per_row_gather_out_of_range_raises():
     i = torch.randint(0, 4, (5, 1))
     assert_matches(pick, x, i)
     i[3, 0] = 4
-    with pytest.raises(RuntimeError):
-        pick(x, i)
-    # (IndexError: the one-hot lowering cannot tell this gather from cross-entropy's target, whose
-    # eager error it raises; ir/ops/index.py INDEX_ERRORS)
-    with pytest.raises(IndexError, match="gather index"):
-        ember.compile(pick)(x, i)
+    # eager's RuntimeError, as a user's error (the one-hot lowering tells torch.gather from a loss's
+    # target, IndexError, by the user's call: frontend/lower_reduction.py)
+    for fn in (pick, ember.compile(pick)):
+        with pytest.raises(RuntimeError) as info:
+            fn(x, i)
+        assert not isinstance(info.value, IndexError)
+    with pytest.raises(IndexError, match="at .*test_index_checks.py"):  # a target: eager's IndexError
+        ember.compile(lambda x, t: F.nll_loss(x, t))(x, torch.tensor([0, 1, 4, 2, 3]))
+    # label smoothing's decomposition is re-traced (frontend/refunctionalize.py): the user's call,
+    # kept on the nodes, still tells the gather from the target
+    both = lambda x, i: (F.cross_entropy(x, i[:, 0] % 4, label_smoothing=0.1), pick(x, i))  # noqa: E731
+    with pytest.raises(RuntimeError) as info:
+        ember.compile(both)(x, i)
+    assert not isinstance(info.value, IndexError)
 
 
 def test_general_gather_out_of_range_raises_eagers_runtime_error():
@@ -102,3 +110,16 @@ def bad_token_step_changes_nothing(device: torch.device) -> None:
 def test_training_step_with_bad_token_raises_before_touching_parameters():
     torch.manual_seed(0)
     bad_token_step_changes_nothing(torch.device("cpu"))
+
+
+def test_indices_into_an_empty_table_raise_eagers_runtime_error():
+    """Found by benchmarks/fuzz.py (finding 12 in the fuzz notes): eager's embedding / index_select
+    refuse indices into an empty dim before reading them (RuntimeError); ember's kernel flagged
+    them as out of range (IndexError)."""
+    w = torch.randn(0, 3)
+    for f in (lambda w: F.embedding(torch.tensor([0]), w), lambda w: w.index_select(0, torch.tensor([0]))):
+        for fn in (f, ember.compile(f)):
+            with pytest.raises(RuntimeError, match="axis dim should be positive") as info:
+                fn(w)
+            assert not isinstance(info.value, IndexError)
+    assert ember.compile(lambda w: F.embedding(torch.tensor([], dtype=torch.long), w))(w).shape == (0, 3)

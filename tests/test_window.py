@@ -129,6 +129,22 @@ def test_interpolate2d_values_and_gradients(kw):
     check(lambda x: F.interpolate(x, **kw), r(2, 3, 4, 5))
 
 
+def test_interpolate_empty_inputs_like_eager():
+    """Found by benchmarks/fuzz.py (finding 9 in the fuzz notes): torch's meta for upsample_nearest
+    raised TypeError on any input without elements, so ember refused an empty batch eager runs."""
+    f = lambda x: (F.interpolate(x, size=(3, 1)) * 2,)  # noqa: E731
+    x = torch.randn(0, 3, 4, 4, requires_grad=True)
+    out = ember.compile(f)(x)[0]
+    assert out.shape == (0, 3, 3, 1) and out.requires_grad
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    f1 = lambda x: (F.interpolate(x, size=3),)  # noqa: E731
+    for g, bad in ((f, torch.randn(1, 2, 0, 4)), (f1, torch.randn(1, 0, 4))):  # eager's RuntimeError
+        for fn in (g, ember.compile(g)):
+            with pytest.raises(RuntimeError, match="greater than 0|Non-empty"):
+                fn(bad)
+
+
 def test_interpolate_1d_3d_and_half():
     check(lambda x: F.interpolate(x, size=9, mode="linear", align_corners=True), r(2, 3, 4))
     check(lambda x: F.interpolate(x, scale_factor=1.1, mode="linear"), r(2, 3, 5))  # torch's decomposition errs

@@ -38,8 +38,8 @@ GATHER_OPS = frozenset({"index_select", "gather", "index", "searchsorted"})  # s
 INDEX_ERRORS: dict[int, tuple[type[Exception], str]] = {
     1: (IndexError, "index out of range in self"),
     2: (RuntimeError, "gather: index out of bounds for the gathered dimension"),
-    # A one-hot gather (lower_reduction.py) cannot tell cross-entropy's target (eager: IndexError)
-    # from a user's one-per-row torch.gather (eager: RuntimeError); it raises the former.
+    # A one-hot gather (lower_reduction.py) of cross-entropy's target (eager: IndexError); a user's
+    # one-per-row torch.gather raises code 2 (eager: RuntimeError).
     3: (IndexError, "index out of range: a target (nll_loss, cross_entropy) or one-per-row gather index"),
     4: (RuntimeError, "index out of range: INDICES element is out of DATA bounds"),  # index_select, dim > 0
 }
