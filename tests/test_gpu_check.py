@@ -35,7 +35,7 @@ def test_cpu_smoke_runs_every_case(smoke, capsys):
     rows = {c["name"]: c for c in result["cases"]}
     assert rows["matmul"]["tflops"]["ember"] > 0 and rows["sum"]["gbps"]["ember"] > 0
     assert rows["fusion_suite"]["timed"] == 0 and rows["fusion_suite"]["patterns"] == 2
-    assert rows["save_load"]["first_call_vs_compile"] > 0  # fresh processes ran both sides
+    assert rows["save_load"]["note"] == "not run in the smoke run"  # (fresh processes: save_load.py on CPU)
     assert result["tests"]["status"] == "not run" and result["copy_gbps"] > 0
     fusion = json.loads((path.parent / "fusion_tiny.json").read_text())  # the fusion table beside it
     assert [r["pattern"] for r in fusion["rows"]] == ["bias_gelu", "softmax"]
