@@ -1,5 +1,7 @@
-"""The training examples run as CI: a CNN on the digits (compile_step through convolutions, batch
-norm and max pooling) and a character-level GPT (through an embedding and attention)."""
+"""The training examples, under `pytest -m slow` (each 25-40 s with empty kernel caches, past the
+default suite's budget): a CNN on the digits (compile_step through convolutions, batch norm and max
+pooling) and a character-level GPT (through an embedding and attention). The digits MLP example runs
+in the default suite (tests/test_train.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def test_cnn_example_reaches_97_percent():  # in the default run (test_zoo.py re
     assert metrics["reloaded_accuracy"] == metrics["accuracy"]
 
 
-def test_lm_example_loss_falls_and_samples():
+@pytest.mark.slow  # ~25-40 s with empty kernel caches; GPT training against eager stays in the default run
+def test_lm_example_loss_falls_and_samples():  # (test_zoo.py gpt/llama in every mode, test_train.py)
     lm = _load("train_lm")
     m = lm.train(steps=8, quiet=True)  # the example runs 300; a few steps already learn the characters' frequencies
     first, last = sum(m["losses"][:3]) / 3, sum(m["losses"][-3:]) / 3

@@ -23,10 +23,10 @@ import ember
 # EMBER_RANDOM_HALF_PROGRAMS, EMBER_RANDOM_MIXED_PROGRAMS and EMBER_RANDOM_GRAD_PROGRAMS override
 # the default counts; EMBER_FUZZ_PROGRAMS the slow fuzzing sweep's (benchmarks/fuzz.py runs the same
 # mix and counts outcomes instead of stopping at the first failure).
-DEFAULT_EXAMPLES = int(os.environ.get("EMBER_RANDOM_PROGRAMS", "300"))
+DEFAULT_EXAMPLES = int(os.environ.get("EMBER_RANDOM_PROGRAMS", "200"))
 HALF_EXAMPLES = int(os.environ.get("EMBER_RANDOM_HALF_PROGRAMS", "80"))
 MIXED_EXAMPLES = int(os.environ.get("EMBER_RANDOM_MIXED_PROGRAMS", "80"))
-GRAD_EXAMPLES = int(os.environ.get("EMBER_RANDOM_GRAD_PROGRAMS", "100"))
+GRAD_EXAMPLES = int(os.environ.get("EMBER_RANDOM_GRAD_PROGRAMS", "70"))
 FUZZ_EXAMPLES = int(os.environ.get("EMBER_FUZZ_PROGRAMS", "10000"))
 
 
