@@ -33,6 +33,7 @@ from ..runtime.driver import Executable
 from ..runtime.outputs import write_back
 from ..runtime.restore import kernel_sources, restore
 from .artifact import ArtifactError, check_graph, json_file, read_folder, safetensors_torch
+from .signature import autocast_state
 
 
 def load(path: str, device: torch.device | str | None = None) -> Any:
@@ -148,6 +149,17 @@ def decode_value(v: Any) -> Any:
     return v
 
 
+def check_autocast(program: dict, what: str) -> None:
+    """A saved program holds the casts of the autocast regions it was traced in: called in others, it
+    would compute in other dtypes than eager (the caller re-saves under the autocast it runs in)."""
+    saved = [tuple(e) for e in program.get("autocast", [])]
+    now = [(device, DTYPE_NAMES[dtype]) for device, dtype in autocast_state()]
+    if saved != now:
+        show = lambda regions: ", ".join(f"{d} {t}" for d, t in regions) or "off"  # noqa: E731
+        raise ValueError(f"{what}: the artifact was traced with autocast {show(saved)}, called with autocast "
+                         f"{show(now)}; save it under the autocast it runs in")
+
+
 def check_tensor(t: Any, want: dict, device: torch.device, what: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what}: expected a tensor, got {type(t).__name__}")
@@ -172,7 +184,7 @@ class LoadedFunction:
         self._autodiff = autodiff
         self._autograd: dict[tuple, AutogradGraph] = {}
         self.compiled, self.graph = exe, exe.graph
-        self._signature = program["signature"]
+        self._signature, self._program = program["signature"], program
         self._n_user = sum("tensor" in s for s in self._signature)
         try:
             self._in_spec = pytree.treespec_loads(program["in_spec"])
@@ -202,6 +214,7 @@ class LoadedFunction:
             elif leaf != decode_value(want["value"]) or type(leaf) is not type(decode_value(want["value"])):
                 raise TypeError(f"{self.name}() argument {i}: the artifact was saved for the value "
                                 f"{decode_value(want['value'])!r}, got {leaf!r}")
+        check_autocast(self._program, f"{self.name}()")
         if any(i < self._n_user for i in self._mutated) and alias_groups(user):
             raise ValueError(f"{self.name}(): the program updates an input in place, and the inputs share memory")
         inputs = user + fresh(self._saved)

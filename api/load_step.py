@@ -20,7 +20,7 @@ from ..optim.engine import HostScalars
 from ..runtime.driver import Executable
 from ..runtime.outputs import write_back
 from .artifact import ArtifactError
-from .load import check_tensor, decode_value, fresh, graph_inputs
+from .load import check_autocast, check_tensor, decode_value, fresh, graph_inputs
 from .save_step import rule_name
 from .train import CompiledStep
 
@@ -77,6 +77,7 @@ class LoadedStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_tensor(x, self._program["x"], self.device, f"{self.name} step: x")
         check_tensor(y, self._program["y"], self.device, f"{self.name} step: y")
+        check_autocast(self._program, f"{self.name} step")
         advanced: list[dict] = []
         with torch.no_grad():
             try:

@@ -32,6 +32,7 @@ from ..runtime.restore import kernel_sources, restore
 from ..runtime.schedule import build_schedule
 from .artifact import safetensors_torch, write_folder
 from .compiled import CompiledFunction
+from .signature import autocast_state
 from .static import StaticGraph
 
 TARGETS = {"cpu": "cpu", "cuda": "cuda"}  # schedule target -> the device type its plans are made for
@@ -92,6 +93,12 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     """Tensors as safetensors, each its own contiguous CPU copy (safetensors refuses shared memory:
     the step counters of an ember optimizer are views of one buffer)."""
     return safetensors_torch().save({k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()})
+
+
+def autocast_json(regions: tuple | None = None) -> list:
+    """Autocast regions ((device, dtype), ...; default: those a trace made now is made under,
+    api/signature.py `autocast_state`) as JSON."""
+    return [[device, DTYPE_NAMES[dtype]] for device, dtype in (autocast_state() if regions is None else regions)]
 
 
 def encode_value(v: Any, what: str) -> Any:
@@ -161,7 +168,8 @@ def function_files(sg: StaticGraph, args: tuple, kwargs: dict) -> dict[str, byte
                "state": list(cap.state_names), "sources": len(cap.sources), "lifted": lifted,
                "out_spec": treespec_text(cap.out_spec, "result"), "outputs": outputs,
                "num_user_outputs": lowered.num_user_outputs, "mutated_inputs": list(lowered.mutated_inputs),
-               "donate": {str(k): j for k, j in sg.compiled.donate.items()}}
+               "donate": {str(k): j for k, j in sg.compiled.donate.items()},
+               "autocast": autocast_json(sg.key[5][0])}  # the autocast regions of the trace
     assert len(graph.inputs) == len(cap.tensor_positions) + len(tensors) + sum("seed" in e for e in lifted)
     autodiff = autodiff_text(sg, graph)
     if autodiff is not None:

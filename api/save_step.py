@@ -13,7 +13,7 @@ import json
 import torch
 
 from .. import optim as ember_optim
-from .save import encode_value, program_files, safetensors_bytes, tensor_meta, weight_tensors
+from .save import autocast_json, encode_value, program_files, safetensors_bytes, tensor_meta, weight_tensors
 from .train import CompiledStep, _StepProgram
 
 
@@ -81,7 +81,8 @@ def step_files(step: CompiledStep, x: torch.Tensor, y: torch.Tensor) -> dict[str
         "donated_buffers": sorted(program.donated_buffers), "n_out": n_out,
         "unreached": program.skipped,  # parameters the loss does not reach: no update, as in eager
         "donate": {str(k): j for k, j in program.compiled.donate.items()}, "training": step.loss_module.model.training,
-        "updates": structure, "optimizer": {"class": type(opt).__name__, "groups": groups, "values": opt_values}}
+        "updates": structure, "optimizer": {"class": type(opt).__name__, "groups": groups, "values": opt_values},
+        "autocast": autocast_json()}  # the program was traced under it (`step_program` runs here)
     assert graph.inputs[len(tensors)].name == "hp"  # then the optimizer states, in update order
     files["program.json"] = json.dumps(program_json, indent=1).encode()
     files["weights.safetensors"] = safetensors_bytes(weights)

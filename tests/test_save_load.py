@@ -261,3 +261,21 @@ def test_arguments_values_results_and_random_seeds(tmp_path):
     assert got["shape"] == torch.Size([4])
     with pytest.raises(TypeError, match="saved for the value 2.0, got 3.0"):
         f(args[0], 3.0)
+
+
+def test_a_loaded_artifact_runs_under_the_autocast_it_was_traced_in(tmp_path):
+    model = _net()
+    x = torch.randn(5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ember.save(model, str(tmp_path / "bf16"), x)
+        want = model(x)
+    ember.save(model, str(tmp_path / "f32"), x)
+    f16, f32 = ember.load(str(tmp_path / "bf16")), ember.load(str(tmp_path / "f32"))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = f16(x)
+        with pytest.raises(ValueError, match="traced with autocast off, called with autocast cpu bf16"):
+            f32(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want.detach(), rtol=2e-2, atol=2e-2)
+    with torch.no_grad(), pytest.raises(ValueError, match="traced with autocast cpu bf16, called with autocast off"):
+        f16(x)
