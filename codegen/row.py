@@ -187,10 +187,14 @@ class _RowEmitter:
         self.partials: dict[Node, str] = {}  # stage 1: each tile reduction's partial row (work dtype)
 
     # -- loads and nodes --------------------------------------------------------------------------
+    def host_load(self, i: int, v: Value, block: str) -> str:
+        """Load i passed by value (a host scalar), as a `block` of it."""
+        return self.e.tmp(f"tl.broadcast_to({host_scalar(f'ld{i}_val', v.dtype)}, {block})", "x")
+
     def row_load(self, i: int, v: Value) -> str:
         e = self.e
         if i in self.L.host:
-            return e.tmp(f"tl.broadcast_to({host_scalar(f'ld{i}_val', v.dtype)}, [BM])", "x")
+            return self.host_load(i, v, "[BM]")
         off = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
         x = e.tmp(f"tl.load(ld{i}_ptr + ({off}), mask=rmask, other=0)", "x")
         return self.up(x, v.dtype)
@@ -198,7 +202,7 @@ class _RowEmitter:
     def tile_load(self, i: int, v: Value) -> str:
         e = self.e
         if i in self.L.host:
-            return e.tmp(f"tl.broadcast_to({host_scalar(f'ld{i}_val', v.dtype)}, [BM, BR])", "x")
+            return self.host_load(i, v, "[BM, BR]")
         row = " + ".join([f"ld{i}_off"] + [f"{k} * ld{i}_k{d}" for d, k in enumerate(self.kidx)]) + " + rzero"
         col = " + ".join([f"{r} * ld{i}_r{d}" for d, r in enumerate(self.ridx)] + ["czero"])
         x = e.tmp(f"tl.load(ld{i}_ptr + (({row})[:, None] + ({col})[None, :]), mask=m2, other=0)", "x")

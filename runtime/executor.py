@@ -97,7 +97,6 @@ class Prepared:
         # The private temporaries share one slab by lifetime (runtime/memory.py); a slab of up to
         # ARENA_MAX_BYTES is kept in the arena with its views made once, a larger one made per call.
         self.memory = memory = plan_memory(plan)
-        self.slab_bytes = memory.slab_bytes
         self.keep_slab = memory.slab_bytes <= ARENA_MAX_BYTES
         # the arena: the slab (kept), then a view of it per private temporary: (offset, shape, dtype)
         self.arena_specs: list[tuple[int, tuple[int, ...], torch.dtype]] = []
@@ -145,7 +144,7 @@ class Prepared:
         self.inner = interpreter_position if device.type == "cpu" else None
 
     def _new_arena(self) -> list[torch.Tensor]:
-        slab = new_slab(self.slab_bytes if self.keep_slab else 0, self.device)
+        slab = new_slab(self.memory.slab_bytes if self.keep_slab else 0, self.device)
         return [slab] + [_slab_view(slab, *spec) for spec in self.arena_specs]
 
     def run(self, inputs: list[torch.Tensor], name: str = "a graph",
@@ -176,7 +175,7 @@ class Prepared:
             for kind, x in self.fill:
                 bufs.append(arena[x] if kind == "arena" else torch.empty(x.shape, dtype=x.dtype, device=device))
         else:
-            slab = None if self.keep_slab else new_slab(self.slab_bytes, device)
+            slab = None if self.keep_slab else new_slab(self.memory.slab_bytes, device)
             for f in self.fill:
                 kind = f[0]
                 if kind == "arena":

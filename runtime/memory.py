@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .plan import Buf, ExternStep, Plan
+from .plan import ExternStep, Plan, step_buffers
 
 ALIGN = 256  # bytes: torch's CUDA caching allocator's block alignment
 SHARE = True  # False: every temporary its own bytes of the slab (tests compare the two)
@@ -52,18 +52,6 @@ def escaping(plan: Plan) -> set[int]:
     return seen
 
 
-def touched(plan: Plan) -> list[set[int]]:
-    """The buffers each step of `plan` reads or writes (a launch's buffer arguments; an extern's
-    input views and outputs)."""
-    out = []
-    for step in plan.steps:
-        if isinstance(step, ExternStep):
-            out.append({v.buf for v in step.inputs} | set(step.outputs))
-        else:
-            out.append({a.index for a in step.args if isinstance(a, Buf)})
-    return out
-
-
 def plan_memory(plan: Plan) -> MemoryPlan:
     """The slab of `plan`'s private temporaries: "alloc" buffers that do not escape and are no
     alias's base, placed by lifetime (`assign`)."""
@@ -71,7 +59,7 @@ def plan_memory(plan: Plan) -> MemoryPlan:
     out = escaping(plan)
     private = [i for i, spec in enumerate(plan.bufs) if spec.kind == "alloc" and i not in out and i not in bases]
     sizes = {i: math.prod(plan.bufs[i].shape) * plan.bufs[i].dtype.itemsize for i in private}
-    spans = lifetimes(touched(plan), private)
+    spans = lifetimes([step_buffers(s) for s in plan.steps], private)
     offsets, slab = assign(sizes, spans)
     return MemoryPlan(offsets, slab, sum(_aligned(max(sizes[b], 1)) for b in spans))
 
@@ -127,4 +115,4 @@ def _aligned(n: int) -> int:
     return math.ceil(n / ALIGN) * ALIGN
 
 
-__all__ = ["ALIGN", "MemoryPlan", "assign", "escaping", "lifetimes", "peak_bytes", "plan_memory", "touched"]
+__all__ = ["ALIGN", "MemoryPlan", "assign", "escaping", "lifetimes", "peak_bytes", "plan_memory"]

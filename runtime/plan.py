@@ -696,16 +696,17 @@ def _flag_checks(plan: Plan, n_inputs: int) -> frozenset[int]:
     return frozenset(checks)
 
 
+def step_buffers(step: LaunchStep | ExternStep) -> set[int]:
+    """The buffers a step reads or writes: a launch's buffer arguments; an extern's input views and outputs."""
+    if isinstance(step, ExternStep):
+        return {v.buf for v in step.inputs} | set(step.outputs)
+    return {a.index for a in step.args if isinstance(a, Buf)}
+
+
 def _host_pointer(plan: Plan) -> bool:
     """Does any step (or an output) read a host-held input's memory rather than its values by `Host`?"""
-    if not plan.host:
-        return False
-    for step in plan.steps:
-        reads = [a.index for a in step.args if isinstance(a, Buf)] if isinstance(step, LaunchStep) \
-            else [v.buf for v in step.inputs]
-        if plan.host & set(reads):
-            return True
-    return any(v.buf in plan.host for v in plan.outputs)
+    return bool(plan.host) and (any(plan.host & step_buffers(s) for s in plan.steps)
+                                or any(v.buf in plan.host for v in plan.outputs))
 
 
 def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device: torch.device) -> Plan:
@@ -722,4 +723,4 @@ def build_plan(schedule: Schedule, input_strides: list[tuple[int, ...]], device:
     return plan
 
 
-__all__ = ["Buf", "BufSpec", "ExternStep", "Host", "LaunchStep", "Plan", "build_plan"]
+__all__ = ["Buf", "BufSpec", "ExternStep", "Host", "LaunchStep", "Plan", "build_plan", "step_buffers"]
